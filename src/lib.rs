@@ -1,0 +1,16 @@
+//! llamabus: run small Llama-family GGUF models on edge boards and answer prompts over MQTT.
+//!
+//! Module map (data flows top to bottom):
+//! - [`ggml`]: the only FFI and the only `unsafe` in the crate: bindings to the vendored ggml and
+//!   a safe layer (contexts, tensors, graphs, compute), plus the runtime CPU-feature guard.
+//! - [`model`]: the GGUF reader (hostile-input discipline), hyperparameters, the Llama graph,
+//!   the KV cache.
+//! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
+//! - [`sampler`]: logits to token, seeded and deterministic.
+#![deny(unsafe_code)]
+#![warn(missing_debug_implementations, rust_2018_idioms)]
+
+pub mod ggml;
+pub mod model;
+pub mod sampler;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Hostile-input GGUF reader (to be written).

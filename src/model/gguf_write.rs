@@ -1,0 +1,1 @@
+//! GGUF writer used by tests and tools (to be written).

@@ -1,0 +1,1 @@
+//! ggml tensor types known to the GGUF reader (to be written).

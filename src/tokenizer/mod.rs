@@ -1,0 +1,2 @@
+//! Tokenizers built from GGUF metadata, and chat templates.
+pub mod chat;
