@@ -1,0 +1,1 @@
+//! ggml bindings and the safe layer (to be written).
