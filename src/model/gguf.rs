@@ -1,1 +1,1263 @@
-//! Hostile-input GGUF reader (to be written).
+//! Hostile-input GGUF reader: header, typed metadata and tensor table over a mapped file.
+//!
+//! A GGUF file is untrusted input: ggml's own `gguf.cpp` has a long history of integer
+//! overflows in counts × sizes, string lengths, `n_dims` and tensor offsets. This parser never
+//! panics, never reads out of bounds and never allocates from a length field before checking it:
+//!
+//! - every read goes through a bounds-checked cursor whose errors name what was being read;
+//! - counts and lengths are capped (the `MAX_*` constants) *and* checked against the bytes left
+//!   in the file before anything is allocated, so decoded metadata takes at most a small
+//!   multiple (~3×) of the file's size;
+//! - all size and offset arithmetic is `checked_*`;
+//! - unknown value types, unknown tensor types, bad shapes, misaligned, overlapping or
+//!   out-of-file tensor data are rejected, each with its own [`GgufError`] variant naming the
+//!   key or tensor.
+//!
+//! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>. Where the spec and ggml
+//! disagree we follow ggml (`vendor/ggml/src/gguf.cpp`), because ggml is what consumes the
+//! tensors: tensor names are < 64 bytes (`GGML_MAX_NAME` includes the NUL) and the data
+//! section is only padded when there are tensors.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use super::types::GgmlType;
+
+/// The four bytes every GGUF file starts with.
+pub const MAGIC: [u8; 4] = *b"GGUF";
+/// Most tensors accepted. Llama-class models have a few hundred; 65 536 leaves room for MoE.
+pub const MAX_TENSORS: u64 = 1 << 16;
+/// Most metadata pairs accepted. Real files have tens.
+pub const MAX_KVS: u64 = 1 << 20;
+/// Longest metadata string value (1 MiB). Chat templates are ~10 KB, vocab entries tiny.
+pub const MAX_STRING_LEN: u64 = 1 << 20;
+/// Longest key, from the spec ("at most 2^16-1 bytes").
+pub const MAX_KEY_LEN: u64 = (1 << 16) - 1;
+/// Longest tensor name: ggml stores names in `char[GGML_MAX_NAME = 64]` with a NUL, and
+/// gguf.cpp rejects `len >= 64`; a longer name would be silently truncated by `ggml_set_name`.
+pub const MAX_TENSOR_NAME_LEN: u64 = 63;
+/// Most elements in one metadata array (16 Mi). Vocabularies are ≤ 262 144 tokens; merges
+/// lists a few hundred thousand.
+pub const MAX_ARRAY_LEN: u64 = 1 << 24;
+/// Deepest array nesting (an array of arrays of arrays). ggml itself rejects nested arrays;
+/// the spec allows them, so we accept a little nesting but bound the recursion.
+pub const MAX_ARRAY_DEPTH: usize = 3;
+/// Most tensor dimensions (`GGML_MAX_DIMS`).
+pub const MAX_DIMS: u32 = 4;
+/// Tensor data alignment when `general.alignment` is absent (`GGUF_DEFAULT_ALIGNMENT`).
+pub const DEFAULT_ALIGNMENT: u64 = 32;
+/// Key that overrides the data alignment.
+pub const KEY_ALIGNMENT: &str = "general.alignment";
+
+/// Smallest possible encoded KV: key length (8) + 1-byte key + value type (4) + 1-byte value.
+const MIN_KV_BYTES: u64 = 8 + 1 + 4 + 1;
+/// Smallest possible tensor info: name length (8) + n_dims (4) + one dim (8) + type (4) + offset (8).
+const MIN_TENSOR_INFO_BYTES: u64 = 8 + 4 + 8 + 4 + 8;
+
+/// Everything that can go wrong opening or reading a GGUF file.
+#[derive(Debug, thiserror::Error)]
+pub enum GgufError {
+    /// The file could not be opened or mapped.
+    #[error("cannot read GGUF file {path}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file opened by path failed to parse; `source` says why.
+    #[error("invalid GGUF file {path}")]
+    Invalid {
+        path: PathBuf,
+        #[source]
+        source: Box<GgufError>,
+    },
+    #[error("not a GGUF file: magic is {found:02x?}, expected \"GGUF\"")]
+    BadMagic { found: [u8; 4] },
+    #[error("unsupported GGUF version {version}: {reason}")]
+    UnsupportedVersion { version: u32, reason: &'static str },
+    /// The file ends before `what` is complete.
+    #[error("file truncated while reading {what} at byte {offset}: need {needed} bytes, {available} left")]
+    Truncated {
+        what: String,
+        offset: u64,
+        needed: u64,
+        available: u64,
+    },
+    #[error("{what} count {count} exceeds the cap of {max}")]
+    TooMany {
+        what: &'static str,
+        count: u64,
+        max: u64,
+    },
+    /// A count that cannot be honest: even minimal entries would not fit in the rest of the file.
+    #[error("{what} count {count} at byte {offset} cannot fit in the {available} bytes left (each needs at least {min_each})")]
+    CountExceedsFile {
+        what: &'static str,
+        count: u64,
+        offset: u64,
+        available: u64,
+        min_each: u64,
+    },
+    #[error("{what} at byte {offset} is {len} bytes long, over the cap of {max}")]
+    StringTooLong {
+        what: String,
+        offset: u64,
+        len: u64,
+        max: u64,
+    },
+    #[error("{what} at byte {offset} is not valid UTF-8")]
+    InvalidUtf8 { what: String, offset: u64 },
+    #[error("key #{index} at byte {offset} is empty")]
+    EmptyKey { index: u64, offset: u64 },
+    #[error("duplicate key '{key}' at byte {offset}")]
+    DuplicateKey { key: String, offset: u64 },
+    #[error("key '{key}': unknown value type {type_id} at byte {offset}")]
+    UnknownValueType {
+        key: String,
+        type_id: u32,
+        offset: u64,
+    },
+    #[error("key '{key}': bool byte {value} at byte {offset} is neither 0 nor 1")]
+    InvalidBool { key: String, value: u8, offset: u64 },
+    #[error("key '{key}': array at byte {offset} has {len} elements, over the cap of {max}")]
+    ArrayTooLong {
+        key: String,
+        len: u64,
+        max: u64,
+        offset: u64,
+    },
+    #[error("key '{key}': arrays at byte {offset} are nested deeper than {max}")]
+    ArrayTooDeep {
+        key: String,
+        max: usize,
+        offset: u64,
+    },
+    #[error("{key} = {value} is not a power of two")]
+    BadAlignment { key: &'static str, value: u64 },
+    #[error("duplicate tensor name '{name}' at byte {offset}")]
+    DuplicateTensor { name: String, offset: u64 },
+    #[error("tensor '{name}': {n_dims} dimensions at byte {offset}, must be 1..={max}", max = MAX_DIMS)]
+    BadDimCount {
+        name: String,
+        n_dims: u32,
+        offset: u64,
+    },
+    /// A zero dimension is rejected: no Llama tensor is empty, and a 0-byte tensor would slip
+    /// past the bounds and overlap checks with an arbitrary offset.
+    #[error("tensor '{name}': dimension {index} is 0")]
+    ZeroDim { name: String, index: usize },
+    #[error("tensor '{name}': element count of shape {dims:?} overflows i64")]
+    ElementCountOverflow { name: String, dims: Vec<u64> },
+    #[error("tensor '{name}': unknown ggml type id {type_id} at byte {offset}")]
+    UnknownTensorType {
+        name: String,
+        type_id: u32,
+        offset: u64,
+    },
+    #[error("tensor '{name}' of type {ty}: row of {ne0} elements is not a multiple of the block size {block}")]
+    RowNotBlockMultiple {
+        name: String,
+        ty: GgmlType,
+        ne0: u64,
+        block: u64,
+    },
+    #[error("tensor '{name}' of type {ty}: byte size of shape {dims:?} overflows u64")]
+    ByteSizeOverflow {
+        name: String,
+        ty: GgmlType,
+        dims: Vec<u64>,
+    },
+    #[error(
+        "tensor '{name}': data offset {offset} is not a multiple of the alignment {alignment}"
+    )]
+    MisalignedTensor {
+        name: String,
+        offset: u64,
+        alignment: u64,
+    },
+    #[error("tensor '{name}': {n_bytes} bytes at data offset {offset} (data section at byte {data_offset}) run past the end of the {file_len}-byte file")]
+    TensorOutOfBounds {
+        name: String,
+        offset: u64,
+        n_bytes: u64,
+        data_offset: u64,
+        file_len: u64,
+    },
+    /// Overlapping tensors are rejected: no writer produces them, and aliasing lets a crafted
+    /// file claim more weights than it holds or make two weights silently share bytes.
+    #[error("tensors '{first}' and '{second}' overlap: '{second}' starts at data offset {offset}, before '{first}' ends at {first_end}")]
+    OverlappingTensors {
+        first: String,
+        second: String,
+        offset: u64,
+        first_end: u64,
+    },
+    #[error("missing required key '{0}'")]
+    MissingKey(String),
+    #[error("key '{key}' has type {found}, expected {expected}")]
+    WrongType {
+        key: String,
+        expected: &'static str,
+        found: &'static str,
+    },
+    #[error("key '{key}' = {value} does not fit in {expected}")]
+    OutOfRange {
+        key: String,
+        value: String,
+        expected: &'static str,
+    },
+}
+
+impl GgufError {
+    /// The innermost error: unwraps [`GgufError::Invalid`] so callers and tests can match the
+    /// rule that fired regardless of how the file was opened.
+    pub fn root(&self) -> &GgufError {
+        match self {
+            GgufError::Invalid { source, .. } => source.root(),
+            other => other,
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Metadata values
+
+/// A metadata value (`gguf_metadata_value_t`).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Value {
+    U8(u8),
+    I8(i8),
+    U16(u16),
+    I16(i16),
+    U32(u32),
+    I32(i32),
+    U64(u64),
+    I64(i64),
+    F32(f32),
+    F64(f64),
+    Bool(bool),
+    String(String),
+    Array(Array),
+}
+
+/// A homogeneous metadata array; nested arrays are `Array(Vec<Array>)`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Array {
+    U8(Vec<u8>),
+    I8(Vec<i8>),
+    U16(Vec<u16>),
+    I16(Vec<i16>),
+    U32(Vec<u32>),
+    I32(Vec<i32>),
+    U64(Vec<u64>),
+    I64(Vec<i64>),
+    F32(Vec<f32>),
+    F64(Vec<f64>),
+    Bool(Vec<bool>),
+    String(Vec<String>),
+    Array(Vec<Array>),
+}
+
+/// GGUF value type ids (`enum gguf_type`).
+pub mod value_type {
+    pub const U8: u32 = 0;
+    pub const I8: u32 = 1;
+    pub const U16: u32 = 2;
+    pub const I16: u32 = 3;
+    pub const U32: u32 = 4;
+    pub const I32: u32 = 5;
+    pub const F32: u32 = 6;
+    pub const BOOL: u32 = 7;
+    pub const STRING: u32 = 8;
+    pub const ARRAY: u32 = 9;
+    pub const U64: u32 = 10;
+    pub const I64: u32 = 11;
+    pub const F64: u32 = 12;
+}
+
+impl Value {
+    /// The GGUF type id this value is stored with.
+    pub fn type_id(&self) -> u32 {
+        use value_type as t;
+        match self {
+            Value::U8(_) => t::U8,
+            Value::I8(_) => t::I8,
+            Value::U16(_) => t::U16,
+            Value::I16(_) => t::I16,
+            Value::U32(_) => t::U32,
+            Value::I32(_) => t::I32,
+            Value::U64(_) => t::U64,
+            Value::I64(_) => t::I64,
+            Value::F32(_) => t::F32,
+            Value::F64(_) => t::F64,
+            Value::Bool(_) => t::BOOL,
+            Value::String(_) => t::STRING,
+            Value::Array(_) => t::ARRAY,
+        }
+    }
+
+    /// Short type name for messages, e.g. `"u32"`, `"array[string]"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Value::U8(_) => "u8",
+            Value::I8(_) => "i8",
+            Value::U16(_) => "u16",
+            Value::I16(_) => "i16",
+            Value::U32(_) => "u32",
+            Value::I32(_) => "i32",
+            Value::U64(_) => "u64",
+            Value::I64(_) => "i64",
+            Value::F32(_) => "f32",
+            Value::F64(_) => "f64",
+            Value::Bool(_) => "bool",
+            Value::String(_) => "string",
+            Value::Array(a) => a.type_name(),
+        }
+    }
+
+    /// The value as an integer if it is one of the integer types (widened losslessly).
+    pub fn as_int(&self) -> Option<i128> {
+        Some(match *self {
+            Value::U8(v) => v.into(),
+            Value::I8(v) => v.into(),
+            Value::U16(v) => v.into(),
+            Value::I16(v) => v.into(),
+            Value::U32(v) => v.into(),
+            Value::I32(v) => v.into(),
+            Value::U64(v) => v.into(),
+            Value::I64(v) => v.into(),
+            _ => return None,
+        })
+    }
+}
+
+impl Array {
+    /// The GGUF type id of the elements.
+    pub fn elem_type_id(&self) -> u32 {
+        use value_type as t;
+        match self {
+            Array::U8(_) => t::U8,
+            Array::I8(_) => t::I8,
+            Array::U16(_) => t::U16,
+            Array::I16(_) => t::I16,
+            Array::U32(_) => t::U32,
+            Array::I32(_) => t::I32,
+            Array::U64(_) => t::U64,
+            Array::I64(_) => t::I64,
+            Array::F32(_) => t::F32,
+            Array::F64(_) => t::F64,
+            Array::Bool(_) => t::BOOL,
+            Array::String(_) => t::STRING,
+            Array::Array(_) => t::ARRAY,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        match self {
+            Array::U8(v) => v.len(),
+            Array::I8(v) => v.len(),
+            Array::U16(v) => v.len(),
+            Array::I16(v) => v.len(),
+            Array::U32(v) => v.len(),
+            Array::I32(v) => v.len(),
+            Array::U64(v) => v.len(),
+            Array::I64(v) => v.len(),
+            Array::F32(v) => v.len(),
+            Array::F64(v) => v.len(),
+            Array::Bool(v) => v.len(),
+            Array::String(v) => v.len(),
+            Array::Array(v) => v.len(),
+        }
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Short type name for messages, e.g. `"array[f32]"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Array::U8(_) => "array[u8]",
+            Array::I8(_) => "array[i8]",
+            Array::U16(_) => "array[u16]",
+            Array::I16(_) => "array[i16]",
+            Array::U32(_) => "array[u32]",
+            Array::I32(_) => "array[i32]",
+            Array::U64(_) => "array[u64]",
+            Array::I64(_) => "array[i64]",
+            Array::F32(_) => "array[f32]",
+            Array::F64(_) => "array[f64]",
+            Array::Bool(_) => "array[bool]",
+            Array::String(_) => "array[string]",
+            Array::Array(_) => "array[array]",
+        }
+    }
+}
+
+/// Metadata key/value pairs, in file order (so `inspect` can print them as stored).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Metadata {
+    entries: Vec<(String, Value)>,
+    index: HashMap<String, usize>,
+}
+
+impl Metadata {
+    /// The value stored under `key`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.index.get(key).map(|&i| &self.entries[i].1)
+    }
+
+    /// All pairs in file order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &Value)> {
+        self.entries.iter().map(|(k, v)| (k.as_str(), v))
+    }
+
+    /// Number of pairs.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether there are no pairs.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Adds a pair; returns `false` (and changes nothing) if the key already exists.
+    fn insert(&mut self, key: String, value: Value) -> bool {
+        if self.index.contains_key(&key) {
+            return false;
+        }
+        self.index.insert(key.clone(), self.entries.len());
+        self.entries.push((key, value));
+        true
+    }
+
+    fn wrong_type(key: &str, expected: &'static str, v: &Value) -> GgufError {
+        GgufError::WrongType {
+            key: key.to_owned(),
+            expected,
+            found: v.type_name(),
+        }
+    }
+
+    /// Any integer value under `key`, range-checked into `T`.
+    fn opt_int<T: TryFrom<i128>>(
+        &self,
+        key: &str,
+        expected: &'static str,
+    ) -> Result<Option<T>, GgufError> {
+        let Some(v) = self.get(key) else {
+            return Ok(None);
+        };
+        let n = v
+            .as_int()
+            .ok_or_else(|| Self::wrong_type(key, expected, v))?;
+        T::try_from(n).map(Some).map_err(|_| GgufError::OutOfRange {
+            key: key.to_owned(),
+            value: n.to_string(),
+            expected,
+        })
+    }
+
+    fn required<T>(key: &str, v: Result<Option<T>, GgufError>) -> Result<T, GgufError> {
+        v?.ok_or_else(|| GgufError::MissingKey(key.to_owned()))
+    }
+
+    /// An integer key as `u32` (any integer type accepted if the value fits).
+    pub fn opt_u32(&self, key: &str) -> Result<Option<u32>, GgufError> {
+        self.opt_int(key, "u32")
+    }
+
+    /// Like [`Metadata::opt_u32`], but absent is [`GgufError::MissingKey`].
+    pub fn req_u32(&self, key: &str) -> Result<u32, GgufError> {
+        Self::required(key, self.opt_u32(key))
+    }
+
+    /// An integer key as `u64` (any integer type accepted if the value fits).
+    pub fn opt_u64(&self, key: &str) -> Result<Option<u64>, GgufError> {
+        self.opt_int(key, "u64")
+    }
+
+    /// Like [`Metadata::opt_u64`], but absent is [`GgufError::MissingKey`].
+    pub fn req_u64(&self, key: &str) -> Result<u64, GgufError> {
+        Self::required(key, self.opt_u64(key))
+    }
+
+    /// An integer key as `i64` (any integer type accepted if the value fits).
+    pub fn opt_i64(&self, key: &str) -> Result<Option<i64>, GgufError> {
+        self.opt_int(key, "i64")
+    }
+
+    /// A float key as `f32`; `F64` is accepted and narrowed (an overflow to infinity is an error).
+    pub fn opt_f32(&self, key: &str) -> Result<Option<f32>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(&Value::F32(x)) => Ok(Some(x)),
+            Some(&Value::F64(x)) => {
+                let narrowed = x as f32;
+                if x.is_finite() && !narrowed.is_finite() {
+                    return Err(GgufError::OutOfRange {
+                        key: key.to_owned(),
+                        value: x.to_string(),
+                        expected: "f32",
+                    });
+                }
+                Ok(Some(narrowed))
+            }
+            Some(v) => Err(Self::wrong_type(key, "f32", v)),
+        }
+    }
+
+    /// Like [`Metadata::opt_f32`], but absent is [`GgufError::MissingKey`].
+    pub fn req_f32(&self, key: &str) -> Result<f32, GgufError> {
+        Self::required(key, self.opt_f32(key))
+    }
+
+    /// A bool key.
+    pub fn opt_bool(&self, key: &str) -> Result<Option<bool>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(&Value::Bool(b)) => Ok(Some(b)),
+            Some(v) => Err(Self::wrong_type(key, "bool", v)),
+        }
+    }
+
+    /// A string key.
+    pub fn opt_str(&self, key: &str) -> Result<Option<&str>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s)),
+            Some(v) => Err(Self::wrong_type(key, "string", v)),
+        }
+    }
+
+    /// Like [`Metadata::opt_str`], but absent is [`GgufError::MissingKey`].
+    pub fn req_str(&self, key: &str) -> Result<&str, GgufError> {
+        Self::required(key, self.opt_str(key))
+    }
+
+    /// A string-array key (e.g. `tokenizer.ggml.tokens`).
+    pub fn opt_str_array(&self, key: &str) -> Result<Option<&[String]>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(Array::String(v))) => Ok(Some(v)),
+            Some(v) => Err(Self::wrong_type(key, "array[string]", v)),
+        }
+    }
+
+    /// An f32-array key (e.g. `tokenizer.ggml.scores`). Only `array[f32]` is accepted.
+    pub fn opt_f32_array(&self, key: &str) -> Result<Option<&[f32]>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(Array::F32(v))) => Ok(Some(v)),
+            Some(v) => Err(Self::wrong_type(key, "array[f32]", v)),
+        }
+    }
+
+    /// An i32-array key (e.g. `tokenizer.ggml.token_type`). Only `array[i32]` is accepted.
+    pub fn opt_i32_array(&self, key: &str) -> Result<Option<&[i32]>, GgufError> {
+        match self.get(key) {
+            None => Ok(None),
+            Some(Value::Array(Array::I32(v))) => Ok(Some(v)),
+            Some(v) => Err(Self::wrong_type(key, "array[i32]", v)),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tensors and the file
+
+/// One entry of the tensor table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorInfo {
+    /// Tensor name, at most [`MAX_TENSOR_NAME_LEN`] bytes.
+    pub name: String,
+    /// `ne[0..n]` in ggml order (innermost first), 1..=4 dims, none zero.
+    pub dims: Vec<u64>,
+    /// Storage type.
+    pub ty: GgmlType,
+    /// Offset of the data relative to [`Gguf::data_offset`].
+    pub offset: u64,
+    /// Size of the data in bytes.
+    pub n_bytes: u64,
+}
+
+impl TensorInfo {
+    /// Number of elements (the product of `dims`; checked not to overflow at parse time).
+    pub fn n_elements(&self) -> u64 {
+        // Saturating so a hand-made `TensorInfo` cannot panic here either.
+        self.dims.iter().fold(1u64, |acc, &d| acc.saturating_mul(d))
+    }
+}
+
+/// The bytes behind a [`Gguf`].
+enum Storage {
+    Owned(Vec<u8>),
+    Mapped(memmap2::Mmap),
+}
+
+impl Storage {
+    fn bytes(&self) -> &[u8] {
+        match self {
+            Storage::Owned(v) => v,
+            Storage::Mapped(m) => m,
+        }
+    }
+}
+
+/// A parsed GGUF file. The tensor data stays in the backing buffer (an mmap for files); only
+/// the header is decoded. `Send + Sync`, so it can be shared through an `Arc`.
+pub struct Gguf {
+    storage: Storage,
+    header: Header,
+}
+
+/// Everything decoded from the file's header region.
+struct Header {
+    version: u32,
+    metadata: Metadata,
+    tensors: Vec<TensorInfo>,
+    by_name: HashMap<String, usize>,
+    alignment: u64,
+    data_offset: u64,
+}
+
+// `Gguf` is shared across threads through `Arc`.
+const _: () = {
+    const fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<Gguf>();
+};
+
+impl fmt::Debug for Gguf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gguf")
+            .field("version", &self.header.version)
+            .field("len", &self.bytes().len())
+            .field("mapped", &self.is_mapped())
+            .field("n_kv", &self.header.metadata.len())
+            .field("n_tensors", &self.header.tensors.len())
+            .field("alignment", &self.header.alignment)
+            .field("data_offset", &self.header.data_offset)
+            .finish()
+    }
+}
+
+impl Gguf {
+    /// Opens and parses the file at `path`. Parse errors come back wrapped in
+    /// [`GgufError::Invalid`] naming the path (see [`GgufError::root`]).
+    pub fn open(path: &Path) -> Result<Gguf, GgufError> {
+        let io_err = |source| GgufError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let file = File::open(path).map_err(io_err)?;
+        let storage = load(&file).map_err(io_err)?;
+        Self::from_storage(storage).map_err(|e| GgufError::Invalid {
+            path: path.to_owned(),
+            source: Box::new(e),
+        })
+    }
+
+    /// Parses a file held in memory (tests, fuzzing); same rules as [`Gguf::open`].
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
+        Self::from_storage(Storage::Owned(bytes))
+    }
+
+    /// Parses an already mapped file. Creating the mapping needs `unsafe` (the file could change
+    /// underneath), so it belongs in `crate::ggml`; this takes the finished mapping.
+    pub fn from_mmap(map: memmap2::Mmap) -> Result<Gguf, GgufError> {
+        Self::from_storage(Storage::Mapped(map))
+    }
+
+    fn from_storage(storage: Storage) -> Result<Gguf, GgufError> {
+        let header = parse(storage.bytes())?;
+        Ok(Gguf { storage, header })
+    }
+
+    /// Format version: 2 or 3 (identical layouts for little-endian files).
+    pub fn version(&self) -> u32 {
+        self.header.version
+    }
+
+    /// The metadata pairs.
+    pub fn metadata(&self) -> &Metadata {
+        &self.header.metadata
+    }
+
+    /// The tensor table, in file order.
+    pub fn tensors(&self) -> &[TensorInfo] {
+        &self.header.tensors
+    }
+
+    /// The tensor named `name`.
+    pub fn tensor(&self, name: &str) -> Option<&TensorInfo> {
+        self.header
+            .by_name
+            .get(name)
+            .map(|&i| &self.header.tensors[i])
+    }
+
+    /// Data alignment (`general.alignment`, default 32; always a power of two).
+    pub fn alignment(&self) -> u64 {
+        self.header.alignment
+    }
+
+    /// Absolute file offset of the tensor data section.
+    pub fn data_offset(&self) -> u64 {
+        self.header.data_offset
+    }
+
+    /// The data of tensor `t`, borrowed from the file. Bounds were checked at parse time, so
+    /// for any `t` from [`Gguf::tensors`] this is exactly `t.n_bytes` long; a foreign
+    /// `TensorInfo` that does not fit this file yields an empty slice rather than a panic.
+    pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
+        let range = self
+            .header
+            .data_offset
+            .checked_add(t.offset)
+            .and_then(|start| Some((start, start.checked_add(t.n_bytes)?)))
+            .and_then(|(s, e)| Some(usize::try_from(s).ok()?..usize::try_from(e).ok()?));
+        range.and_then(|r| self.bytes().get(r)).unwrap_or(&[])
+    }
+
+    /// The whole file.
+    pub fn bytes(&self) -> &[u8] {
+        self.storage.bytes()
+    }
+
+    /// Whether the bytes are a file mapping (tensor data not copied) rather than an owned buffer.
+    pub fn is_mapped(&self) -> bool {
+        matches!(self.storage, Storage::Mapped(_))
+    }
+}
+
+/// Loads a file's bytes for [`Gguf::open`].
+///
+/// FIXME(lead): this copies the whole file. Mapping it (`memmap2::Mmap::map`) needs `unsafe`,
+/// which only `src/ggml/` may contain; once it offers a read-only mapping helper, call it here
+/// and return `Storage::Mapped`.
+fn load(file: &File) -> std::io::Result<Storage> {
+    use std::io::Read;
+    let mut bytes = Vec::new();
+    (&*file).read_to_end(&mut bytes)?;
+    Ok(Storage::Owned(bytes))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The parser
+
+/// A short read: `needed` bytes wanted at `offset`, only `available` left.
+struct Short {
+    offset: u64,
+    needed: u64,
+    available: u64,
+}
+
+/// Attaches "what was being read" to a short read.
+trait Context<T> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, GgufError>;
+}
+
+impl<T> Context<T> for Result<T, Short> {
+    fn ctx(self, what: impl FnOnce() -> String) -> Result<T, GgufError> {
+        self.map_err(|s| GgufError::Truncated {
+            what: what(),
+            offset: s.offset,
+            needed: s.needed,
+            available: s.available,
+        })
+    }
+}
+
+/// A bounds-checked little-endian reader over the file bytes.
+struct Cursor<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+macro_rules! read_le {
+    ($($name:ident: $t:ty),* $(,)?) => {$(
+        fn $name(&mut self) -> Result<$t, Short> {
+            Ok(<$t>::from_le_bytes(self.array()?))
+        }
+    )*};
+}
+
+impl<'a> Cursor<'a> {
+    fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    fn offset(&self) -> u64 {
+        self.pos as u64
+    }
+
+    fn remaining(&self) -> u64 {
+        (self.buf.len() - self.pos) as u64
+    }
+
+    /// The next `n` bytes, or `Short` without moving if fewer are left.
+    fn take(&mut self, n: u64) -> Result<&'a [u8], Short> {
+        let short = Short {
+            offset: self.offset(),
+            needed: n,
+            available: self.remaining(),
+        };
+        if n > self.remaining() {
+            return Err(short);
+        }
+        // n <= remaining <= buf.len(), so it fits in usize and the slice is in bounds.
+        let n = usize::try_from(n).map_err(|_| short)?;
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], Short> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N as u64)?);
+        Ok(a)
+    }
+
+    read_le!(u8: u8, i8: i8, u16: u16, i16: i16, u32: u32, i32: i32, u64: u64, i64: i64, f32: f32, f64: f64);
+}
+
+/// Reads a length-prefixed UTF-8 string of at most `max` bytes; `what` names it in errors.
+fn read_string(
+    cur: &mut Cursor<'_>,
+    max: u64,
+    what: &dyn Fn() -> String,
+) -> Result<String, GgufError> {
+    let offset = cur.offset();
+    let len = cur.u64().ctx(|| format!("length of {}", what()))?;
+    if len > max {
+        return Err(GgufError::StringTooLong {
+            what: what(),
+            offset,
+            len,
+            max,
+        });
+    }
+    // `take` checks `len` against the bytes left before anything is allocated.
+    let bytes = cur.take(len).ctx(what)?;
+    match std::str::from_utf8(bytes) {
+        Ok(s) => Ok(s.to_owned()),
+        Err(_) => Err(GgufError::InvalidUtf8 {
+            what: what(),
+            offset,
+        }),
+    }
+}
+
+/// Encoded size of one element of type `ty`, or the minimum for variable-size types.
+fn min_elem_size(ty: u32) -> Option<u64> {
+    use value_type as t;
+    Some(match ty {
+        t::U8 | t::I8 | t::BOOL => 1,
+        t::U16 | t::I16 => 2,
+        t::U32 | t::I32 | t::F32 => 4,
+        t::U64 | t::I64 | t::F64 => 8,
+        t::STRING => 8,    // the length prefix
+        t::ARRAY => 4 + 8, // element type + length
+        _ => return None,
+    })
+}
+
+fn read_bool(cur: &mut Cursor<'_>, key: &str) -> Result<bool, GgufError> {
+    let offset = cur.offset();
+    match cur.u8().ctx(|| format!("value of key '{key}'"))? {
+        0 => Ok(false),
+        1 => Ok(true),
+        value => Err(GgufError::InvalidBool {
+            key: key.to_owned(),
+            value,
+            offset,
+        }),
+    }
+}
+
+/// Reads one value of GGUF type `ty` for `key`; `depth` is the current array nesting.
+fn read_value(cur: &mut Cursor<'_>, ty: u32, key: &str, depth: usize) -> Result<Value, GgufError> {
+    use value_type as t;
+    let what = || format!("value of key '{key}'");
+    let offset = cur.offset();
+    Ok(match ty {
+        t::U8 => Value::U8(cur.u8().ctx(what)?),
+        t::I8 => Value::I8(cur.i8().ctx(what)?),
+        t::U16 => Value::U16(cur.u16().ctx(what)?),
+        t::I16 => Value::I16(cur.i16().ctx(what)?),
+        t::U32 => Value::U32(cur.u32().ctx(what)?),
+        t::I32 => Value::I32(cur.i32().ctx(what)?),
+        t::U64 => Value::U64(cur.u64().ctx(what)?),
+        t::I64 => Value::I64(cur.i64().ctx(what)?),
+        t::F32 => Value::F32(cur.f32().ctx(what)?),
+        t::F64 => Value::F64(cur.f64().ctx(what)?),
+        t::BOOL => Value::Bool(read_bool(cur, key)?),
+        t::STRING => Value::String(read_string(cur, MAX_STRING_LEN, &what)?),
+        t::ARRAY => Value::Array(read_array(cur, key, depth + 1)?),
+        type_id => {
+            return Err(GgufError::UnknownValueType {
+                key: key.to_owned(),
+                type_id,
+                offset,
+            })
+        }
+    })
+}
+
+/// Reads `n` fixed-size elements after the caller checked `n × size` fits in the file.
+fn read_fixed<'a, T>(
+    cur: &mut Cursor<'a>,
+    n: usize,
+    key: &str,
+    mut read: impl FnMut(&mut Cursor<'a>) -> Result<T, Short>,
+) -> Result<Vec<T>, GgufError> {
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        out.push(read(cur).ctx(|| format!("array element of key '{key}'"))?);
+    }
+    Ok(out)
+}
+
+/// Reads an array (element type, length, elements) for `key` at nesting `depth` (1 = top).
+fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array, GgufError> {
+    use value_type as t;
+    let offset = cur.offset();
+    if depth > MAX_ARRAY_DEPTH {
+        return Err(GgufError::ArrayTooDeep {
+            key: key.to_owned(),
+            max: MAX_ARRAY_DEPTH,
+            offset,
+        });
+    }
+    let ty = cur
+        .u32()
+        .ctx(|| format!("array element type of key '{key}'"))?;
+    let Some(elem_size) = min_elem_size(ty) else {
+        return Err(GgufError::UnknownValueType {
+            key: key.to_owned(),
+            type_id: ty,
+            offset,
+        });
+    };
+    let len = cur.u64().ctx(|| format!("array length of key '{key}'"))?;
+    if len > MAX_ARRAY_LEN {
+        return Err(GgufError::ArrayTooLong {
+            key: key.to_owned(),
+            len,
+            max: MAX_ARRAY_LEN,
+            offset,
+        });
+    }
+    // Before allocating `len` elements, make sure even the smallest encoding of them fits.
+    let min_bytes = len.checked_mul(elem_size).ok_or(GgufError::ArrayTooLong {
+        key: key.to_owned(),
+        len,
+        max: MAX_ARRAY_LEN,
+        offset,
+    })?;
+    if min_bytes > cur.remaining() {
+        return Err(GgufError::Truncated {
+            what: format!("{len}-element array of key '{key}'"),
+            offset: cur.offset(),
+            needed: min_bytes,
+            available: cur.remaining(),
+        });
+    }
+    // len <= MAX_ARRAY_LEN (2^24), so it fits in usize on every target.
+    let n = len as usize;
+    Ok(match ty {
+        t::U8 => Array::U8(read_fixed(cur, n, key, Cursor::u8)?),
+        t::I8 => Array::I8(read_fixed(cur, n, key, Cursor::i8)?),
+        t::U16 => Array::U16(read_fixed(cur, n, key, Cursor::u16)?),
+        t::I16 => Array::I16(read_fixed(cur, n, key, Cursor::i16)?),
+        t::U32 => Array::U32(read_fixed(cur, n, key, Cursor::u32)?),
+        t::I32 => Array::I32(read_fixed(cur, n, key, Cursor::i32)?),
+        t::U64 => Array::U64(read_fixed(cur, n, key, Cursor::u64)?),
+        t::I64 => Array::I64(read_fixed(cur, n, key, Cursor::i64)?),
+        t::F32 => Array::F32(read_fixed(cur, n, key, Cursor::f32)?),
+        t::F64 => Array::F64(read_fixed(cur, n, key, Cursor::f64)?),
+        t::BOOL => {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(read_bool(cur, key)?);
+            }
+            Array::Bool(v)
+        }
+        t::STRING => {
+            let mut v = Vec::with_capacity(n);
+            for i in 0..n {
+                v.push(read_string(cur, MAX_STRING_LEN, &|| {
+                    format!("element {i} of key '{key}'")
+                })?);
+            }
+            Array::String(v)
+        }
+        // t::ARRAY: min_elem_size returned Some only for known types.
+        _ => {
+            let mut v = Vec::with_capacity(n);
+            for _ in 0..n {
+                v.push(read_array(cur, key, depth + 1)?);
+            }
+            Array::Array(v)
+        }
+    })
+}
+
+/// Checks a header count against its cap and against the bytes left in the file.
+fn check_count(
+    cur: &Cursor<'_>,
+    what: &'static str,
+    count: u64,
+    max: u64,
+    min_each: u64,
+) -> Result<(), GgufError> {
+    if count > max {
+        return Err(GgufError::TooMany { what, count, max });
+    }
+    let fits = count
+        .checked_mul(min_each)
+        .is_some_and(|need| need <= cur.remaining());
+    if !fits {
+        return Err(GgufError::CountExceedsFile {
+            what,
+            count,
+            offset: cur.offset(),
+            available: cur.remaining(),
+            min_each,
+        });
+    }
+    Ok(())
+}
+
+fn parse_version(cur: &mut Cursor<'_>) -> Result<u32, GgufError> {
+    let version = cur.u32().ctx(|| "version".into())?;
+    let reason = match version {
+        2 | 3 => return Ok(version),
+        0 => "version 0 is invalid",
+        1 => "GGUF v1 (32-bit counts) is no longer supported; re-convert the model",
+        // A v2/v3 file written big-endian reads as 0x0n000000.
+        v if v & 0xFFFF == 0 => "looks like a big-endian file; only little-endian is supported",
+        _ => "newer than the supported versions 2 and 3",
+    };
+    Err(GgufError::UnsupportedVersion { version, reason })
+}
+
+/// Reads one tensor info (`index` is its position in the table).
+fn parse_tensor_info(cur: &mut Cursor<'_>, index: u64) -> Result<TensorInfo, GgufError> {
+    let name = read_string(cur, MAX_TENSOR_NAME_LEN, &|| {
+        format!("name of tensor #{index}")
+    })?;
+    let offset = cur.offset();
+    let n_dims = cur
+        .u32()
+        .ctx(|| format!("dimension count of tensor '{name}'"))?;
+    if n_dims == 0 || n_dims > MAX_DIMS {
+        return Err(GgufError::BadDimCount {
+            name,
+            n_dims,
+            offset,
+        });
+    }
+    let mut dims = Vec::with_capacity(n_dims as usize);
+    for j in 0..n_dims as usize {
+        let d = cur
+            .u64()
+            .ctx(|| format!("dimension {j} of tensor '{name}'"))?;
+        if d == 0 {
+            return Err(GgufError::ZeroDim { name, index: j });
+        }
+        dims.push(d);
+    }
+    // ggml stores ne[] and the element count as int64_t.
+    let n_elements = dims
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .filter(|&n| i64::try_from(n).is_ok());
+    if n_elements.is_none() {
+        return Err(GgufError::ElementCountOverflow { name, dims });
+    }
+    let offset = cur.offset();
+    let type_id = cur.u32().ctx(|| format!("type of tensor '{name}'"))?;
+    let Some(ty) = GgmlType::from_id(type_id) else {
+        return Err(GgufError::UnknownTensorType {
+            name,
+            type_id,
+            offset,
+        });
+    };
+    let ne0 = dims[0];
+    if ne0 % ty.block_size() != 0 {
+        return Err(GgufError::RowNotBlockMultiple {
+            name,
+            ty,
+            ne0,
+            block: ty.block_size(),
+        });
+    }
+    let rows: u64 = dims[1..].iter().product(); // ≤ n_elements, cannot overflow
+    let Some(n_bytes) = ty.row_bytes(ne0).and_then(|r| r.checked_mul(rows)) else {
+        return Err(GgufError::ByteSizeOverflow { name, ty, dims });
+    };
+    let offset = cur
+        .u64()
+        .ctx(|| format!("data offset of tensor '{name}'"))?;
+    Ok(TensorInfo {
+        name,
+        dims,
+        ty,
+        offset,
+        n_bytes,
+    })
+}
+
+/// Parses and validates everything except the tensor bytes themselves.
+fn parse(buf: &[u8]) -> Result<Header, GgufError> {
+    let mut cur = Cursor::new(buf);
+    let magic: [u8; 4] = cur.array().ctx(|| "magic".into())?;
+    if magic != MAGIC {
+        return Err(GgufError::BadMagic { found: magic });
+    }
+    let version = parse_version(&mut cur)?;
+    let n_tensors = cur.u64().ctx(|| "tensor count".into())?;
+    let n_kv = cur.u64().ctx(|| "metadata key/value count".into())?;
+    // Fail fast on an absurd tensor count; it is checked against the bytes left after the KVs.
+    if n_tensors > MAX_TENSORS {
+        return Err(GgufError::TooMany {
+            what: "tensor",
+            count: n_tensors,
+            max: MAX_TENSORS,
+        });
+    }
+    check_count(&cur, "metadata key/value", n_kv, MAX_KVS, MIN_KV_BYTES)?;
+
+    let mut metadata = Metadata::default();
+    for i in 0..n_kv {
+        let offset = cur.offset();
+        let key = read_string(&mut cur, MAX_KEY_LEN, &|| format!("key #{i}"))?;
+        if key.is_empty() {
+            return Err(GgufError::EmptyKey { index: i, offset });
+        }
+        if metadata.get(&key).is_some() {
+            return Err(GgufError::DuplicateKey { key, offset });
+        }
+        let ty = cur.u32().ctx(|| format!("value type of key '{key}'"))?;
+        let value = read_value(&mut cur, ty, &key, 0)?;
+        metadata.insert(key, value);
+    }
+
+    check_count(
+        &cur,
+        "tensor",
+        n_tensors,
+        MAX_TENSORS,
+        MIN_TENSOR_INFO_BYTES,
+    )?;
+    let mut tensors = Vec::with_capacity(n_tensors as usize); // ≤ MAX_TENSORS
+    let mut by_name = HashMap::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let offset = cur.offset();
+        let info = parse_tensor_info(&mut cur, i)?;
+        if by_name.contains_key(&info.name) {
+            return Err(GgufError::DuplicateTensor {
+                name: info.name,
+                offset,
+            });
+        }
+        by_name.insert(info.name.clone(), tensors.len());
+        tensors.push(info);
+    }
+
+    let alignment = match metadata.opt_u32(KEY_ALIGNMENT)? {
+        None => DEFAULT_ALIGNMENT,
+        Some(a) if a.is_power_of_two() => u64::from(a),
+        Some(a) => {
+            return Err(GgufError::BadAlignment {
+                key: KEY_ALIGNMENT,
+                value: a.into(),
+            })
+        }
+    };
+
+    // Like ggml, pad to the data section only when there is data: vocab-only files may end
+    // right after the header.
+    let header_end = cur.offset();
+    let file_len = buf.len() as u64;
+    let data_offset = if tensors.is_empty() {
+        header_end
+    } else {
+        let padded = header_end
+            .checked_next_multiple_of(alignment)
+            .unwrap_or(u64::MAX);
+        if padded > file_len {
+            return Err(GgufError::Truncated {
+                what: "padding before the tensor data section".into(),
+                offset: header_end,
+                needed: padded - header_end,
+                available: file_len - header_end,
+            });
+        }
+        padded
+    };
+
+    check_tensor_ranges(&tensors, alignment, data_offset, file_len)?;
+
+    Ok(Header {
+        version,
+        metadata,
+        tensors,
+        by_name,
+        alignment,
+        data_offset,
+    })
+}
+
+/// Every tensor's data must be aligned, inside the file and disjoint from the others.
+fn check_tensor_ranges(
+    tensors: &[TensorInfo],
+    alignment: u64,
+    data_offset: u64,
+    file_len: u64,
+) -> Result<(), GgufError> {
+    for t in tensors {
+        if t.offset % alignment != 0 {
+            return Err(GgufError::MisalignedTensor {
+                name: t.name.clone(),
+                offset: t.offset,
+                alignment,
+            });
+        }
+        let end = data_offset
+            .checked_add(t.offset)
+            .and_then(|s| s.checked_add(t.n_bytes));
+        if end.is_none_or(|e| e > file_len) {
+            return Err(GgufError::TensorOutOfBounds {
+                name: t.name.clone(),
+                offset: t.offset,
+                n_bytes: t.n_bytes,
+                data_offset,
+                file_len,
+            });
+        }
+    }
+    // In bounds, so `offset + n_bytes` cannot overflow below.
+    let mut order: Vec<&TensorInfo> = tensors.iter().collect();
+    order.sort_by_key(|t| t.offset);
+    for pair in order.windows(2) {
+        let (a, b) = (pair[0], pair[1]);
+        let a_end = a.offset + a.n_bytes;
+        if b.offset < a_end {
+            return Err(GgufError::OverlappingTensors {
+                first: a.name.clone(),
+                second: b.name.clone(),
+                offset: b.offset,
+                first_end: a_end,
+            });
+        }
+    }
+    Ok(())
+}
