@@ -43,7 +43,7 @@ if [ "${1:-}" != "--check" ]; then
   done
   cpu="$src/ggml/src/ggml-cpu"
   for f in "$cpu"/*.c "$cpu"/*.cpp "$cpu"/*.h; do cp "$f" "$dest/src/ggml-cpu/"; done
-  cp -r "$cpu/llamafile" "$cpu/tiled" "$dest/src/ggml-cpu/"
+  cp -r "$cpu/amx" "$cpu/llamafile" "$cpu/tiled" "$dest/src/ggml-cpu/"
   cp -r "$cpu/arch/x86" "$cpu/arch/arm" "$dest/src/ggml-cpu/arch/"
   [ -s "$keep_md" ] && cp "$keep_md" "$dest/VENDORED.md"
   rm -f "$keep_md"

@@ -1,1 +1,57 @@
-//! ggml bindings and the safe layer (to be written).
+//! The one FFI boundary: bindings to the vendored ggml and a safe layer over them.
+//!
+//! Everything `unsafe` in the crate lives under this folder, each block with a `// SAFETY:`
+//! comment. The rest of the crate sees RAII owners ([`Context`], [`CpuBackend`],
+//! [`AllocatedContext`], [`GraphAllocator`]) and borrowed [`Tensor`] handles.
+#![allow(unsafe_code)]
+
+mod backend;
+mod context;
+pub mod cpu;
+mod mmap;
+pub mod sys;
+mod types;
+
+pub use backend::{AllocatedContext, CpuBackend, GgmlError, Graph, GraphAllocator, HostBytes};
+pub use context::{Context, Tensor};
+pub use mmap::map_readonly;
+pub use types::{dequantize, quantize, Type};
+
+/// The ggml version compiled in (from vendor/ggml, recorded by build.rs).
+pub const GGML_VERSION: &str = env!("LLAMABUS_GGML_VERSION");
+
+/// Initialises ggml's CPU tables (FP16 lookup tables, feature detection). Idempotent and
+/// thread-safe; every entry point that computes calls it.
+pub fn init() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: ggml_cpu_init has no preconditions; Once serialises the first call.
+        unsafe { sys::ggml_cpu_init() }
+    });
+}
+
+/// ggml's own report of the CPU features its CPU backend was compiled with and sees.
+pub fn ggml_reported_features() -> Vec<&'static str> {
+    init();
+    let mut v = Vec::new();
+    // SAFETY: these are pure queries of compile-time/CPU state.
+    unsafe {
+        let checks: [(&str, unsafe extern "C" fn() -> i32); 9] = [
+            ("avx", sys::ggml_cpu_has_avx),
+            ("avx2", sys::ggml_cpu_has_avx2),
+            ("fma", sys::ggml_cpu_has_fma),
+            ("f16c", sys::ggml_cpu_has_f16c),
+            ("avx512", sys::ggml_cpu_has_avx512),
+            ("neon", sys::ggml_cpu_has_neon),
+            ("arm_fma", sys::ggml_cpu_has_arm_fma),
+            ("fp16_va", sys::ggml_cpu_has_fp16_va),
+            ("dotprod", sys::ggml_cpu_has_dotprod),
+        ];
+        for (name, f) in checks {
+            if f() != 0 {
+                v.push(name);
+            }
+        }
+    }
+    v
+}
