@@ -1073,7 +1073,6 @@ fn reads_the_real_model() {
 
 /// Opening must map the file, not read the ~100 MB of tensor data into memory.
 #[test]
-#[ignore = "Gguf::open copies until crate::ggml offers a read-only mmap helper (FIXME in src/model/gguf.rs)"]
 fn open_maps_instead_of_copying() {
     let path = models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf");
     require(&path);

@@ -735,16 +735,9 @@ impl Gguf {
     }
 }
 
-/// Loads a file's bytes for [`Gguf::open`].
-///
-/// FIXME(lead): this copies the whole file. Mapping it (`memmap2::Mmap::map`) needs `unsafe`,
-/// which only `src/ggml/` may contain; once it offers a read-only mapping helper, call it here
-/// and return `Storage::Mapped`.
+/// Maps a file for [`Gguf::open`]: tensor data stays in the page cache, never copied.
 fn load(file: &File) -> std::io::Result<Storage> {
-    use std::io::Read;
-    let mut bytes = Vec::new();
-    (&*file).read_to_end(&mut bytes)?;
-    Ok(Storage::Owned(bytes))
+    crate::ggml::map_readonly(file).map(Storage::Mapped)
 }
 
 // ---------------------------------------------------------------------------------------------
