@@ -77,7 +77,13 @@ fn main() {
         .split(',')
         .map(str::to_owned)
         .collect();
-    let native = env::var("LLAMABUS_NATIVE").is_ok_and(|v| v == "1");
+    // Host-native only when asked: LLAMABUS_NATIVE=1, or RUSTFLAGS="-C target-cpu=native"
+    // (then Rust and C both target this machine's CPU).
+    let rustflags = env::var("CARGO_ENCODED_RUSTFLAGS").unwrap_or_default();
+    let native = env::var("LLAMABUS_NATIVE").is_ok_and(|v| v == "1")
+        || rustflags
+            .split('\x1f')
+            .any(|f| f == "target-cpu=native" || f == "-Ctarget-cpu=native");
 
     let ggml = manifest.join("vendor/ggml");
     println!("cargo:rerun-if-changed=vendor/ggml");

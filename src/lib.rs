@@ -7,9 +7,11 @@
 //!   the KV cache.
 //! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
 //! - [`sampler`]: logits to token, seeded and deterministic.
+//! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
+pub mod engine;
 pub mod ggml;
 pub mod model;
 pub mod sampler;

@@ -1,1 +1,273 @@
-fn main() {}
+//! The `llamabus` binary: parse the command line, check the CPU, hand over to the library.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use llamabus::engine::{generate, GenerateRequest};
+use llamabus::ggml::cpu;
+use llamabus::model::gguf::Gguf;
+use llamabus::model::{Model, Session};
+use llamabus::sampler::SamplingParams;
+use llamabus::tokenizer::chat::ChatMessage;
+use llamabus::tokenizer::Tokenizer;
+
+#[derive(Parser, Debug)]
+#[command(name = "llamabus", version, long_version = long_version(), about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Print the build target, the SIMD features ggml was compiled with, and what this CPU has.
+    Sysinfo,
+    /// Complete a prompt, streaming the text to stdout and timings to stderr.
+    Complete(CompleteArgs),
+    /// Describe a GGUF model: architecture, hyperparameters, tokenizer, tensor types.
+    Inspect {
+        /// The GGUF file.
+        path: PathBuf,
+    },
+    /// Print the token ids of a text as a JSON array.
+    Tokenize {
+        /// The GGUF file (vocab-only files work too).
+        #[arg(long)]
+        model: PathBuf,
+        /// Parse special-token text such as <|im_start|> (off by default: user text must not
+        /// be able to inject control tokens).
+        #[arg(long)]
+        special: bool,
+        /// Prepend BOS when the model's metadata asks for it.
+        #[arg(long)]
+        bos: bool,
+        text: String,
+    },
+}
+
+#[derive(Args, Debug)]
+struct CompleteArgs {
+    /// The GGUF model file.
+    #[arg(long)]
+    model: PathBuf,
+    /// The prompt (raw completion, or the user message with --chat).
+    prompt: String,
+    /// Apply the model's chat template to the prompt as a single user message.
+    #[arg(long)]
+    chat: bool,
+    /// Maximum new tokens.
+    #[arg(long, default_value_t = 128)]
+    max_tokens: usize,
+    /// Sampling temperature; 0 is greedy.
+    #[arg(long, default_value_t = 0.8)]
+    temperature: f32,
+    #[arg(long, default_value_t = 40)]
+    top_k: u32,
+    #[arg(long, default_value_t = 0.95)]
+    top_p: f32,
+    #[arg(long, default_value_t = 0.05)]
+    min_p: f32,
+    #[arg(long, default_value_t = 1.0)]
+    repeat_penalty: f32,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Stop strings (repeatable).
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Context size in tokens.
+    #[arg(long, default_value_t = 2048)]
+    ctx: usize,
+}
+
+fn long_version() -> &'static str {
+    let s = format!("{}\n{}", env!("CARGO_PKG_VERSION"), cpu::summary());
+    Box::leak(s.into_boxed_str())
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Before any ggml kernel runs: a binary built for a newer CPU must fail with a message,
+    // not with SIGILL in the middle of a matrix product.
+    if let Err(e) = cpu::check() {
+        eprintln!("llamabus: {e}");
+        return ExitCode::from(3);
+    }
+    let result = match cli.command {
+        Command::Sysinfo => {
+            sysinfo();
+            Ok(())
+        }
+        Command::Complete(args) => complete(args),
+        Command::Inspect { path } => inspect(&path),
+        Command::Tokenize {
+            model,
+            special,
+            bos,
+            text,
+        } => tokenize(&model, special, bos, &text),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("llamabus: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sysinfo() {
+    println!("llamabus {}", env!("CARGO_PKG_VERSION"));
+    println!("target:        {}", cpu::TARGET);
+    println!("ggml:          {} (vendored, CPU backend)", llamabus::ggml::GGML_VERSION);
+    println!("ggml flags:    {}", cpu::SIMD_FLAGS);
+    println!("compiled SIMD: {}", cpu::compiled_features().join(" "));
+    println!("ggml reports:  {}", llamabus::ggml::ggml_reported_features().join(" "));
+    println!("cpu threads:   {}", default_threads());
+}
+
+fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+fn complete(a: CompleteArgs) -> anyhow::Result<()> {
+    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let tok = model.tokenizer();
+    let prompt = if a.chat {
+        let msgs = [ChatMessage::new("user", a.prompt.as_str())];
+        let text = match model.chat_template() {
+            Some(t) => t.render(&msgs, true)?,
+            None => {
+                eprintln!("llamabus: model has no chat template; using ChatML");
+                let bos = tok.bos().and_then(|t| tok.token_text(t)).unwrap_or("");
+                let eos = tok.eos().and_then(|t| tok.token_text(t)).unwrap_or("");
+                llamabus::tokenizer::chat::ChatTemplate::chatml_fallback(bos, eos)
+                    .render(&msgs, true)?
+            }
+        };
+        // Special tokens are parsed only in the rendered template, whose user content was
+        // passed as data; the template decides whether it starts with BOS.
+        tok.encode(&text, true)
+    } else {
+        with_bos(tok, tok.encode(&a.prompt, false))
+    };
+    if prompt.is_empty() {
+        bail!("the prompt is empty after tokenization");
+    }
+    let sampling = SamplingParams {
+        temperature: a.temperature,
+        top_k: a.top_k,
+        top_p: a.top_p,
+        min_p: a.min_p,
+        repeat_penalty: a.repeat_penalty,
+        seed: a.seed,
+        ..SamplingParams::default()
+    };
+    let threads = a.threads.unwrap_or_else(default_threads);
+    let mut session = Session::new(&model, a.ctx, threads)?;
+    let req = GenerateRequest {
+        prompt,
+        max_tokens: a.max_tokens,
+        sampling,
+        stop: a.stop,
+    };
+    let mut stdout = std::io::stdout().lock();
+    let gen = generate(
+        &mut session,
+        0,
+        &req,
+        |s| {
+            let _ = stdout.write_all(s.as_bytes());
+            let _ = stdout.flush();
+        },
+        || false,
+    )?;
+    let _ = writeln!(stdout);
+    eprintln!(
+        "\nload {:.0} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
+        model.load_time().as_secs_f64() * 1e3,
+        gen.prompt_tokens,
+        gen.prompt_tps(),
+        gen.tokens.len(),
+        gen.generate_tps(),
+        threads,
+        gen.finish_reason
+    );
+    Ok(())
+}
+
+fn with_bos(tok: &Tokenizer, mut ids: Vec<u32>) -> Vec<u32> {
+    if tok.add_bos() {
+        if let Some(b) = tok.bos() {
+            ids.insert(0, b);
+        }
+    }
+    ids
+}
+
+fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
+    let gguf = Gguf::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let md = gguf.metadata();
+    println!("file:          {}", path.display());
+    println!("gguf version:  {}", gguf.version());
+    println!(
+        "architecture:  {}",
+        md.opt_str("general.architecture")?.unwrap_or("(none)")
+    );
+    if let Some(name) = md.opt_str("general.name")? {
+        println!("name:          {name}");
+    }
+    let tokenizer = Tokenizer::from_metadata(md)?;
+    println!("tokenizer:     {:?}, {} tokens", tokenizer.kind(), tokenizer.n_vocab());
+    println!(
+        "special:       bos {:?} eos {:?} eot {:?} add_bos {}",
+        tokenizer.bos(),
+        tokenizer.eos(),
+        tokenizer.eot(),
+        tokenizer.add_bos()
+    );
+    println!(
+        "chat template: {}",
+        if md.opt_str("tokenizer.chat_template")?.is_some() { "yes" } else { "no (ChatML fallback)" }
+    );
+    match llamabus::model::HParams::from_metadata(md, tokenizer.n_vocab()) {
+        Ok(hp) => {
+            println!(
+                "hparams:       n_embd {} n_layer {} n_head {} n_head_kv {} head_dim {} n_ff {} n_ctx_train {}",
+                hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.n_ctx_train
+            );
+            println!(
+                "rope:          n_rot {} freq_base {} freq_scale {}; rms_eps {}",
+                hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, hp.rms_eps
+            );
+        }
+        Err(e) => println!("hparams:       not runnable: {e}"),
+    }
+    let mut by_type: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
+    for t in gguf.tensors() {
+        let e = by_type.entry(t.ty.name()).or_default();
+        e.0 += 1;
+        e.1 += t.n_bytes;
+    }
+    println!("tensors:       {}", gguf.tensors().len());
+    for (ty, (n, bytes)) in by_type {
+        println!("  {ty:<8} {n:>5} tensors {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+    }
+    Ok(())
+}
+
+fn tokenize(model: &std::path::Path, special: bool, bos: bool, text: &str) -> anyhow::Result<()> {
+    let gguf = Gguf::open(model).with_context(|| format!("reading {}", model.display()))?;
+    let tok = Tokenizer::from_metadata(gguf.metadata())?;
+    let mut ids = tok.encode(text, special);
+    if bos {
+        ids = with_bos(&tok, ids);
+    }
+    println!("{}", serde_json::to_string(&ids)?);
+    Ok(())
+}

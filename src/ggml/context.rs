@@ -267,6 +267,21 @@ impl Context {
         self.wrap(t)
     }
 
+    /// `ggml_set_rows`: writes row `i` of `src` into row `rows[i]` (I64) of `dst`, converting
+    /// type (f32 to the cache's f16). Returns the updated view of `dst`.
+    pub fn set_rows<'a>(&'a self, dst: Tensor<'a>, src: Tensor<'a>, rows: Tensor<'a>) -> Tensor<'a> {
+        let (nd, ns, nr) = (dst.ne(), src.ne(), rows.ne());
+        assert_eq!(rows.ty(), Type::I64, "set_rows needs I64 row indices");
+        assert!(
+            nd[0] == ns[0] && nr[0] == ns[1] && ns[2] == nd[2] && ns[3] == nd[3],
+            "set_rows shape mismatch: dst {nd:?} src {ns:?} rows {nr:?}"
+        );
+        self.check_room();
+        // SAFETY: live tensors, shapes checked. Row indices are bounds-checked by the caller
+        // that fills them (the KV cache only hands out cells below its size).
+        self.wrap(unsafe { sys::ggml_set_rows(self.as_ptr(), dst.as_ptr(), src.as_ptr(), rows.as_ptr()) })
+    }
+
     /// `ggml_cpy`: copy `a` into `b` (converting type), returning the view of `b`.
     pub fn cpy<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
         assert_eq!(a.n_elements(), b.n_elements(), "cpy needs equal element counts");
@@ -529,6 +544,18 @@ impl<'ctx> Tensor<'ctx> {
     /// Writes i32 values into an I32 tensor.
     pub fn write_i32(&self, src: &[i32]) {
         assert_eq!(self.ty(), Type::I32, "write_i32 on a {} tensor", self.ty().name());
+        self.write_bytes(as_bytes(src));
+    }
+
+    /// Writes i64 values into an I64 tensor.
+    pub fn write_i64(&self, src: &[i64]) {
+        assert_eq!(self.ty(), Type::I64, "write_i64 on a {} tensor", self.ty().name());
+        self.write_bytes(as_bytes(src));
+    }
+
+    /// Writes f16 values (as raw `half` bits) into an F16 tensor.
+    pub fn write_f16_bits(&self, src: &[u16]) {
+        assert_eq!(self.ty(), Type::F16, "write_f16 on a {} tensor", self.ty().name());
         self.write_bytes(as_bytes(src));
     }
 

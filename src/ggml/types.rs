@@ -29,6 +29,7 @@ impl Type {
     pub const Q5_K: Type = Type(sys::GGML_TYPE_Q5_K);
     pub const Q6_K: Type = Type(sys::GGML_TYPE_Q6_K);
     pub const I32: Type = Type(sys::GGML_TYPE_I32);
+    pub const I64: Type = Type(sys::GGML_TYPE_I64);
 
     /// The type with ggml id `id`, if the linked ggml has it (removed ids such as the old
     /// Q4_0_4_4 have no traits and are refused).

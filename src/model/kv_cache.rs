@@ -1,0 +1,171 @@
+//! The KV cache: one f16 K and V tensor per layer, shared by any number of sequences.
+//!
+//! The cache is a pool of *cells*. Each cell holds one token's keys and values for every layer,
+//! tagged with the sequence it belongs to and its position in that sequence. A batch may mix
+//! tokens of several sequences: each token is written to a free cell (`ggml_set_rows` with the
+//! cell indices), and the attention mask lets a token see exactly the cells of its own sequence
+//! at positions up to its own. That is what continuous batching and prefix sharing build on.
+
+use crate::ggml::{AllocatedContext, Context, CpuBackend, Tensor, Type};
+use crate::model::{HParams, ModelError};
+
+/// Identifies a sequence (one conversation / request) within a cache.
+pub type SeqId = u32;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Cell {
+    /// (sequence, position) of the token stored here; None when free.
+    used: Option<(SeqId, i32)>,
+}
+
+/// f16 keys and values for `size` cells.
+pub(crate) struct KvCache {
+    tensors: AllocatedContext,
+    cells: Vec<Cell>,
+    n_layer: usize,
+}
+
+impl std::fmt::Debug for KvCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KvCache")
+            .field("size", &self.cells.len())
+            .field("used", &self.used())
+            .finish()
+    }
+}
+
+impl KvCache {
+    /// A cache of `size` cells for `hp`'s layers, in backend memory.
+    pub fn new(hp: &HParams, size: usize, backend: &CpuBackend) -> Result<KvCache, ModelError> {
+        let n_layer = hp.n_layer as usize;
+        let ctx = Context::new_metadata(2 * n_layer, 0);
+        let row = i64::from(hp.n_embd_kv());
+        for il in 0..n_layer {
+            ctx.new_tensor(Type::F16, &[row, size as i64])
+                .set_name(&format!("cache_k-{il}"));
+            ctx.new_tensor(Type::F16, &[row, size as i64])
+                .set_name(&format!("cache_v-{il}"));
+        }
+        let tensors = backend.alloc_context(ctx)?;
+        // Zero the cache so masked-out cells never hold NaN bit patterns.
+        tensors.clear(0);
+        Ok(KvCache {
+            tensors,
+            cells: vec![Cell::default(); size],
+            n_layer,
+        })
+    }
+
+    /// Number of cells.
+    pub fn size(&self) -> usize {
+        self.cells.len()
+    }
+
+    /// Cells in use.
+    pub fn used(&self) -> usize {
+        self.cells.iter().filter(|c| c.used.is_some()).count()
+    }
+
+    /// (K, V) tensors of layer `il`, each [n_embd_kv, size].
+    pub fn layer(&self, il: usize) -> (Tensor<'_>, Tensor<'_>) {
+        assert!(il < self.n_layer);
+        let mut it = self.tensors.tensors().skip(2 * il);
+        let k = it.next().expect("k tensor");
+        let v = it.next().expect("v tensor");
+        (k, v)
+    }
+
+    /// Picks free cells for `n` tokens (lowest indices first, so the attended range stays
+    /// compact). Does not mark them: [`KvCache::commit`] does, once the batch is computed.
+    pub fn find_slots(&self, n: usize) -> Result<Vec<usize>, ModelError> {
+        let slots: Vec<usize> = self
+            .cells
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.used.is_none())
+            .map(|(i, _)| i)
+            .take(n)
+            .collect();
+        if slots.len() < n {
+            return Err(ModelError::ContextFull(self.size()));
+        }
+        Ok(slots)
+    }
+
+    /// Records that `slots[i]` now holds token `i` of sequence `seqs[i]` at `pos[i]`.
+    pub fn commit(&mut self, slots: &[usize], seqs: &[SeqId], pos: &[i32]) {
+        for ((&s, &q), &p) in slots.iter().zip(seqs).zip(pos) {
+            self.cells[s].used = Some((q, p));
+        }
+    }
+
+    /// Frees every cell of `seq` at position >= `from`.
+    pub fn remove(&mut self, seq: SeqId, from: i32) {
+        for c in &mut self.cells {
+            if matches!(c.used, Some((q, p)) if q == seq && p >= from) {
+                c.used = None;
+            }
+        }
+    }
+
+    /// Frees every cell.
+    pub fn clear(&mut self) {
+        self.cells.fill(Cell::default());
+    }
+
+    /// Next position of `seq` (one past its highest cached position; 0 when empty).
+    pub fn next_pos(&self, seq: SeqId) -> i32 {
+        self.cells
+            .iter()
+            .filter_map(|c| match c.used {
+                Some((q, p)) if q == seq => Some(p + 1),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Cells the attention must cover to see every used cell and the new `slots`: the highest
+    /// index in use plus one, rounded up to 32 so graph shapes change rarely.
+    pub fn n_kv(&self, slots: &[usize]) -> usize {
+        let used_max = self
+            .cells
+            .iter()
+            .rposition(|c| c.used.is_some())
+            .map_or(0, |i| i + 1);
+        let slot_max = slots.iter().max().map_or(0, |&s| s + 1);
+        used_max.max(slot_max).next_multiple_of(32).min(self.size())
+    }
+
+    /// Fills the f16 attention mask [n_kv, n_rows] (row-major, row per token; rows past the
+    /// batch are fully masked): a token sees a cell iff the cell is of its sequence at a
+    /// position not after its own, or is one of this batch's own earlier-or-equal tokens.
+    pub fn fill_mask(
+        &self,
+        mask: &mut Vec<u16>,
+        n_kv: usize,
+        n_rows: usize,
+        slots: &[usize],
+        seqs: &[SeqId],
+        pos: &[i32],
+    ) {
+        const ZERO: u16 = 0x0000; // f16 +0.0
+        const NEG_INF: u16 = 0xFC00; // f16 -inf
+        mask.clear();
+        mask.resize(n_kv * n_rows, NEG_INF);
+        // What each cell will hold once this batch is written.
+        let mut view: Vec<Option<(SeqId, i32)>> =
+            self.cells[..n_kv].iter().map(|c| c.used).collect();
+        for ((&s, &q), &p) in slots.iter().zip(seqs).zip(pos) {
+            view[s] = Some((q, p));
+        }
+        for (t, (&q, &p)) in seqs.iter().zip(pos).enumerate() {
+            let row = &mut mask[t * n_kv..(t + 1) * n_kv];
+            for (m, cell) in row.iter_mut().zip(&view) {
+                if matches!(*cell, Some((cq, cp)) if cq == q && cp <= p) {
+                    *m = ZERO;
+                }
+            }
+        }
+    }
+}
