@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The test command (README "Quick start"; .ci/run calls exactly this).
+#   1. fetches the hash-checked test data (SmolLM2 model, llama.cpp vocab files) into models/
+#   2. verifies vendor/ggml against its recorded checksum
+#   3. format and lint gates
+#   4. the whole suite natively (x86_64 or whatever this machine is)
+#   5. the ggml and tiny-model suites for aarch64 and armv7 under qemu-user
+#      (skip with LLAMABUS_SKIP_ARM=1 on a machine without the cross toolchains)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "test data"
+scripts/fetch-test-data.sh
+
+step "vendored ggml checksum"
+scripts/vendor-ggml.sh --check
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --all-targets --quiet -- -D warnings
+
+# The shipped portable baseline (x86_64: AVX2+FMA+F16C) must build, and its kernels must
+# agree with the f32 reference.
+step "portable-baseline build and ggml kernel tests"
+cargo build --release --quiet
+cargo test --quiet --test ggml_ops
+
+# Everything else runs on a build for this CPU, as on a device (and as llama.cpp produced the
+# golden reference: -march=native). RUSTFLAGS only applies here, not to the cross builds below.
+step "full suite, native build ($(uname -m))"
+RUSTFLAGS="-C target-cpu=native" cargo test --all-targets
+RUSTFLAGS="-C target-cpu=native" cargo test --doc
+
+if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
+  # The cross suites: ggml kernels against the f32 reference, and the tiny-model graph against
+  # the plain-Rust forward pass. qemu is 40-70x slower than native, so only these run there.
+  ARM_TESTS=(--test ggml_ops)
+  [ -f tests/tiny_model.rs ] && ARM_TESTS+=(--test tiny_model)
+  for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
+    step "$target tests under qemu-user (runner from .cargo/config.toml)"
+    log=$(mktemp)
+    if ! cargo test --target "$target" "${ARM_TESTS[@]}" -- --nocapture >"$log" 2>&1; then
+      cat "$log"; rm -f "$log"; exit 1
+    fi
+    # Show which SIMD path ran and the per-type errors, so the log proves NEON was used.
+    grep -E "compiled|ggml reports|m=|test result" "$log" || true
+    rm -f "$log"
+  done
+fi
+
+step "all tests passed"
