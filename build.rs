@@ -179,7 +179,10 @@ fn main() {
     println!("cargo:rustc-env=LLAMABUS_SIMD={}", simd.join(","));
     println!("cargo:rustc-env=LLAMABUS_GGML_VERSION={GGML_VERSION}");
     println!("cargo:rustc-env=LLAMABUS_TARGET={target}");
-    println!("cargo:rustc-env=LLAMABUS_SIMD_FLAGS={}", simd_flags.join(" "));
+    println!(
+        "cargo:rustc-env=LLAMABUS_SIMD_FLAGS={}",
+        simd_flags.join(" ")
+    );
 
     generate_bindings(&ggml, &target, &out);
 }
@@ -221,7 +224,11 @@ fn simd_flags(arch: &str, target: &str, features: &[String], native: bool) -> Ve
             // armv8-a with NEON runs on every Pi 3/4/5 and Jetson; dotprod/fp16/i8mm only when
             // the target enables them (e.g. RUSTFLAGS="-C target-feature=+dotprod,+fp16" for Pi 5 / Orin).
             let mut march = String::from("-march=armv8-a");
-            let ext = [("dotprod", "+dotprod"), ("fp16", "+fp16"), ("i8mm", "+i8mm")];
+            let ext = [
+                ("dotprod", "+dotprod"),
+                ("fp16", "+fp16"),
+                ("i8mm", "+i8mm"),
+            ];
             let wants_ext = ext.iter().any(|(f, _)| has(f));
             if wants_ext {
                 march = String::from("-march=armv8.2-a");
@@ -256,7 +263,9 @@ fn compiled_simd_features(build: &cc::Build, out: &Path) -> Vec<String> {
     let compiler = build.get_compiler();
     let mut cmd: Command = compiler.to_command();
     cmd.arg("-dM").arg("-E").arg(&probe);
-    let output = cmd.output().expect("running the C compiler to list SIMD macros");
+    let output = cmd
+        .output()
+        .expect("running the C compiler to list SIMD macros");
     assert!(
         output.status.success(),
         "C compiler failed listing SIMD macros: {}",

@@ -124,10 +124,16 @@ fn main() -> ExitCode {
 fn sysinfo() {
     println!("llamabus {}", env!("CARGO_PKG_VERSION"));
     println!("target:        {}", cpu::TARGET);
-    println!("ggml:          {} (vendored, CPU backend)", llamabus::ggml::GGML_VERSION);
+    println!(
+        "ggml:          {} (vendored, CPU backend)",
+        llamabus::ggml::GGML_VERSION
+    );
     println!("ggml flags:    {}", cpu::SIMD_FLAGS);
     println!("compiled SIMD: {}", cpu::compiled_features().join(" "));
-    println!("ggml reports:  {}", llamabus::ggml::ggml_reported_features().join(" "));
+    println!(
+        "ggml reports:  {}",
+        llamabus::ggml::ggml_reported_features().join(" ")
+    );
     println!("cpu threads:   {}", default_threads());
 }
 
@@ -223,7 +229,11 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
         println!("name:          {name}");
     }
     let tokenizer = Tokenizer::from_metadata(md)?;
-    println!("tokenizer:     {:?}, {} tokens", tokenizer.kind(), tokenizer.n_vocab());
+    println!(
+        "tokenizer:     {:?}, {} tokens",
+        tokenizer.kind(),
+        tokenizer.n_vocab()
+    );
     println!(
         "special:       bos {:?} eos {:?} eot {:?} add_bos {}",
         tokenizer.bos(),
@@ -233,7 +243,11 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
     );
     println!(
         "chat template: {}",
-        if md.opt_str("tokenizer.chat_template")?.is_some() { "yes" } else { "no (ChatML fallback)" }
+        if md.opt_str("tokenizer.chat_template")?.is_some() {
+            "yes"
+        } else {
+            "no (ChatML fallback)"
+        }
     );
     match llamabus::model::HParams::from_metadata(md, tokenizer.n_vocab()) {
         Ok(hp) => {
@@ -256,7 +270,10 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
     }
     println!("tensors:       {}", gguf.tensors().len());
     for (ty, (n, bytes)) in by_type {
-        println!("  {ty:<8} {n:>5} tensors {:>10.1} MiB", bytes as f64 / (1 << 20) as f64);
+        println!(
+            "  {ty:<8} {n:>5} tensors {:>10.1} MiB",
+            bytes as f64 / (1 << 20) as f64
+        );
     }
     Ok(())
 }

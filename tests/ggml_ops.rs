@@ -45,11 +45,20 @@ fn rel_err(a: &[f32], b: &[f32]) -> f32 {
 }
 
 /// Runs ggml_mul_mat on the CPU backend: weights of type `ty` ([k, n]) times f32 x ([k, m]).
-fn ggml_matmul(ty: Type, wq: &[u8], x: &[f32], k: usize, n: usize, m: usize, threads: usize) -> Vec<f32> {
+fn ggml_matmul(
+    ty: Type,
+    wq: &[u8],
+    x: &[f32],
+    k: usize,
+    n: usize,
+    m: usize,
+    threads: usize,
+) -> Vec<f32> {
     let mut backend = CpuBackend::new(threads).unwrap();
     let ctx = Context::new_metadata(4, 0);
     ctx.new_tensor(ty, &[k as i64, n as i64]).set_name("w");
-    ctx.new_tensor(Type::F32, &[k as i64, m as i64]).set_name("x");
+    ctx.new_tensor(Type::F32, &[k as i64, m as i64])
+        .set_name("x");
     let inputs = backend.alloc_context(ctx).unwrap();
     let w = inputs.tensor("w").unwrap();
     let xt = inputs.tensor("x").unwrap();
@@ -135,13 +144,24 @@ fn quantize_roundtrip_is_close() {
 fn type_table_agrees_with_ggml() {
     assert_eq!(Type::from_id(3), Some(Type::Q4_1));
     assert_eq!(Type::Q4_1.name(), "q4_1");
-    assert_eq!((Type::Q4_K.block_size(), Type::Q4_K.type_size()), (256, 144));
+    assert_eq!(
+        (Type::Q4_K.block_size(), Type::Q4_K.type_size()),
+        (256, 144)
+    );
     assert_eq!(Type::Q8_0.row_bytes(64), 68);
     // Removed ids (Q4_0_4_4 = 31) and ids past the end are refused, not looked up.
     assert_eq!(Type::from_id(31), None);
     assert_eq!(Type::from_id(4), None);
     assert_eq!(Type::from_id(10_000), None);
-    for ty in [Type::F32, Type::F16, Type::Q4_0, Type::Q4_1, Type::Q8_0, Type::Q4_K, Type::Q6_K] {
+    for ty in [
+        Type::F32,
+        Type::F16,
+        Type::Q4_0,
+        Type::Q4_1,
+        Type::Q8_0,
+        Type::Q4_K,
+        Type::Q6_K,
+    ] {
         assert!(ty.cpu_supports_mul_mat(), "{}", ty.name());
     }
 }
@@ -175,20 +195,30 @@ fn mapped_weights_are_not_copied_and_bounds_are_checked() {
     let mut back = vec![0f32; 64];
     w.read_f32(&mut back);
     assert_eq!(back, vals);
-    assert_eq!(Arc::strong_count(&host), 2, "the mapping keeps the bytes alive");
+    assert_eq!(
+        Arc::strong_count(&host),
+        2,
+        "the mapping keeps the bytes alive"
+    );
     let _ = base;
 
     // A placement running past the end is refused with the tensor's name.
     let ctx = Context::new_metadata(2, 0);
     ctx.new_tensor(Type::F32, &[64]).set_name("w");
     let err = AllocatedContext::map_host(ctx, host.clone(), |_| Some(17)).unwrap_err();
-    assert!(matches!(err, GgmlError::OutOfMapping { ref name, .. } if name == "w"), "{err}");
+    assert!(
+        matches!(err, GgmlError::OutOfMapping { ref name, .. } if name == "w"),
+        "{err}"
+    );
 
     // A tensor with no placement is refused.
     let ctx = Context::new_metadata(2, 0);
     ctx.new_tensor(Type::F32, &[4]).set_name("missing");
     let err = AllocatedContext::map_host(ctx, host, |_| None).unwrap_err();
-    assert!(matches!(err, GgmlError::Unplaced(ref n) if n == "missing"), "{err}");
+    assert!(
+        matches!(err, GgmlError::Unplaced(ref n) if n == "missing"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -221,14 +251,26 @@ fn cpu_guard_passes_here_and_reports_simd() {
     cpu::check().expect("this machine runs what it was built for");
     let compiled = cpu::compiled_features();
     let ggml = llamabus::ggml::ggml_reported_features();
-    println!("target {} compiled {compiled:?}; ggml reports {ggml:?}", cpu::TARGET);
+    println!(
+        "target {} compiled {compiled:?}; ggml reports {ggml:?}",
+        cpu::TARGET
+    );
     if cfg!(target_arch = "x86_64") {
-        assert!(compiled.contains(&"avx2") && compiled.contains(&"fma"), "{compiled:?}");
-        assert!(ggml.contains(&"avx2"), "ggml's AVX2 path is compiled in: {ggml:?}");
+        assert!(
+            compiled.contains(&"avx2") && compiled.contains(&"fma"),
+            "{compiled:?}"
+        );
+        assert!(
+            ggml.contains(&"avx2"),
+            "ggml's AVX2 path is compiled in: {ggml:?}"
+        );
     }
     if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {
         assert!(compiled.contains(&"neon"), "{compiled:?}");
-        assert!(ggml.contains(&"neon"), "ggml's NEON path is compiled in: {ggml:?}");
+        assert!(
+            ggml.contains(&"neon"),
+            "ggml's NEON path is compiled in: {ggml:?}"
+        );
     }
 }
 

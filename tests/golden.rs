@@ -138,16 +138,27 @@ fn greedy_outputs_match_llama_cpp() {
         let text = model
             .tokenizer()
             .decode(&got.iter().map(|&(t, _)| t).collect::<Vec<_>>());
-        println!("{key}: {matched}/{} tokens match; text {text:?}", want.len());
+        println!(
+            "{key}: {matched}/{} tokens match; text {text:?}",
+            want.len()
+        );
         if matched == want.len() {
             assert_eq!(got.len(), want.len(), "{key}: length");
-            assert_eq!(text, e["output_text"].as_str().unwrap(), "{key}: decoded text");
+            assert_eq!(
+                text,
+                e["output_text"].as_str().unwrap(),
+                "{key}: decoded text"
+            );
         }
     }
     for t in &near_ties {
         println!("near tie: {t}");
     }
-    assert!(failures.is_empty(), "golden mismatches:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "golden mismatches:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// Step-by-step log-probabilities against llama-server's top-5 dump: a numerics check that
@@ -184,5 +195,9 @@ fn top5_logprobs_match_llama_cpp() {
 
 fn log_sum_exp(l: &[f32]) -> f64 {
     let m = l.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
-    m + l.iter().map(|&x| (f64::from(x) - m).exp()).sum::<f64>().ln()
+    m + l
+        .iter()
+        .map(|&x| (f64::from(x) - m).exp())
+        .sum::<f64>()
+        .ln()
 }

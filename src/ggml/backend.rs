@@ -49,8 +49,8 @@ impl CpuBackend {
         let n_threads = n_threads.max(1);
         super::init();
         // SAFETY: ggml_backend_cpu_init has no preconditions beyond ggml_cpu_init (done above).
-        let ptr = NonNull::new(unsafe { sys::ggml_backend_cpu_init() })
-            .ok_or(GgmlError::Alloc(0))?;
+        let ptr =
+            NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or(GgmlError::Alloc(0))?;
         // SAFETY: params are initialised by ggml for n_threads; the pool is freed in Drop
         // after the backend that uses it.
         let pool = unsafe {
@@ -84,7 +84,8 @@ impl CpuBackend {
     pub fn compute(&mut self, graph: &Graph<'_>) -> Result<(), GgmlError> {
         // SAFETY: the graph's tensors are all allocated (Graph::compute callers allocate first,
         // and ggml checks data pointers); &mut self gives exclusive use of the backend.
-        let status = unsafe { sys::ggml_backend_graph_compute(self.ptr.as_ptr(), graph.ptr.as_ptr()) };
+        let status =
+            unsafe { sys::ggml_backend_graph_compute(self.ptr.as_ptr(), graph.ptr.as_ptr()) };
         if status == sys::GGML_STATUS_SUCCESS {
             Ok(())
         } else {
@@ -212,9 +213,8 @@ impl AllocatedContext {
         let buffer = Buffer { ptr: buf };
         for (t, off) in placements {
             // SAFETY: off + nbytes <= len was checked above; t belongs to ctx, which we own.
-            let status = unsafe {
-                sys::ggml_backend_tensor_alloc(buf.as_ptr(), t, base.add(off) as *mut _)
-            };
+            let status =
+                unsafe { sys::ggml_backend_tensor_alloc(buf.as_ptr(), t, base.add(off) as *mut _) };
             if status != sys::GGML_STATUS_SUCCESS {
                 return Err(GgmlError::Compute(status_text(status)));
             }
@@ -277,7 +277,10 @@ impl Context {
     pub fn new_graph(&self, size: usize) -> Graph<'_> {
         // SAFETY: pure size computation.
         let need = unsafe { sys::ggml_graph_overhead_custom(size, false) };
-        assert!(self.free_bytes() >= need, "context too small for a {size}-node graph");
+        assert!(
+            self.free_bytes() >= need,
+            "context too small for a {size}-node graph"
+        );
         // SAFETY: the context has room (checked); no gradients.
         let ptr = unsafe { sys::ggml_new_graph_custom(self.as_ptr(), size, false) };
         Graph {

@@ -100,7 +100,10 @@ impl Context {
             (1..=4).contains(&ne.len()),
             "tensors have 1 to 4 dimensions"
         );
-        assert!(ne.iter().all(|&n| n > 0), "tensor dimensions must be positive");
+        assert!(
+            ne.iter().all(|&n| n > 0),
+            "tensor dimensions must be positive"
+        );
         if !ne.is_empty() {
             assert!(
                 ne[0] % ty.block_size() as i64 == 0,
@@ -111,9 +114,7 @@ impl Context {
         }
         self.check_room();
         // SAFETY: ne has ne.len() (1..=4) valid entries; the context is valid and has room.
-        let t = unsafe {
-            sys::ggml_new_tensor(self.as_ptr(), ty.0, ne.len() as i32, ne.as_ptr())
-        };
+        let t = unsafe { sys::ggml_new_tensor(self.as_ptr(), ty.0, ne.len() as i32, ne.as_ptr()) };
         self.wrap(t)
     }
 
@@ -269,7 +270,12 @@ impl Context {
 
     /// `ggml_set_rows`: writes row `i` of `src` into row `rows[i]` (I64) of `dst`, converting
     /// type (f32 to the cache's f16). Returns the updated view of `dst`.
-    pub fn set_rows<'a>(&'a self, dst: Tensor<'a>, src: Tensor<'a>, rows: Tensor<'a>) -> Tensor<'a> {
+    pub fn set_rows<'a>(
+        &'a self,
+        dst: Tensor<'a>,
+        src: Tensor<'a>,
+        rows: Tensor<'a>,
+    ) -> Tensor<'a> {
         let (nd, ns, nr) = (dst.ne(), src.ne(), rows.ne());
         assert_eq!(rows.ty(), Type::I64, "set_rows needs I64 row indices");
         assert!(
@@ -279,12 +285,18 @@ impl Context {
         self.check_room();
         // SAFETY: live tensors, shapes checked. Row indices are bounds-checked by the caller
         // that fills them (the KV cache only hands out cells below its size).
-        self.wrap(unsafe { sys::ggml_set_rows(self.as_ptr(), dst.as_ptr(), src.as_ptr(), rows.as_ptr()) })
+        self.wrap(unsafe {
+            sys::ggml_set_rows(self.as_ptr(), dst.as_ptr(), src.as_ptr(), rows.as_ptr())
+        })
     }
 
     /// `ggml_cpy`: copy `a` into `b` (converting type), returning the view of `b`.
     pub fn cpy<'a>(&'a self, a: Tensor<'a>, b: Tensor<'a>) -> Tensor<'a> {
-        assert_eq!(a.n_elements(), b.n_elements(), "cpy needs equal element counts");
+        assert_eq!(
+            a.n_elements(),
+            b.n_elements(),
+            "cpy needs equal element counts"
+        );
         self.check_room();
         // SAFETY: live tensors with equal element counts.
         self.wrap(unsafe { sys::ggml_cpy(self.as_ptr(), a.as_ptr(), b.as_ptr()) })
@@ -312,9 +324,7 @@ impl Context {
                 [n0] => sys::ggml_reshape_1d(self.as_ptr(), a.as_ptr(), n0),
                 [n0, n1] => sys::ggml_reshape_2d(self.as_ptr(), a.as_ptr(), n0, n1),
                 [n0, n1, n2] => sys::ggml_reshape_3d(self.as_ptr(), a.as_ptr(), n0, n1, n2),
-                [n0, n1, n2, n3] => {
-                    sys::ggml_reshape_4d(self.as_ptr(), a.as_ptr(), n0, n1, n2, n3)
-                }
+                [n0, n1, n2, n3] => sys::ggml_reshape_4d(self.as_ptr(), a.as_ptr(), n0, n1, n2, n3),
                 _ => panic!("reshape to 1..=4 dimensions"),
             }
         };
@@ -322,7 +332,13 @@ impl Context {
     }
 
     /// `ggml_view_4d`: a strided view of `a` (ne in elements, nb1..nb3 and offset in bytes).
-    pub fn view<'a>(&'a self, a: Tensor<'a>, ne: [i64; 4], nb: [usize; 3], offset: usize) -> Tensor<'a> {
+    pub fn view<'a>(
+        &'a self,
+        a: Tensor<'a>,
+        ne: [i64; 4],
+        nb: [usize; 3],
+        offset: usize,
+    ) -> Tensor<'a> {
         // The last byte the view can touch must lie inside `a`.
         let row = Type(a.ty().0).row_bytes(ne[0]);
         let last = offset
@@ -357,13 +373,23 @@ impl Context {
     pub fn permute<'a>(&'a self, a: Tensor<'a>, axes: [i32; 4]) -> Tensor<'a> {
         let mut seen = [false; 4];
         for &x in &axes {
-            assert!((0..4).contains(&x) && !seen[x as usize], "permute axes {axes:?}");
+            assert!(
+                (0..4).contains(&x) && !seen[x as usize],
+                "permute axes {axes:?}"
+            );
             seen[x as usize] = true;
         }
         self.check_room();
         // SAFETY: live tensor; axes are a permutation of 0..4.
         self.wrap(unsafe {
-            sys::ggml_permute(self.as_ptr(), a.as_ptr(), axes[0], axes[1], axes[2], axes[3])
+            sys::ggml_permute(
+                self.as_ptr(),
+                a.as_ptr(),
+                axes[0],
+                axes[1],
+                axes[2],
+                axes[3],
+            )
         })
     }
 
@@ -537,31 +563,56 @@ impl<'ctx> Tensor<'ctx> {
 
     /// Writes f32 values into an F32 tensor.
     pub fn write_f32(&self, src: &[f32]) {
-        assert_eq!(self.ty(), Type::F32, "write_f32 on a {} tensor", self.ty().name());
+        assert_eq!(
+            self.ty(),
+            Type::F32,
+            "write_f32 on a {} tensor",
+            self.ty().name()
+        );
         self.write_bytes(as_bytes(src));
     }
 
     /// Writes i32 values into an I32 tensor.
     pub fn write_i32(&self, src: &[i32]) {
-        assert_eq!(self.ty(), Type::I32, "write_i32 on a {} tensor", self.ty().name());
+        assert_eq!(
+            self.ty(),
+            Type::I32,
+            "write_i32 on a {} tensor",
+            self.ty().name()
+        );
         self.write_bytes(as_bytes(src));
     }
 
     /// Writes i64 values into an I64 tensor.
     pub fn write_i64(&self, src: &[i64]) {
-        assert_eq!(self.ty(), Type::I64, "write_i64 on a {} tensor", self.ty().name());
+        assert_eq!(
+            self.ty(),
+            Type::I64,
+            "write_i64 on a {} tensor",
+            self.ty().name()
+        );
         self.write_bytes(as_bytes(src));
     }
 
     /// Writes f16 values (as raw `half` bits) into an F16 tensor.
     pub fn write_f16_bits(&self, src: &[u16]) {
-        assert_eq!(self.ty(), Type::F16, "write_f16 on a {} tensor", self.ty().name());
+        assert_eq!(
+            self.ty(),
+            Type::F16,
+            "write_f16 on a {} tensor",
+            self.ty().name()
+        );
         self.write_bytes(as_bytes(src));
     }
 
     /// Reads an F32 tensor into `dst`, which must have exactly its element count.
     pub fn read_f32(&self, dst: &mut [f32]) {
-        assert_eq!(self.ty(), Type::F32, "read_f32 on a {} tensor", self.ty().name());
+        assert_eq!(
+            self.ty(),
+            Type::F32,
+            "read_f32 on a {} tensor",
+            self.ty().name()
+        );
         assert_eq!(dst.len() as i64, self.n_elements());
         let n = std::mem::size_of_val(dst);
         // SAFETY: an f32 slice reinterpreted as bytes of the same length; any byte pattern
@@ -574,7 +625,11 @@ impl<'ctx> Tensor<'ctx> {
     pub fn read_f32_at(&self, offset: usize, dst: &mut [f32]) {
         assert_eq!(self.ty(), Type::F32);
         let n = std::mem::size_of_val(dst);
-        assert!(offset + n <= self.n_bytes(), "read past the end of {}", self.name());
+        assert!(
+            offset + n <= self.n_bytes(),
+            "read past the end of {}",
+            self.name()
+        );
         assert!(self.is_allocated(), "tensor {} has no memory", self.name());
         // SAFETY: range checked against the tensor's size; reinterpretation as in read_f32.
         unsafe {

@@ -1,4 +1,10 @@
 //! Raw bindgen output for the vendored ggml headers (generated at build time for the target).
-#![allow(non_camel_case_types, non_snake_case, non_upper_case_globals, dead_code, unsafe_code)]
+#![allow(
+    non_camel_case_types,
+    non_snake_case,
+    non_upper_case_globals,
+    dead_code,
+    unsafe_code
+)]
 #![allow(clippy::all, rustdoc::all)]
 include!(concat!(env!("OUT_DIR"), "/ggml_bindings.rs"));

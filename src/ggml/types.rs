@@ -95,8 +95,14 @@ impl Type {
 
 /// Quantizes `src` (rows of `n_per_row` f32) into type `ty` with ggml's reference quantizer.
 pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Vec<u8> {
-    assert!(n_per_row > 0 && src.len() % n_per_row == 0, "whole rows only");
-    assert!(n_per_row % ty.block_size() == 0, "row length must be a multiple of the block size");
+    assert!(
+        n_per_row > 0 && src.len() % n_per_row == 0,
+        "whole rows only"
+    );
+    assert!(
+        n_per_row % ty.block_size() == 0,
+        "row length must be a multiple of the block size"
+    );
     let n_rows = src.len() / n_per_row;
     let mut out = vec![0u8; n_rows * ty.row_bytes(n_per_row as i64)];
     if ty == Type::F32 {
@@ -130,7 +136,12 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Vec<u8> {
 
 /// Converts `n` elements of type `ty` in `bytes` back to f32.
 pub fn dequantize(ty: Type, bytes: &[u8], n: usize) -> Vec<f32> {
-    assert_eq!(bytes.len(), ty.row_bytes(n as i64), "byte length for {n} {}", ty.name());
+    assert_eq!(
+        bytes.len(),
+        ty.row_bytes(n as i64),
+        "byte length for {n} {}",
+        ty.name()
+    );
     let mut out = vec![0f32; n];
     if ty == Type::F32 {
         for (o, c) in out.iter_mut().zip(bytes.chunks_exact(4)) {

@@ -52,15 +52,23 @@ impl HParams {
         }
         let n_embd = md.req_u32("llama.embedding_length")?;
         let n_head = md.req_u32("llama.attention.head_count")?;
-        let n_head_kv = md.opt_u32("llama.attention.head_count_kv")?.unwrap_or(n_head);
+        let n_head_kv = md
+            .opt_u32("llama.attention.head_count_kv")?
+            .unwrap_or(n_head);
         let head_dim_default = if n_head > 0 { n_embd / n_head } else { 0 };
-        let head_dim = md.opt_u32("llama.attention.key_length")?.unwrap_or(head_dim_default);
-        let v_dim = md.opt_u32("llama.attention.value_length")?.unwrap_or(head_dim);
+        let head_dim = md
+            .opt_u32("llama.attention.key_length")?
+            .unwrap_or(head_dim_default);
+        let v_dim = md
+            .opt_u32("llama.attention.value_length")?
+            .unwrap_or(head_dim);
         let rope_scale = match md.opt_str("llama.rope.scaling.type")? {
             None | Some("none") => md.opt_f32("llama.rope.scale_linear")?.unwrap_or(1.0),
             Some("linear") => md.opt_f32("llama.rope.scaling.factor")?.unwrap_or(1.0),
             Some(other) => {
-                return Err(ModelError::Unsupported(format!("rope scaling type {other:?}")))
+                return Err(ModelError::Unsupported(format!(
+                    "rope scaling type {other:?}"
+                )))
             }
         };
         let hp = HParams {
@@ -71,9 +79,15 @@ impl HParams {
             n_head,
             n_head_kv,
             head_dim,
-            n_rot: md.opt_u32("llama.rope.dimension_count")?.unwrap_or(head_dim),
+            n_rot: md
+                .opt_u32("llama.rope.dimension_count")?
+                .unwrap_or(head_dim),
             rope_freq_base: md.opt_f32("llama.rope.freq_base")?.unwrap_or(10_000.0),
-            rope_freq_scale: if rope_scale > 0.0 { 1.0 / rope_scale } else { 0.0 },
+            rope_freq_scale: if rope_scale > 0.0 {
+                1.0 / rope_scale
+            } else {
+                0.0
+            },
             rms_eps: md.req_f32("llama.attention.layer_norm_rms_epsilon")?,
             n_vocab: md
                 .opt_u32("llama.vocab_size")?
@@ -111,13 +125,19 @@ impl HParams {
         if self.n_head % self.n_head_kv != 0 {
             return bad(
                 "llama.attention.head_count_kv",
-                format!("{} does not divide head_count {}", self.n_head_kv, self.n_head),
+                format!(
+                    "{} does not divide head_count {}",
+                    self.n_head_kv, self.n_head
+                ),
             );
         }
         if self.n_rot == 0 || self.n_rot > self.head_dim || self.n_rot % 2 != 0 {
             return bad(
                 "llama.rope.dimension_count",
-                format!("{} must be even and at most the head width {}", self.n_rot, self.head_dim),
+                format!(
+                    "{} must be even and at most the head width {}",
+                    self.n_rot, self.head_dim
+                ),
             );
         }
         let finite_pos = |x: f32| x.is_finite() && x > 0.0;
@@ -128,7 +148,10 @@ impl HParams {
             return bad("llama.rope.scaling.factor", "must be positive".into());
         }
         if !finite_pos(self.rms_eps) || self.rms_eps > 1.0 {
-            return bad("llama.attention.layer_norm_rms_epsilon", format!("{}", self.rms_eps));
+            return bad(
+                "llama.attention.layer_norm_rms_epsilon",
+                format!("{}", self.rms_eps),
+            );
         }
         if self.n_vocab == 0 {
             return bad("llama.vocab_size", "0".into());

@@ -41,9 +41,18 @@ pub(crate) fn build<'g>(
     let idx = model.index();
     let t = n_tokens as i64;
     let inputs = Inputs {
-        tokens: ctx.new_tensor(Type::I32, &[t]).set_name("inp_tokens").set_input(),
-        pos: ctx.new_tensor(Type::I32, &[t]).set_name("inp_pos").set_input(),
-        slots: ctx.new_tensor(Type::I64, &[t]).set_name("inp_slots").set_input(),
+        tokens: ctx
+            .new_tensor(Type::I32, &[t])
+            .set_name("inp_tokens")
+            .set_input(),
+        pos: ctx
+            .new_tensor(Type::I32, &[t])
+            .set_name("inp_pos")
+            .set_input(),
+        slots: ctx
+            .new_tensor(Type::I64, &[t])
+            .set_name("inp_slots")
+            .set_input(),
         mask: ctx
             .new_tensor(Type::F16, &[n_kv as i64, t])
             .set_name("inp_kq_mask")
@@ -61,7 +70,9 @@ pub(crate) fn build<'g>(
         .set_name("inp_embd");
     for (il, lw) in idx.layers.iter().enumerate() {
         let last = il + 1 == idx.layers.len();
-        x = block(ctx, graph, hp, weights, lw, kv, &inputs, rope_freqs, x, il, n_kv, last);
+        x = block(
+            ctx, graph, hp, weights, lw, kv, &inputs, rope_freqs, x, il, n_kv, last,
+        );
     }
     // Final norm and vocabulary projection over the selected rows only: [n_vocab, O].
     let x = rms_norm(ctx, hp, x, weights[idx.output_norm], "result_norm", None);
@@ -172,15 +183,28 @@ fn attention<'g>(
     // Views of the first N cells as [D, N, Hkv] (cell stride = one cache row).
     let row = Type::F16.row_bytes(d * nkv);
     let head = Type::F16.row_bytes(d);
-    let k_all = ctx.view(k_store, [d, n_kv as i64, nkv, 1], [row, head, head * nkv as usize], 0);
-    let v_all = ctx.view(v_store, [d, n_kv as i64, nkv, 1], [row, head, head * nkv as usize], 0);
+    let k_all = ctx.view(
+        k_store,
+        [d, n_kv as i64, nkv, 1],
+        [row, head, head * nkv as usize],
+        0,
+    );
+    let v_all = ctx.view(
+        v_store,
+        [d, n_kv as i64, nkv, 1],
+        [row, head, head * nkv as usize],
+        0,
+    );
 
     // softmax(q·k / sqrt(D) + mask)·v per head; result [D, H, T] -> [D*H, T].
     let q = ctx.permute(q, [0, 2, 1, 3]);
     let scale = 1.0 / (hp.head_dim as f32).sqrt();
     let out = ctx.flash_attn_ext(q, k_all, v_all, Some(inp.mask), scale);
-    let out = ctx.reshape(out, &[d * nh, t]).set_name(&format!("kqv_out-{il}"));
-    ctx.mul_mat(w[lw.wo], out).set_name(&format!("attn_out-{il}"))
+    let out = ctx
+        .reshape(out, &[d * nh, t])
+        .set_name(&format!("kqv_out-{il}"));
+    ctx.mul_mat(w[lw.wo], out)
+        .set_name(&format!("attn_out-{il}"))
 }
 
 /// SwiGLU feed-forward: down(silu(gate(h)) * up(h)).
@@ -191,8 +215,15 @@ fn feed_forward<'g>(
     h: Tensor<'g>,
     il: usize,
 ) -> Tensor<'g> {
-    let gate = ctx.mul_mat(w[lw.ffn_gate], h).set_name(&format!("ffn_gate-{il}"));
-    let up = ctx.mul_mat(w[lw.ffn_up], h).set_name(&format!("ffn_up-{il}"));
-    let act = ctx.swiglu_split(gate, up).set_name(&format!("ffn_swiglu-{il}"));
-    ctx.mul_mat(w[lw.ffn_down], act).set_name(&format!("ffn_out-{il}"))
+    let gate = ctx
+        .mul_mat(w[lw.ffn_gate], h)
+        .set_name(&format!("ffn_gate-{il}"));
+    let up = ctx
+        .mul_mat(w[lw.ffn_up], h)
+        .set_name(&format!("ffn_up-{il}"));
+    let act = ctx
+        .swiglu_split(gate, up)
+        .set_name(&format!("ffn_swiglu-{il}"));
+    ctx.mul_mat(w[lw.ffn_down], act)
+        .set_name(&format!("ffn_out-{il}"))
 }

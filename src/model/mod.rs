@@ -153,8 +153,14 @@ impl Model {
         }
         let chat_template = match md.opt_str("tokenizer.chat_template")? {
             Some(src) => {
-                let bos = tokenizer.bos().and_then(|t| tokenizer.token_text(t)).unwrap_or("");
-                let eos = tokenizer.eos().and_then(|t| tokenizer.token_text(t)).unwrap_or("");
+                let bos = tokenizer
+                    .bos()
+                    .and_then(|t| tokenizer.token_text(t))
+                    .unwrap_or("");
+                let eos = tokenizer
+                    .eos()
+                    .and_then(|t| tokenizer.token_text(t))
+                    .unwrap_or("");
                 Some(ChatTemplate::new(src, bos, eos)?)
             }
             None => None,
@@ -317,7 +323,12 @@ fn map_weights(
     let weights = AllocatedContext::map_host(ctx, host, |n| offsets.get(n).copied())?;
 
     // Indices follow the creation order of `wanted`.
-    let pos = |name: &str| wanted.iter().position(|(n, _, _)| n == name).expect("wanted");
+    let pos = |name: &str| {
+        wanted
+            .iter()
+            .position(|(n, _, _)| n == name)
+            .expect("wanted")
+    };
     let layers = (0..hp.n_layer)
         .map(|i| {
             let b = |s: &str| pos(&format!("blk.{i}.{s}.weight"));

@@ -66,17 +66,26 @@ pub struct Session<'m> {
 
 impl std::fmt::Debug for Session<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session").field("kv", &self.kv).finish_non_exhaustive()
+        f.debug_struct("Session")
+            .field("kv", &self.kv)
+            .finish_non_exhaustive()
     }
 }
 
 impl<'m> Session<'m> {
     /// A session with a KV cache of `n_ctx` cells (all sequences together) and `n_threads`
     /// compute threads.
-    pub fn new(model: &'m Model, n_ctx: usize, n_threads: usize) -> Result<Session<'m>, ModelError> {
+    pub fn new(
+        model: &'m Model,
+        n_ctx: usize,
+        n_threads: usize,
+    ) -> Result<Session<'m>, ModelError> {
         let max = model.hparams().n_ctx_train as usize;
         if n_ctx == 0 || n_ctx > max.max(1 << 20) {
-            return Err(ModelError::BadContext { requested: n_ctx, max });
+            return Err(ModelError::BadContext {
+                requested: n_ctx,
+                max,
+            });
         }
         let backend = CpuBackend::new(n_threads)?;
         let kv = KvCache::new(model.hparams(), n_ctx, &backend)?;
@@ -143,7 +152,12 @@ impl<'m> Session<'m> {
 
     fn decode_ubatch(&mut self, b: &Batch, r: std::ops::Range<usize>) -> Result<(), ModelError> {
         let n = r.len();
-        let (tokens, pos, seq, want) = (&b.tokens[r.clone()], &b.pos[r.clone()], &b.seq[r.clone()], &b.logits[r]);
+        let (tokens, pos, seq, want) = (
+            &b.tokens[r.clone()],
+            &b.pos[r.clone()],
+            &b.seq[r.clone()],
+            &b.logits[r],
+        );
         let slots = self.kv.find_slots(n)?;
         let n_kv = self.kv.n_kv(&slots);
         let out_rows: Vec<i32> = (0..n as i32).filter(|&i| want[i as usize]).collect();
@@ -173,7 +187,9 @@ impl<'m> Session<'m> {
         inputs.slots.write_i64(&slot_ids);
         self.kv.fill_mask(&mut self.mask, n_kv, n, &slots, seq, pos);
         inputs.mask.write_f16_bits(&self.mask);
-        inputs.out_ids.write_i32(if n_out == 0 { &[0] } else { &out_rows });
+        inputs
+            .out_ids
+            .write_i32(if n_out == 0 { &[0] } else { &out_rows });
 
         self.backend.compute(&graph)?;
         if n_out > 0 {
@@ -226,7 +242,9 @@ impl<'m> Session<'m> {
             batch.push(t, p0 + i as i32, 0, true);
         }
         self.decode(&batch)?;
-        Ok((0..self.n_outputs).map(|i| self.logits(i).to_vec()).collect())
+        Ok((0..self.n_outputs)
+            .map(|i| self.logits(i).to_vec())
+            .collect())
     }
 }
 
