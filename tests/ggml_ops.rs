@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use llamabus::ggml::{
-    cpu, dequantize, quantize, AllocatedContext, Context, CpuBackend, GgmlError, GraphAllocator,
-    Type,
+    cpu, dequantize, quantize, AlignedBytes, AllocatedContext, Context, CpuBackend, GgmlError,
+    GraphAllocator, HostBytes, Type,
 };
 
 /// Deterministic normal-ish values (sum of uniforms) so every target sees the same inputs.
@@ -184,8 +184,7 @@ fn mapped_weights_are_not_copied_and_bounds_are_checked() {
     let vals: Vec<f32> = (0..64).map(|i| i as f32).collect();
     let mut bytes = vec![0u8; 16];
     bytes.extend(vals.iter().flat_map(|v| v.to_le_bytes()));
-    let host: Arc<Vec<u8>> = Arc::new(bytes);
-    let base = host.as_ptr() as usize;
+    let host = Arc::new(AlignedBytes::copy_from(&bytes));
 
     let ctx = Context::new_metadata(2, 0);
     ctx.new_tensor(Type::F32, &[64]).set_name("w");
@@ -200,7 +199,6 @@ fn mapped_weights_are_not_copied_and_bounds_are_checked() {
         2,
         "the mapping keeps the bytes alive"
     );
-    let _ = base;
 
     // A placement running past the end is refused with the tensor's name.
     let ctx = Context::new_metadata(2, 0);
@@ -214,11 +212,23 @@ fn mapped_weights_are_not_copied_and_bounds_are_checked() {
     // A tensor with no placement is refused.
     let ctx = Context::new_metadata(2, 0);
     ctx.new_tensor(Type::F32, &[4]).set_name("missing");
-    let err = AllocatedContext::map_host(ctx, host, |_| None).unwrap_err();
+    let err = AllocatedContext::map_host(ctx, host.clone(), |_| None).unwrap_err();
     assert!(
         matches!(err, GgmlError::Unplaced(ref n) if n == "missing"),
         "{err}"
     );
+
+    // A base pointer ggml would abort on is refused with an error instead.
+    struct Skewed(Arc<AlignedBytes>);
+    impl HostBytes for Skewed {
+        fn host_bytes(&self) -> &[u8] {
+            &self.0[1..]
+        }
+    }
+    let ctx = Context::new_metadata(2, 0);
+    ctx.new_tensor(Type::F32, &[4]).set_name("w");
+    let err = AllocatedContext::map_host(ctx, Arc::new(Skewed(host)), |_| Some(0)).unwrap_err();
+    assert!(matches!(err, GgmlError::Misaligned(_, 32)), "{err}");
 }
 
 #[test]

@@ -25,6 +25,8 @@ pub enum GgmlError {
     },
     #[error("tensor {0} has no placement in the mapping")]
     Unplaced(String),
+    #[error("host bytes at {0:#x} are not aligned to {1} bytes as ggml buffers must be")]
+    Misaligned(usize, usize),
     #[error("could not start the ggml threadpool with {0} threads")]
     Threadpool(usize),
 }
@@ -148,7 +150,7 @@ pub trait HostBytes: Send + Sync {
     fn host_bytes(&self) -> &[u8];
 }
 
-impl HostBytes for Vec<u8> {
+impl HostBytes for super::AlignedBytes {
     fn host_bytes(&self) -> &[u8] {
         self
     }
@@ -189,6 +191,11 @@ impl AllocatedContext {
     ) -> Result<AllocatedContext, GgmlError> {
         let bytes = host.host_bytes();
         let (base, len) = (bytes.as_ptr(), bytes.len());
+        // ggml aborts on a misaligned buffer base; refuse instead.
+        const TENSOR_ALIGNMENT: usize = 32;
+        if (base as usize) % TENSOR_ALIGNMENT != 0 {
+            return Err(GgmlError::Misaligned(base as usize, TENSOR_ALIGNMENT));
+        }
         // Check every placement before creating anything.
         let mut placements = Vec::new();
         for t in tensors_of(&ctx) {

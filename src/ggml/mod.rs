@@ -14,7 +14,7 @@ mod types;
 
 pub use backend::{AllocatedContext, CpuBackend, GgmlError, Graph, GraphAllocator, HostBytes};
 pub use context::{Context, Tensor};
-pub use mmap::map_readonly;
+pub use mmap::{map_readonly, AlignedBytes};
 pub use types::{dequantize, quantize, Type};
 
 /// The ggml version compiled in (from vendor/ggml, recorded by build.rs).

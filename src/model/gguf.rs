@@ -596,7 +596,8 @@ impl TensorInfo {
 
 /// The bytes behind a [`Gguf`].
 enum Storage {
-    Owned(Vec<u8>),
+    /// In-memory files, copied into ggml-aligned memory so tensors can be placed zero-copy.
+    Owned(crate::ggml::AlignedBytes),
     Mapped(memmap2::Mmap),
 }
 
@@ -664,7 +665,7 @@ impl Gguf {
 
     /// Parses a file held in memory (tests, fuzzing); same rules as [`Gguf::open`].
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Gguf, GgufError> {
-        Self::from_storage(Storage::Owned(bytes))
+        Self::from_storage(Storage::Owned(crate::ggml::AlignedBytes::copy_from(&bytes)))
     }
 
     /// Parses an already mapped file. Creating the mapping needs `unsafe` (the file could change
