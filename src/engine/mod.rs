@@ -4,8 +4,11 @@
 //! one token per step through the sampler, streaming UTF-8-safe text to a callback until EOS,
 //! a stop string, `max_tokens`, or cancellation.
 
+pub mod worker;
+
 use std::time::{Duration, Instant};
 
+use crate::model::session::MAX_UBATCH;
 use crate::model::{ModelError, SeqId, Session};
 use crate::sampler::{FinishReason, Sampler, SamplerError, SamplingParams, StopMatcher};
 use crate::tokenizer::StreamDecoder;
@@ -69,7 +72,9 @@ pub enum GenerateError {
     Sampler(#[from] SamplerError),
     #[error("empty prompt")]
     EmptyPrompt,
-    #[error("prompt of {prompt} tokens plus {max_tokens} new tokens exceeds the context of {n_ctx}")]
+    #[error(
+        "prompt of {prompt} tokens plus {max_tokens} new tokens exceeds the context of {n_ctx}"
+    )]
     TooLong {
         prompt: usize,
         max_tokens: usize,
@@ -118,7 +123,16 @@ pub fn generate(
     };
 
     let t0 = Instant::now();
-    session.eval_seq(seq, &req.prompt)?;
+    // Prompt in micro-batches, checking for cancellation between them, so a long prompt on a
+    // slow board can still be cancelled (and the caller's heartbeat keeps moving).
+    for chunk in req.prompt.chunks(MAX_UBATCH) {
+        if cancelled() {
+            out.finish_reason = FinishReason::Cancelled;
+            out.timings.prompt = t0.elapsed();
+            return Ok(out);
+        }
+        session.eval_seq(seq, chunk)?;
+    }
     out.timings.prompt = t0.elapsed();
     let t1 = Instant::now();
     while out.tokens.len() < req.max_tokens {

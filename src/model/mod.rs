@@ -9,7 +9,7 @@ pub mod gguf_write;
 pub mod hparams;
 mod kv_cache;
 mod llama;
-mod session;
+pub mod session;
 pub mod types;
 
 use std::path::{Path, PathBuf};
