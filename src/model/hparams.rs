@@ -55,7 +55,7 @@ impl HParams {
         let n_head_kv = md
             .opt_u32("llama.attention.head_count_kv")?
             .unwrap_or(n_head);
-        let head_dim_default = if n_head > 0 { n_embd / n_head } else { 0 };
+        let head_dim_default = n_embd.checked_div(n_head).unwrap_or(0);
         let head_dim = md
             .opt_u32("llama.attention.key_length")?
             .unwrap_or(head_dim_default);

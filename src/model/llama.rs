@@ -27,6 +27,7 @@ pub(crate) struct Inputs<'g> {
 }
 
 /// Builds the graph for one batch. Returns the inputs and the logits node, F32 [n_vocab, O].
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn build<'g>(
     ctx: &'g Context,
     graph: &mut crate::ggml::Graph<'g>,
