@@ -203,12 +203,20 @@ fn control_tokens_cannot_be_injected() {
 }
 
 #[test]
+fn tokenizer_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tokenizer>();
+}
+
+#[test]
 fn smollm2_special_ids() {
     let t = smollm2();
     assert_eq!(t.n_vocab(), 49152);
     assert_eq!(t.bos(), Some(1));
     assert_eq!(t.eos(), Some(2));
-    assert_eq!(t.eot(), Some(2), "<|im_end|> ends a chat turn");
+    // llama.cpp picks EOT by text in hash-map order (libstdc++ gives <|endoftext|> = 0 here);
+    // we pick deterministically (highest id: <|im_end|>). The EOG set is identical either way.
+    assert_eq!(t.eot(), Some(2));
     assert!(t.is_eog(2)); // <|im_end|>
     assert!(t.is_eog(0)); // <|endoftext|>
     assert!(!t.is_eog(1));
