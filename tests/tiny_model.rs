@@ -383,19 +383,46 @@ fn tiny_model_writes_to_disk_and_loads() {
 /// Prompt length evaluated as one batch, then single tokens through the KV cache.
 const N_PROMPT: usize = 12;
 const N_SINGLE: usize = 3;
-/// Where the reference's top two logits are further apart than this, ggml's argmax must match.
+/// Where the reference's top two logits are further apart than this, ggml's argmax must match
+/// (in logit units)...
 const ARGMAX_MARGIN: f32 = 0.05;
+/// ...or, when larger, this many times the position's RMS logit error: with quantized weights
+/// ggml's logits are off by ~0.04 (a difference of two logits by ~0.06), so a 0.05 margin
+/// is within noise there (seen flipping on aarch64 at margins 0.053-0.054).
+const ARGMAX_MARGIN_ERRORS: f32 = 5.0;
 
-/// Largest allowed relative RMS error of a position's logits, per weight type. ggml keeps the
-/// KV cache in F16 and, for quantized weights, quantizes activations to Q8_0/Q8_K before each
-/// matrix product; the reference does neither. Set to ~2-3× the largest error measured on
-/// x86_64 (AVX2), aarch64 and armv7 (NEON) runs.
+/// Largest allowed relative RMS error of a position's logits, per weight type: ~2.5× the
+/// largest error measured on any target (the test prints them).
+/// ggml's flash attention reads an F16 KV cache with Q in F16 and accumulates V in F16, and for
+/// quantized weights every matrix product first quantizes its input to Q8_0/Q8_1/Q8_K; the
+/// reference does neither, so these are rounding errors, not tolerance for wrong maths (a
+/// wrong RMS epsilon, RoPE base or frequency factor gives 0.1-0.4).
 fn tolerance(ty: Type) -> f64 {
-    match ty {
-        t if t == Type::F32 => 5e-3,
-        t if t == Type::F16 => 5e-3,
-        _ => 5e-2,
-    }
+    // Measured maxima: x86_64 (AVX2) / aarch64 (Cortex-A72, qemu) / armv7 (Cortex-A7, qemu).
+    const TABLE: [(Type, f64); 7] = [
+        (Type::F32, 4e-3),    // 1.45e-3 / 1.38e-3 / 1.38e-3
+        (Type::F16, 4.5e-3),  // 1.80e-3 / 1.91e-3 / 1.81e-3
+        (Type::Q8_0, 6e-2),   // 2.78e-2 / 2.78e-2 / 2.78e-2
+        (Type::Q4_0, 6e-2),   // 2.31e-2 / 2.31e-2 / 2.16e-2
+        (Type::Q4_1, 6e-2),   // 2.60e-2 / 2.63e-2 / 2.60e-2
+        (Type::Q4_K, 7.5e-2), // 3.43e-2 / 3.43e-2 / 3.43e-2
+        (Type::Q6_K, 7.5e-2), // 2.95e-2 / 2.95e-2 / 2.95e-2
+    ];
+    TABLE
+        .iter()
+        .find(|(t, _)| *t == ty)
+        .map(|&(_, tol)| tol)
+        .unwrap_or_else(|| panic!("no tolerance for {ty:?}"))
+}
+
+/// RMS of `got − want`, in logit units.
+fn abs_rms(got: &[f32], want: &[f32]) -> f32 {
+    let sum: f64 = got
+        .iter()
+        .zip(want)
+        .map(|(&g, &w)| (f64::from(g) - f64::from(w)).powi(2))
+        .sum();
+    (sum / want.len() as f64).sqrt() as f32
 }
 
 #[test]
@@ -404,6 +431,7 @@ fn ggml_graph_matches_reference() {
     let mut failures = Vec::new();
     for (i, ty) in TYPES.into_iter().enumerate() {
         let mut worst = 0f64;
+        let (mut n_positions, mut n_checked, mut n_same) = (0usize, 0usize, 0usize);
         for spec in variants(ty, i) {
             let label = format!(
                 "{:?} {:?} tied={} rope_freqs={}",
@@ -459,9 +487,13 @@ fn ggml_graph_matches_reference() {
                         tolerance(ty)
                     ));
                 }
-                if top2_margin(w) > ARGMAX_MARGIN && argmax(g) != argmax(w) {
+                let needed = ARGMAX_MARGIN.max(ARGMAX_MARGIN_ERRORS * abs_rms(g, w));
+                n_positions += 1;
+                n_checked += usize::from(top2_margin(w) > needed);
+                n_same += usize::from(argmax(g) == argmax(w));
+                if top2_margin(w) > needed && argmax(g) != argmax(w) {
                     failures.push(format!(
-                        "{label} pos {pos}: ggml argmax {} != reference {} (margin {:.3})",
+                        "{label} pos {pos}: ggml argmax {} != reference {} (margin {:.3} > {needed:.3})",
                         argmax(g),
                         argmax(w),
                         top2_margin(w)
@@ -470,7 +502,8 @@ fn ggml_graph_matches_reference() {
             }
         }
         eprintln!(
-            "{ty:?}: worst rel RMS {worst:.2e} (tolerance {:.1e})",
+            "{ty:?}: worst rel RMS {worst:.2e} (tolerance {:.1e}); argmax agrees at \
+             {n_same}/{n_positions} positions, required at {n_checked}",
             tolerance(ty)
         );
     }

@@ -222,23 +222,10 @@ impl RefModel {
             rope_base: md
                 .opt_f32("llama.rope.freq_base")
                 .expect("freq_base")
-                .unwrap_or(10000.0)
-                * if std::env::var("MUT_BASE").is_ok() {
-                    0.0
-                } else {
-                    1.0
-                }
-                + if std::env::var("MUT_BASE").is_ok() {
-                    10000.0
-                } else {
-                    0.0
-                },
-            rms_eps: if std::env::var("MUT_EPS").is_ok() {
-                1e-5
-            } else {
-                md.req_f32("llama.attention.layer_norm_rms_epsilon")
-                    .expect("rms eps")
-            },
+                .unwrap_or(10000.0),
+            rms_eps: md
+                .req_f32("llama.attention.layer_norm_rms_epsilon")
+                .expect("rms eps"),
         };
         assert!(config.n_rot <= head_dim && config.n_rot % 2 == 0);
         let c = &config;
@@ -392,11 +379,7 @@ impl RefModel {
         let c = &self.config;
         for i in 0..c.n_rot / 2 {
             let inv_freq = f64::from(c.rope_base).powf(-2.0 * i as f64 / c.n_rot as f64);
-            let divisor = if std::env::var("MUT_FREQS").is_ok() {
-                1.0
-            } else {
-                self.rope_freqs.as_ref().map_or(1.0, |f| f64::from(f[i]))
-            };
+            let divisor = self.rope_freqs.as_ref().map_or(1.0, |f| f64::from(f[i]));
             let theta = pos as f64 * inv_freq / divisor;
             let (sin, cos) = theta.sin_cos();
             let (x0, x1) = (f64::from(head[2 * i]), f64::from(head[2 * i + 1]));
