@@ -11,6 +11,7 @@ use llamabus::ggml::cpu;
 use llamabus::model::gguf::Gguf;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::SamplingParams;
+use llamabus::service::config;
 use llamabus::tokenizer::chat::ChatMessage;
 use llamabus::tokenizer::Tokenizer;
 
@@ -46,6 +47,57 @@ enum Command {
         bos: bool,
         text: String,
     },
+    /// Run the MQTT daemon: answer prompts published to {prefix}/prompt/+.
+    Serve(ServeArgs),
+    /// Ask a running daemon over MQTT 5 and print the answer as it streams.
+    Ask(AskArgs),
+}
+
+#[derive(Args, Debug)]
+struct ServeArgs {
+    /// The TOML configuration file.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// The GGUF model (overrides [model] path).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// mqtt://HOST:PORT or mqtts://HOST:PORT (overrides [mqtt] broker; without either, an
+    /// embedded broker is started).
+    #[arg(long)]
+    broker: Option<String>,
+    /// Topic prefix (overrides [mqtt] prefix).
+    #[arg(long)]
+    prefix: Option<String>,
+}
+
+#[derive(Args, Debug)]
+struct AskArgs {
+    /// The broker.
+    #[arg(long, default_value = "mqtt://127.0.0.1:1883")]
+    broker: String,
+    /// The device level of the request topic.
+    #[arg(long, default_value = "ask")]
+    device: String,
+    /// Send a JSON request and print the JSON replies, one per line.
+    #[arg(long)]
+    json: bool,
+    /// Ask for a streamed answer.
+    #[arg(long)]
+    stream: bool,
+    /// Topic prefix.
+    #[arg(long, default_value = "llamabus")]
+    prefix: String,
+    /// Seconds to wait for the complete answer.
+    #[arg(long, default_value_t = 120.0)]
+    timeout: f64,
+    /// Maximum new tokens (sends JSON).
+    #[arg(long)]
+    max_tokens: Option<u32>,
+    /// Sampling temperature; 0 is greedy (sends JSON).
+    #[arg(long)]
+    temperature: Option<f32>,
+    /// The prompt.
+    prompt: String,
 }
 
 #[derive(Args, Debug)]
@@ -92,6 +144,7 @@ fn long_version() -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    StderrLogger::install();
     // Before any ggml kernel runs: a binary built for a newer CPU must fail with a message,
     // not with SIGILL in the middle of a matrix product.
     if let Err(e) = cpu::check() {
@@ -111,6 +164,8 @@ fn main() -> ExitCode {
             bos,
             text,
         } => tokenize(&model, special, bos, &text),
+        Command::Serve(args) => serve(args),
+        Command::Ask(args) => ask(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -287,4 +342,116 @@ fn tokenize(model: &std::path::Path, special: bool, bos: bool, text: &str) -> an
     }
     println!("{}", serde_json::to_string(&ids)?);
     Ok(())
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?)
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    let overrides = config::Overrides {
+        model: a.model,
+        broker: a.broker,
+        prefix: a.prefix,
+    };
+    let settings = config::load(a.config.as_deref(), &overrides)?;
+    log::info!(
+        "llamabus {} serving {} as node {} (config: {})",
+        env!("CARGO_PKG_VERSION"),
+        settings.model().path.display(),
+        settings.node,
+        settings.source
+    );
+    runtime()?.block_on(llamabus::mqtt::server::serve(settings, shutdown_signal()))?;
+    Ok(())
+}
+
+/// Completes on SIGINT or SIGTERM.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            log::error!("cannot watch SIGTERM: {e}");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => log::info!("SIGINT"),
+        _ = term.recv() => log::info!("SIGTERM"),
+    }
+}
+
+fn ask(a: AskArgs) -> anyhow::Result<()> {
+    let broker =
+        config::BrokerUrl::parse(&a.broker).map_err(|e| anyhow::anyhow!("--broker: {e}"))?;
+    if !(a.timeout > 0.0 && a.timeout.is_finite()) {
+        bail!("--timeout must be a positive number of seconds");
+    }
+    let opts = llamabus::mqtt::client::AskOptions {
+        broker,
+        prefix: a.prefix,
+        device: a.device,
+        json: a.json,
+        stream: a.stream,
+        max_tokens: a.max_tokens,
+        temperature: a.temperature,
+        timeout: std::time::Duration::from_secs_f64(a.timeout),
+        max_packet_bytes: config::DEFAULT_MAX_PACKET_BYTES,
+        prompt: a.prompt,
+    };
+    let mut stdout = std::io::stdout().lock();
+    runtime()?.block_on(llamabus::mqtt::client::ask(&opts, &mut stdout))?;
+    Ok(())
+}
+
+/// A minimal stderr logger until the service's logging setup lands: `LLAMABUS_LOG`
+/// (error|warn|info|debug|trace, default info) for llamabus' own messages; other crates'
+/// messages only from warn up, and the embedded broker's (rumqttd) only at debug and trace.
+#[derive(Debug)]
+struct StderrLogger {
+    level: log::LevelFilter,
+}
+
+impl StderrLogger {
+    fn install() {
+        let level = std::env::var("LLAMABUS_LOG")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(log::LevelFilter::Info);
+        if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
+            log::set_max_level(level);
+        }
+    }
+}
+
+impl log::Log for StderrLogger {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        if m.target().starts_with("llamabus") {
+            m.level() <= self.level
+        } else if m.target().starts_with("tracing") || m.target().starts_with("rumqttd") {
+            // rumqttd's tracing spans reach `log` as error-level records: noise, except when
+            // debugging.
+            self.level >= log::LevelFilter::Debug
+        } else {
+            m.level() <= log::Level::Warn && m.level() <= self.level
+        }
+    }
+
+    fn log(&self, r: &log::Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let level = r.level().as_str().to_lowercase();
+            if r.target().starts_with("llamabus") {
+                eprintln!("llamabus: {level}: {}", r.args());
+            } else {
+                eprintln!("llamabus: {level}: [{}] {}", r.target(), r.args());
+            }
+        }
+    }
+
+    fn flush(&self) {}
 }

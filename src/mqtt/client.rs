@@ -1,0 +1,211 @@
+//! `llamabus ask`: one MQTT 5 request/response round trip.
+//!
+//! Subscribes to a private reply topic `{prefix}/reply/ask-<random>` first, then publishes the
+//! prompt to `{prefix}/prompt/{device}` with that Response Topic and random Correlation Data,
+//! and prints the answer as it arrives. Plain text is sent unless JSON is needed (`--json`,
+//! `--stream`, or a generation option); JSON requests carry the prompt as one user message.
+
+use std::io::Write;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event};
+
+use crate::mqtt::conn;
+use crate::mqtt::topics::Topics;
+use crate::mqtt::wire::{self, Encoding, Message, Request, Response};
+use crate::service::config::BrokerUrl;
+
+/// What to ask.
+#[derive(Clone, Debug)]
+pub struct AskOptions {
+    pub broker: BrokerUrl,
+    pub prefix: String,
+    pub device: String,
+    /// Send JSON and print every JSON message received, one per line.
+    pub json: bool,
+    /// Ask for a streamed answer (implies a JSON request).
+    pub stream: bool,
+    pub max_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+    pub timeout: Duration,
+    pub max_packet_bytes: u32,
+    pub prompt: String,
+}
+
+/// Why `ask` did not print an answer.
+#[derive(Debug, thiserror::Error)]
+pub enum AskError {
+    #[error("{code}: {message}")]
+    ErrorReply { code: String, message: String },
+    #[error("no answer on {topic} within {timeout:?}")]
+    Timeout { topic: String, timeout: Duration },
+    #[error("connection to {broker}: {error}")]
+    Connection {
+        broker: String,
+        error: rumqttc::v5::ConnectionError,
+    },
+    #[error("mqtt client: {0}")]
+    Client(Box<rumqttc::v5::ClientError>),
+    #[error("undecodable reply on {topic}: {message}")]
+    BadReply { topic: String, message: String },
+    #[error(transparent)]
+    Tls(#[from] conn::TlsError),
+    #[error("writing the answer: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl From<rumqttc::v5::ClientError> for AskError {
+    fn from(e: rumqttc::v5::ClientError) -> AskError {
+        AskError::Client(Box::new(e))
+    }
+}
+
+/// Sends the request and writes the answer to `out` (text, or JSON lines with `json`).
+pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
+    let topics = Topics::new(&o.prefix, None);
+    let nonce = conn::random_hex(6);
+    let reply_topic = topics.reply(&format!("ask-{nonce}"));
+    let correlation = Bytes::from(conn::random_hex(8).into_bytes());
+    let use_json = o.json || o.stream || o.max_tokens.is_some() || o.temperature.is_some();
+    let (enc, payload) = if use_json {
+        let req = Request {
+            id: Some(format!("ask-{nonce}")),
+            messages: Some(vec![Message {
+                role: "user".into(),
+                content: o.prompt.clone(),
+            }]),
+            max_tokens: o.max_tokens,
+            temperature: o.temperature,
+            stream: o.stream.then_some(true),
+            ..Request::default()
+        };
+        let p = wire::encode_request(&req, Encoding::Json).map_err(|e| AskError::BadReply {
+            topic: topics.prompt(&o.device),
+            message: e.to_string(),
+        })?;
+        (Encoding::Json, p)
+    } else {
+        (Encoding::Text, o.prompt.clone().into_bytes())
+    };
+
+    let options = conn::client_options(
+        &format!("llamabus-ask-{nonce}"),
+        &o.broker,
+        o.max_packet_bytes,
+    )?;
+    let (client, mut eventloop) = AsyncClient::new(options, 16);
+    let broker = o.broker.to_string();
+    let work = async {
+        let mut sent = false;
+        loop {
+            let ev = eventloop
+                .poll()
+                .await
+                .map_err(|error| AskError::Connection {
+                    broker: broker.clone(),
+                    error,
+                })?;
+            match ev {
+                Event::Incoming(Packet::ConnAck(_)) => {
+                    client.try_subscribe(reply_topic.clone(), QoS::AtLeastOnce)?;
+                }
+                Event::Incoming(Packet::SubAck(_)) if !sent => {
+                    sent = true;
+                    let props = PublishProperties {
+                        response_topic: Some(reply_topic.clone()),
+                        correlation_data: Some(correlation.clone()),
+                        content_type: Some(enc.content_type().to_owned()),
+                        payload_format_indicator: Some(1),
+                        ..PublishProperties::default()
+                    };
+                    client.try_publish_with_properties(
+                        topics.prompt(&o.device),
+                        QoS::AtLeastOnce,
+                        false,
+                        payload.clone(),
+                        props,
+                    )?;
+                }
+                Event::Incoming(Packet::Publish(p)) => {
+                    if p.topic != reply_topic.as_bytes() {
+                        continue;
+                    }
+                    let corr = p
+                        .properties
+                        .as_ref()
+                        .and_then(|x| x.correlation_data.as_ref());
+                    if corr != Some(&correlation) {
+                        continue;
+                    }
+                    if handle_reply(o, enc, &p.payload, &reply_topic, out)? {
+                        return Ok(());
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    let result = match tokio::time::timeout(o.timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(AskError::Timeout {
+            topic: reply_topic.clone(),
+            timeout: o.timeout,
+        }),
+    };
+    // Best effort: a clean DISCONNECT, so the broker does not wait for keep-alive.
+    let _ = client.try_disconnect();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        while let Ok(ev) = eventloop.poll().await {
+            if matches!(ev, Event::Outgoing(rumqttc::Outgoing::Disconnect)) {
+                break;
+            }
+        }
+    })
+    .await;
+    result
+}
+
+/// Handles one reply message; `Ok(true)` once the answer is complete.
+fn handle_reply(
+    o: &AskOptions,
+    enc: Encoding,
+    payload: &[u8],
+    topic: &str,
+    out: &mut dyn Write,
+) -> Result<bool, AskError> {
+    let resp = wire::decode_response(payload, enc).map_err(|e| AskError::BadReply {
+        topic: topic.to_owned(),
+        message: e.to_string(),
+    })?;
+    if o.json {
+        out.write_all(payload)?;
+        out.write_all(b"\n")?;
+        out.flush()?;
+    }
+    match resp {
+        Response::Chunk(c) => {
+            if !o.json {
+                out.write_all(c.delta.as_bytes())?;
+                out.flush()?;
+            }
+            Ok(false)
+        }
+        Response::Reply(r) => {
+            if !o.json {
+                if !o.stream {
+                    out.write_all(r.text.as_bytes())?;
+                }
+                out.write_all(b"\n")?;
+                out.flush()?;
+            }
+            Ok(true)
+        }
+        Response::Error(e) => Err(AskError::ErrorReply {
+            code: e.error.code.to_string(),
+            message: e.error.message,
+        }),
+    }
+}

@@ -1,0 +1,894 @@
+//! The daemon's MQTT side: one task polls rumqttc's event loop and routes; nothing in it waits
+//! on inference (CONVENTIONS practice 2).
+//!
+//! ```text
+//!  broker ──► event-loop task ──submit (never blocks)──► engine thread
+//!                 │  (decode, route, limits)                 │ Job.events closure
+//!                 ▼                                          ▼
+//!            Msg channel (unbounded) ◄──────────────────────-┘
+//!                 │
+//!                 ▼
+//!           publisher task ──► AsyncClient ──► broker      status task ──► retained status
+//! ```
+//!
+//! * Requests arrive on `{prefix}/prompt/+` (and `{prefix}/pc/prompt/+`, whose payloads are
+//!   postcard) with QoS 1; cancels on `{prefix}/cancel/+`. With `share_group` the prompt
+//!   filters go through `$share/{group}/`; cancels are never shared, since only the daemon
+//!   running a job can cancel it. Subscriptions are renewed after every ConnAck (clean start:
+//!   the broker's session is never relied on).
+//! * Reply routing: the MQTT 5 Response Topic (Correlation Data echoed) > the JSON `reply_to` >
+//!   `{prefix}/reply/{device}`. A reply topic outside `allowed_reply_prefixes`, with a wildcard
+//!   or starting with `$` is refused with `reply_topic_denied`, sent to the default reply topic.
+//! * Replies use the request's encoding and QoS (at most 1), and carry a Content Type.
+//! * Limits: a payload over `max_payload_bytes` is refused with `too_long` before any
+//!   parsing; a full queue is `busy` at once; MQTT 5 Message Expiry and JSON `deadline_ms`
+//!   become the job's deadline (`expired`).
+//! * Streaming: each delta becomes numbered `{id, seq, delta}` chunks that each fit the packet
+//!   limit (split on UTF-8 boundaries), then the final reply with `done: true`.
+//! * Malformed input never stops the loop: every refusal is one error reply (when a reply
+//!   topic is known) and one log line.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use log::{debug, error, info, warn};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, Filter, LastWill, Packet, Publish, PublishProperties,
+};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, EventLoop};
+use rumqttc::Outgoing as OutgoingEvent;
+use serde_json::json;
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput};
+use crate::mqtt::conn::{self, Backoff};
+use crate::mqtt::topics::{self, Incoming, Topics};
+use crate::mqtt::wire::{
+    self, Chunk, Encoding, ErrorBody, ErrorCode, ErrorReply, Reply, Request, Response, Timings,
+    Usage,
+};
+use crate::sampler;
+use crate::service::config::{BrokerSettings, Settings};
+use crate::tokenizer::chat::ChatMessage;
+
+/// Capacity of rumqttc's request channel (publishes waiting for the event loop).
+const REQUEST_CHANNEL: usize = 256;
+/// How often the status task looks for changes.
+const STATUS_POLL: Duration = Duration::from_millis(250);
+/// Room kept in every packet for the fixed header, topic, packet id and properties.
+const PACKET_OVERHEAD: usize = 64;
+/// How long a clean shutdown waits for the broker to take the last messages.
+const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("mqtt TLS: {0}")]
+    Tls(conn::TlsError),
+    #[cfg(feature = "embedded-broker")]
+    #[error(transparent)]
+    Broker(#[from] crate::mqtt::broker::BrokerError),
+    #[error("model {model}: {error}")]
+    Engine {
+        model: String,
+        error: Box<crate::engine::worker::StartError>,
+    },
+    #[error("no embedded broker in this build (feature `embedded-broker`): set mqtt.broker")]
+    NoEmbeddedBroker,
+}
+
+/// Starts everything `llamabus serve` runs: the embedded broker when no broker is configured,
+/// the engine (model load on a blocking thread), then [`run`] until `shutdown` completes.
+pub async fn serve(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    #[cfg(feature = "embedded-broker")]
+    let _broker = match &settings.mqtt.broker {
+        BrokerSettings::Embedded { listen } => Some(crate::mqtt::broker::start(
+            *listen,
+            settings.mqtt.max_packet_bytes,
+        )?),
+        BrokerSettings::External(_) => None,
+    };
+    #[cfg(not(feature = "embedded-broker"))]
+    if matches!(settings.mqtt.broker, BrokerSettings::Embedded { .. }) {
+        return Err(ServeError::NoEmbeddedBroker);
+    }
+    let cfg = settings.engine_config();
+    let model = settings.model().name.clone();
+    let engine = tokio::task::spawn_blocking(move || {
+        crate::engine::worker::Engine::start(cfg, |s| info!("{s}"))
+    })
+    .await
+    .expect("the engine start task panicked")
+    .map_err(|error| ServeError::Engine {
+        model,
+        error: Box::new(error),
+    })?;
+    run(settings, engine, shutdown).await
+}
+
+/// Serves prompts with `engine` until `shutdown` completes, then stops taking prompts, lets
+/// running and queued jobs finish for `limits.shutdown_drain`, publishes the retained
+/// `offline` status and disconnects. Connection failures are retried forever with backoff.
+pub async fn run(
+    settings: Settings,
+    engine: Engine,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    let settings = Arc::new(settings);
+    let topics = Topics::new(&settings.mqtt.prefix, settings.mqtt.share_group.as_deref());
+    let status_topic = topics.status(&settings.node);
+    let mut options = conn::daemon_options(&settings.mqtt).map_err(ServeError::Tls)?;
+    options.set_last_will(LastWill::new(
+        status_topic.clone(),
+        offline_status(&settings.node),
+        QoS::AtLeastOnce,
+        true,
+        None,
+    ));
+    let (client, eventloop) = AsyncClient::new(options, REQUEST_CHANNEL);
+    let (tx, rx) = mpsc::unbounded_channel::<Msg>();
+    let out_limit = Arc::new(AtomicU32::new(settings.mqtt.max_packet_bytes));
+    let cancels: Cancels = Arc::new(Mutex::new(HashMap::new()));
+    let publisher = tokio::spawn(
+        Publisher {
+            client: client.clone(),
+            routes: HashMap::new(),
+            cancels: cancels.clone(),
+            out_limit: out_limit.clone(),
+        }
+        .run(rx),
+    );
+    let status_now = Arc::new(Notify::new());
+    let status = tokio::spawn(status_task(
+        client.clone(),
+        engine.clone(),
+        settings.clone(),
+        status_topic.clone(),
+        status_now.clone(),
+    ));
+    let mut lp = Loop {
+        settings: settings.clone(),
+        engine: engine.clone(),
+        topics,
+        eventloop,
+        tx: tx.clone(),
+        cancels,
+        out_limit,
+        status_now,
+        backoff: Backoff::new(),
+        broker: broker_name(&settings),
+        connected: false,
+    };
+
+    let result = lp.serve(shutdown).await;
+    info!(
+        "shutting down: no new prompts; draining for up to {:?}",
+        settings.limits.shutdown_drain
+    );
+
+    // 1. Stop taking prompts. Prompts already delivered are still answered (the engine
+    //    refuses them as `cancelled` once it shuts down).
+    let _ = tx.send(Msg::Unsubscribe(lp.topics.prompt_subscriptions()));
+    // 2. Let the engine finish (bounded by the drain time) while the loop keeps publishing.
+    let drain = settings.limits.shutdown_drain;
+    let eng = engine.clone();
+    let engine_done = tokio::task::spawn_blocking(move || eng.shutdown(drain));
+    let _ = lp.pump(engine_done, drain + Duration::from_secs(5)).await;
+    // 3. Everything the engine reported is in the channel: wait until it is handed to rumqttc.
+    let (ftx, frx) = oneshot::channel();
+    let _ = tx.send(Msg::Flush(ftx));
+    let _ = lp.pump(frx, DISCONNECT_GRACE).await;
+    // 4. Offline status (the status task must not overwrite it), then disconnect.
+    status.abort();
+    let _ = status.await;
+    let _ = tx.send(Msg::Publish(Outgoing {
+        topic: status_topic,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        payload: offline_status(&settings.node),
+        props: json_props(None),
+    }));
+    let (ftx, frx) = oneshot::channel();
+    let _ = tx.send(Msg::Flush(ftx));
+    let _ = lp.pump(frx, DISCONNECT_GRACE).await;
+    let _ = client.try_disconnect();
+    lp.until_disconnected(DISCONNECT_GRACE).await;
+    drop(tx);
+    drop(lp);
+    let _ = publisher.await;
+    info!("stopped");
+    result
+}
+
+fn broker_name(s: &Settings) -> String {
+    match &s.mqtt.broker {
+        BrokerSettings::External(u) => u.to_string(),
+        BrokerSettings::Embedded { listen, .. } => format!("embedded mqtt://{listen}"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Messages between the event loop, the engine and the publisher
+
+/// Request id → its cancel flag, keyed by (device, id).
+type Cancels = Arc<Mutex<HashMap<(String, String), (u64, Arc<AtomicBool>)>>>;
+
+/// A publish to make.
+#[derive(Debug)]
+struct Outgoing {
+    topic: String,
+    qos: QoS,
+    retain: bool,
+    payload: Vec<u8>,
+    props: PublishProperties,
+}
+
+/// Where and how to answer one job.
+#[derive(Debug)]
+struct Route {
+    topic: String,
+    qos: QoS,
+    enc: Encoding,
+    id: Option<String>,
+    correlation: Option<Bytes>,
+    stream: bool,
+    next_seq: u32,
+    cancel_key: Option<(String, String)>,
+}
+
+enum Msg {
+    /// Registers a job's route; always sent before the job is submitted.
+    Route(u64, Route),
+    /// An engine event of a routed job.
+    Event(u64, JobEvent),
+    Publish(Outgoing),
+    Subscribe(Vec<String>),
+    Unsubscribe(Vec<String>),
+    /// Answered once everything sent before it was handed to rumqttc.
+    Flush(oneshot::Sender<()>),
+}
+
+fn error_code(kind: ErrorKind) -> ErrorCode {
+    match kind {
+        ErrorKind::BadRequest => ErrorCode::BadRequest,
+        ErrorKind::TooLong => ErrorCode::TooLong,
+        ErrorKind::Busy => ErrorCode::Busy,
+        ErrorKind::Expired => ErrorCode::Expired,
+        ErrorKind::Cancelled => ErrorCode::Cancelled,
+        ErrorKind::Internal => ErrorCode::Internal,
+    }
+}
+
+fn finish_reason(r: sampler::FinishReason) -> wire::FinishReason {
+    match r {
+        sampler::FinishReason::Stop => wire::FinishReason::Stop,
+        sampler::FinishReason::Length => wire::FinishReason::Length,
+        sampler::FinishReason::Cancelled => wire::FinishReason::Cancelled,
+    }
+}
+
+fn props(enc: Encoding, correlation: Option<Bytes>) -> PublishProperties {
+    PublishProperties {
+        // 1: the payload is UTF-8 (text and JSON); postcard is binary.
+        payload_format_indicator: (enc != Encoding::Postcard).then_some(1),
+        content_type: Some(enc.content_type().to_owned()),
+        correlation_data: correlation,
+        ..PublishProperties::default()
+    }
+}
+
+fn json_props(correlation: Option<Bytes>) -> PublishProperties {
+    props(Encoding::Json, correlation)
+}
+
+/// Bytes of payload that fit one packet to `topic` with `correlation`.
+fn payload_budget(limit: u32, topic: &str, correlation: Option<&Bytes>, enc: Encoding) -> usize {
+    let overhead = PACKET_OVERHEAD
+        + topic.len()
+        + correlation.map_or(0, |c| c.len())
+        + enc.content_type().len();
+    (limit as usize).saturating_sub(overhead)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The publisher task
+
+struct Publisher {
+    client: AsyncClient,
+    routes: HashMap<u64, Route>,
+    cancels: Cancels,
+    out_limit: Arc<AtomicU32>,
+}
+
+impl Publisher {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Msg>) {
+        while let Some(msg) = rx.recv().await {
+            match msg {
+                Msg::Route(job, route) => {
+                    self.routes.insert(job, route);
+                }
+                Msg::Event(job, event) => {
+                    for out in self.on_event(job, event) {
+                        self.publish(out).await;
+                    }
+                }
+                Msg::Publish(out) => self.publish(out).await,
+                Msg::Subscribe(filters) => {
+                    let filters: Vec<Filter> = filters
+                        .into_iter()
+                        .map(|f| Filter::new(f, QoS::AtLeastOnce))
+                        .collect();
+                    if let Err(e) = self.client.subscribe_many(filters).await {
+                        error!("subscribe: {e}");
+                    }
+                }
+                Msg::Unsubscribe(filters) => {
+                    for f in filters {
+                        if let Err(e) = self.client.unsubscribe(f.clone()).await {
+                            warn!("unsubscribe {f}: {e}");
+                        }
+                    }
+                }
+                Msg::Flush(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    async fn publish(&self, out: Outgoing) {
+        let topic = out.topic.clone();
+        if let Err(e) = self
+            .client
+            .publish_with_properties(out.topic, out.qos, out.retain, out.payload, out.props)
+            .await
+        {
+            error!("publish to {topic}: {e}");
+        }
+    }
+
+    /// The publishes one engine event turns into.
+    fn on_event(&mut self, job: u64, event: JobEvent) -> Vec<Outgoing> {
+        let Some(route) = self.routes.get_mut(&job) else {
+            warn!("event for unknown job {job}");
+            return Vec::new();
+        };
+        let limit = self.out_limit.load(Ordering::Relaxed);
+        let budget = payload_budget(limit, &route.topic, route.correlation.as_ref(), route.enc);
+        let out = |route: &Route, payload: Vec<u8>| Outgoing {
+            topic: route.topic.clone(),
+            qos: route.qos,
+            retain: false,
+            payload,
+            props: props(route.enc, route.correlation.clone()),
+        };
+        match event {
+            JobEvent::Started { queue_ms } => {
+                debug!("job {job} ({:?}) started after {queue_ms:.0} ms", route.id);
+                Vec::new()
+            }
+            JobEvent::Delta(delta) => {
+                if !route.stream {
+                    return Vec::new();
+                }
+                let id = route.id.as_deref();
+                let Some(pieces) = wire::split_chunk_delta(&delta, id, budget, route.enc) else {
+                    error!(
+                        "job {job}: a chunk cannot fit {budget} bytes to {}",
+                        route.topic
+                    );
+                    return Vec::new();
+                };
+                let mut outs = Vec::with_capacity(pieces.len());
+                for piece in pieces {
+                    let chunk = Response::Chunk(Chunk {
+                        id: route.id.clone(),
+                        seq: route.next_seq,
+                        delta: piece.to_owned(),
+                    });
+                    route.next_seq += 1;
+                    outs.push(out(route, wire::encode_response(&chunk, route.enc)));
+                }
+                outs
+            }
+            JobEvent::Done(o) => {
+                let route = self.finish(job);
+                let id_log = route.id.clone();
+                let payload = final_reply(&route, o, budget);
+                info!(
+                    "job {job} ({id_log:?}) answered on {} ({} bytes)",
+                    route.topic,
+                    payload.len()
+                );
+                vec![out(&route, payload)]
+            }
+            JobEvent::Failed(e) => {
+                let route = self.finish(job);
+                let code = error_code(e.kind);
+                warn!(
+                    "request {:?} refused: {code}: {} (reply to {})",
+                    route.id, e.message, route.topic
+                );
+                let reply = Response::Error(ErrorReply {
+                    id: route.id.clone(),
+                    error: ErrorBody {
+                        code,
+                        message: e.message,
+                    },
+                });
+                vec![out(&route, wire::encode_response(&reply, route.enc))]
+            }
+        }
+    }
+
+    /// Forgets a finished job: its route and its cancel flag.
+    fn finish(&mut self, job: u64) -> Route {
+        let route = self.routes.remove(&job).expect("checked by the caller");
+        if let Some(key) = &route.cancel_key {
+            let mut cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+            if cancels.get(key).is_some_and(|(j, _)| *j == job) {
+                cancels.remove(key);
+            }
+        }
+        route
+    }
+}
+
+/// The final reply payload; if it would exceed the packet budget (the config check makes that
+/// rare), an `internal` error instead, so the broker never drops the connection.
+fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> Vec<u8> {
+    let reply = Response::Reply(Reply {
+        id: route.id.clone(),
+        model: o.model,
+        text: o.text,
+        finish_reason: finish_reason(o.finish_reason),
+        usage: Usage {
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.completion_tokens,
+        },
+        timings: Timings {
+            queue_ms: o.queue_ms,
+            prompt_ms: o.prompt_ms,
+            generate_ms: o.generate_ms,
+            tokens_per_s: o.tokens_per_s,
+        },
+        done: route.stream.then_some(true),
+    });
+    let payload = wire::encode_response(&reply, route.enc);
+    if payload.len() <= budget {
+        return payload;
+    }
+    error!(
+        "reply of {} bytes exceeds the packet budget of {budget} bytes",
+        payload.len()
+    );
+    let e = Response::Error(ErrorReply {
+        id: route.id.clone(),
+        error: ErrorBody {
+            code: ErrorCode::Internal,
+            message: format!(
+                "the reply of {} bytes exceeds the packet limit; ask for fewer max_tokens",
+                payload.len()
+            ),
+        },
+    });
+    wire::encode_response(&e, route.enc)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Status
+
+fn offline_status(node: &str) -> Vec<u8> {
+    json!({"node": node, "version": env!("CARGO_PKG_VERSION"), "state": "offline"})
+        .to_string()
+        .into_bytes()
+}
+
+/// The status document; `uptime_s` is left out so that changes can be compared.
+fn status_doc(node: &str, engine: &Engine) -> serde_json::Value {
+    let s = engine.stats();
+    let m = &s.model;
+    json!({
+        "node": node,
+        "version": env!("CARGO_PKG_VERSION"),
+        "state": "online",
+        "models": [{
+            "name": m.name,
+            "architecture": m.architecture,
+            "parameters": m.n_params,
+            "quantization": m.quantization,
+            "context": m.n_ctx,
+        }],
+        "queue": {"depth": s.queue_depth, "capacity": s.queue_capacity},
+        "in_flight": s.in_flight,
+        "served": s.served,
+        "failed": s.failed,
+        "last_tokens_per_s": (s.last_tokens_per_s * 10.0).round() / 10.0,
+    })
+}
+
+/// Publishes the retained status when it changes (checked every [`STATUS_POLL`]), every
+/// `status_interval`, and at once when `now` is notified (after each SubAck, since a Last
+/// Will may have replaced it).
+async fn status_task(
+    client: AsyncClient,
+    engine: Engine,
+    settings: Arc<Settings>,
+    topic: String,
+    now: Arc<Notify>,
+) {
+    let started = Instant::now();
+    let mut last: Option<serde_json::Value> = None;
+    let mut last_at = Instant::now();
+    let mut tick = tokio::time::interval(STATUS_POLL);
+    loop {
+        let forced = tokio::select! {
+            _ = tick.tick() => false,
+            _ = now.notified() => true,
+        };
+        let doc = status_doc(&settings.node, &engine);
+        let due = last_at.elapsed() >= settings.mqtt.status_interval;
+        if !forced && !due && last.as_ref() == Some(&doc) {
+            continue;
+        }
+        let mut full = doc.clone();
+        full["uptime_s"] = json!(started.elapsed().as_secs());
+        last = Some(doc);
+        last_at = Instant::now();
+        if let Err(e) = client
+            .publish_with_properties(
+                topic.clone(),
+                QoS::AtLeastOnce,
+                true,
+                full.to_string().into_bytes(),
+                json_props(None),
+            )
+            .await
+        {
+            warn!("status publish: {e}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The event-loop task
+
+struct Loop {
+    settings: Arc<Settings>,
+    engine: Engine,
+    topics: Topics,
+    eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Msg>,
+    cancels: Cancels,
+    out_limit: Arc<AtomicU32>,
+    status_now: Arc<Notify>,
+    backoff: Backoff,
+    broker: String,
+    connected: bool,
+}
+
+impl Loop {
+    /// Polls until `shutdown`.
+    async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => return Ok(()),
+                ev = self.eventloop.poll() => {
+                    if let Some(wait) = self.handle(ev) {
+                        tokio::select! {
+                            _ = &mut shutdown => return Ok(()),
+                            _ = tokio::time::sleep(wait) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls until `fut` completes or `limit` passes.
+    async fn pump<F: Future>(&mut self, fut: F, limit: Duration) -> Option<F::Output> {
+        tokio::pin!(fut);
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        loop {
+            tokio::select! {
+                out = &mut fut => return Some(out),
+                _ = &mut deadline => return None,
+                ev = self.eventloop.poll() => {
+                    if let Some(wait) = self.handle(ev) {
+                        tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Polls until rumqttc has sent DISCONNECT (or the connection is gone, or `limit`).
+    async fn until_disconnected(&mut self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                match self.eventloop.poll().await {
+                    Ok(Event::Outgoing(OutgoingEvent::Disconnect)) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+    }
+
+    /// Handles one event-loop result; `Some(wait)` after a connection failure.
+    fn handle(&mut self, ev: Result<Event, rumqttc::v5::ConnectionError>) -> Option<Duration> {
+        match ev {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.backoff.reset();
+                self.connected = true;
+                if let Some(max) = ack.properties.as_ref().and_then(|p| p.max_packet_size) {
+                    let ours = self.settings.mqtt.max_packet_bytes;
+                    self.out_limit.store(max.min(ours), Ordering::Relaxed);
+                }
+                info!(
+                    "connected to {} as {}; subscribing to {}",
+                    self.broker,
+                    self.settings.mqtt.client_id,
+                    self.topics.subscriptions().join(", ")
+                );
+                let _ = self.tx.send(Msg::Subscribe(self.topics.subscriptions()));
+            }
+            Ok(Event::Incoming(Packet::SubAck(ack))) => {
+                for code in &ack.return_codes {
+                    if !matches!(
+                        code,
+                        rumqttc::v5::mqttbytes::v5::SubscribeReasonCode::Success(_)
+                    ) {
+                        error!("the broker refused a subscription: {code:?}");
+                    }
+                }
+                // "online" only once prompts can be received (and again after every
+                // reconnect, since a Last Will may have replaced it).
+                self.status_now.notify_one();
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => self.on_publish(p),
+            Ok(Event::Incoming(Packet::Disconnect(d))) => {
+                warn!("the broker disconnected us: {:?}", d.reason_code);
+            }
+            Ok(_) => {}
+            Err(rumqttc::v5::ConnectionError::ConnectionRefused(code))
+                if matches!(
+                    code,
+                    ConnectReturnCode::BadUserNamePassword | ConnectReturnCode::NotAuthorized
+                ) =>
+            {
+                // Wrong credentials rarely fix themselves, but the broker's user database may
+                // change: keep retrying with backoff, and say so as an error.
+                error!("{}: connection refused: {code:?}", self.broker);
+                return Some(self.backoff.next_delay());
+            }
+            Err(e) => {
+                let wait = self.backoff.next_delay();
+                if self.connected {
+                    warn!("connection to {} lost: {e}; reconnecting", self.broker);
+                } else {
+                    warn!(
+                        "cannot connect to {}: {e}; retrying in {wait:.1?}",
+                        self.broker
+                    );
+                }
+                self.connected = false;
+                return Some(wait);
+            }
+        }
+        None
+    }
+
+    fn on_publish(&mut self, p: Publish) {
+        let Ok(topic) = std::str::from_utf8(&p.topic) else {
+            warn!("ignoring a message with a non-UTF-8 topic");
+            return;
+        };
+        let topic = topic.to_owned();
+        match self.topics.classify(&topic) {
+            Some(Incoming::Prompt { device, postcard }) => self.on_prompt(device, postcard, p),
+            Some(Incoming::Cancel { device }) => self.on_cancel(device, &p.payload),
+            None => debug!("ignoring a message on {topic}"),
+        }
+    }
+
+    fn on_cancel(&mut self, device: &str, payload: &[u8]) {
+        let id = std::str::from_utf8(payload).unwrap_or("").trim();
+        let key = (device.to_owned(), id.to_owned());
+        let cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        match cancels.get(&key) {
+            Some((job, flag)) => {
+                flag.store(true, Ordering::Relaxed);
+                info!("cancel: request {id:?} of {device} (job {job})");
+            }
+            None => info!("cancel: no running request {id:?} of {device}"),
+        }
+    }
+
+    /// Sends one error reply (and logs it).
+    fn refuse(&self, route: &Route, code: ErrorCode, message: String) {
+        warn!(
+            "request {:?} refused: {code}: {message} (reply to {})",
+            route.id, route.topic
+        );
+        let reply = Response::Error(ErrorReply {
+            id: route.id.clone(),
+            error: ErrorBody { code, message },
+        });
+        let _ = self.tx.send(Msg::Publish(Outgoing {
+            topic: route.topic.clone(),
+            qos: route.qos,
+            retain: false,
+            payload: wire::encode_response(&reply, route.enc),
+            props: props(route.enc, route.correlation.clone()),
+        }));
+    }
+
+    fn on_prompt(&mut self, device: &str, postcard: bool, p: Publish) {
+        let received = Instant::now();
+        let s = &self.settings;
+        let allowed = &s.mqtt.allowed_reply_prefixes;
+        let pprops = p.properties.unwrap_or_default();
+        let enc = if postcard {
+            Encoding::Postcard
+        } else {
+            wire::sniff(&p.payload, pprops.content_type.as_deref())
+        };
+        let mut route = Route {
+            topic: self.topics.reply(device),
+            qos: match p.qos {
+                QoS::AtMostOnce => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            },
+            enc,
+            id: None,
+            correlation: pprops.correlation_data.clone(),
+            stream: false,
+            next_seq: 0,
+            cancel_key: None,
+        };
+        let too_big = p.payload.len() > s.limits.max_payload_bytes as usize;
+
+        // MQTT 5 Response Topic first: it decides where even a malformed request is answered.
+        if let Some(rt) = &pprops.response_topic {
+            if let Err(e) = topics::check_reply_topic(rt, allowed) {
+                if !too_big {
+                    route.id = wire::salvage_id(&p.payload, enc);
+                }
+                return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+            }
+            route.topic = rt.clone();
+        }
+        if too_big {
+            let msg = format!(
+                "the payload of {} bytes exceeds the limit of {} bytes",
+                p.payload.len(),
+                s.limits.max_payload_bytes
+            );
+            return self.refuse(&route, ErrorCode::TooLong, msg);
+        }
+        let req = match wire::decode_request(&p.payload, enc) {
+            Ok(r) => r,
+            Err(e) => {
+                route.id = wire::salvage_id(&p.payload, enc);
+                return self.refuse(&route, e.code, e.message);
+            }
+        };
+        route.id = req.id.clone();
+        route.stream = req.stream.unwrap_or(false);
+        if pprops.response_topic.is_none() {
+            if let Some(rt) = &req.reply_to {
+                if let Err(e) = topics::check_reply_topic(rt, allowed) {
+                    return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+                }
+                route.topic = rt.clone();
+            }
+        }
+        let model = &s.model().name;
+        if let Some(m) = &req.model {
+            if m != model {
+                let msg = format!("no model named `{m}` here; this node serves `{model}`");
+                return self.refuse(&route, ErrorCode::UnknownModel, msg);
+            }
+        }
+        let deadline = [
+            pprops
+                .message_expiry_interval
+                .map(|secs| received + Duration::from_secs(secs.into())),
+            req.deadline_ms
+                .map(|ms| received + Duration::from_millis(ms)),
+        ]
+        .into_iter()
+        .flatten()
+        .min();
+        self.submit(device, route, req, enc, deadline, received);
+    }
+
+    fn submit(
+        &mut self,
+        device: &str,
+        mut route: Route,
+        req: Request,
+        enc: Encoding,
+        deadline: Option<Instant>,
+        received: Instant,
+    ) {
+        let input = match (enc, req.prompt, req.messages) {
+            (Encoding::Text, Some(text), _) => PromptInput::Text(text),
+            (_, Some(prompt), _) => PromptInput::Raw(prompt),
+            (_, None, Some(messages)) => PromptInput::Chat(
+                messages
+                    .into_iter()
+                    .map(|m| ChatMessage::new(m.role, m.content))
+                    .collect(),
+            ),
+            (_, None, None) => {
+                // validate() makes this unreachable; answer rather than panic.
+                let msg = "one of `prompt` or `messages` is required".to_owned();
+                return self.refuse(&route, ErrorCode::BadRequest, msg);
+            }
+        };
+        let job_id = self.engine.next_id();
+        let tx = self.tx.clone();
+        let mut job = self.engine.job(
+            job_id,
+            input,
+            Box::new(move |ev| {
+                let _ = tx.send(Msg::Event(job_id, ev));
+            }),
+        );
+        job.max_tokens = req.max_tokens;
+        job.stream = route.stream;
+        job.deadline = deadline;
+        job.enqueued = received;
+        job.stop = req.stop.unwrap_or_default();
+        let sp = &mut job.sampling;
+        if let Some(v) = req.temperature {
+            sp.temperature = v;
+        }
+        if let Some(v) = req.top_k {
+            sp.top_k = v;
+        }
+        if let Some(v) = req.top_p {
+            sp.top_p = v;
+        }
+        if let Some(v) = req.min_p {
+            sp.min_p = v;
+        }
+        if let Some(v) = req.repeat_penalty {
+            sp.repeat_penalty = v;
+        }
+        if let Some(v) = req.seed {
+            sp.seed = v;
+        }
+        if let Some(id) = &route.id {
+            let key = (device.to_owned(), id.clone());
+            self.cancels
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(key.clone(), (job_id, job.cancel.clone()));
+            route.cancel_key = Some(key);
+        }
+        debug!(
+            "job {job_id}: request {:?} from {device} ({enc:?}), reply to {}",
+            route.id, route.topic
+        );
+        let _ = self.tx.send(Msg::Route(job_id, route));
+        if let Err(rejected) = self.engine.submit(job) {
+            // Answered like any other failure, by the publisher (which logs it).
+            let _ = self
+                .tx
+                .send(Msg::Event(job_id, JobEvent::Failed(rejected.error)));
+        }
+    }
+}

@@ -1,0 +1,268 @@
+//! The topic tree of one daemon and the reply-topic security rule. Pure string logic.
+//!
+//! | Purpose | Topic |
+//! |---|---|
+//! | Requests (text/JSON; postcard by MQTT 5 content type) | `{prefix}/prompt/{device}` |
+//! | Requests in postcard for MQTT 3.1.1 clients | `{prefix}/pc/prompt/{device}` |
+//! | Default replies | `{prefix}/reply/{device}` |
+//! | Cancel (payload: the request id) | `{prefix}/cancel/{device}` |
+//! | Node status (retained) | `{prefix}/status/{node}` |
+
+/// Whether `s` is one non-empty topic level without wildcards or separators.
+pub fn is_topic_level(s: &str) -> bool {
+    !s.is_empty() && !s.contains(['/', '+', '#', '\0'])
+}
+
+/// A topic prefix: non-empty levels, no wildcards, not a `$` topic, no leading/trailing `/`.
+pub fn check_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() {
+        return Err("must not be empty".into());
+    }
+    if prefix.contains(['+', '#', '\0']) {
+        return Err(format!("`{prefix}` must not contain '+' or '#'"));
+    }
+    if prefix.starts_with('$') {
+        return Err(format!("`{prefix}` must not start with '$'"));
+    }
+    if prefix.split('/').any(str::is_empty) {
+        return Err(format!(
+            "`{prefix}` has an empty level (leading, trailing or double '/')"
+        ));
+    }
+    Ok(())
+}
+
+/// A valid MQTT topic filter: `#` only as the whole last level, `+` only as a whole level.
+pub fn check_filter(filter: &str) -> Result<(), String> {
+    if filter.is_empty() {
+        return Err("empty filter".into());
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+            return Err("'#' must be the whole last level".into());
+        }
+        if level.contains('+') && *level != "+" {
+            return Err("'+' must be a whole level".into());
+        }
+    }
+    Ok(())
+}
+
+/// MQTT filter matching (`+` one level, `#` this level and everything below). A topic starting
+/// with `$` never matches a filter starting with a wildcard (MQTT 5 §4.7.2).
+pub fn filter_matches(filter: &str, topic: &str) -> bool {
+    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
+        return false;
+    }
+    let mut f = filter.split('/');
+    let mut t = topic.split('/');
+    loop {
+        match (f.next(), t.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(_)) => {}
+            (Some(a), Some(b)) if a == b => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
+}
+
+/// Why a reply topic was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ReplyTopicError {
+    #[error("reply topic is empty")]
+    Empty,
+    #[error("reply topic `{0}` contains a wildcard")]
+    Wildcard(String),
+    #[error("reply topic `{0}` is a `$` topic")]
+    Dollar(String),
+    #[error("reply topic `{0}` is outside the allowed prefixes")]
+    NotAllowed(String),
+}
+
+/// The security rule: a reply topic must be a concrete topic (no `+`/`#`, not `$...`) that
+/// matches one of `allowed` (MQTT filters). A requester thus cannot make the daemon publish on
+/// another device's command topics.
+pub fn check_reply_topic(topic: &str, allowed: &[String]) -> Result<(), ReplyTopicError> {
+    if topic.is_empty() {
+        return Err(ReplyTopicError::Empty);
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(ReplyTopicError::Wildcard(topic.to_owned()));
+    }
+    if topic.starts_with('$') {
+        return Err(ReplyTopicError::Dollar(topic.to_owned()));
+    }
+    if allowed.iter().any(|f| filter_matches(f, topic)) {
+        Ok(())
+    } else {
+        Err(ReplyTopicError::NotAllowed(topic.to_owned()))
+    }
+}
+
+/// What kind of message arrived, from its topic.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Incoming<'a> {
+    /// A request on `{prefix}/prompt/{device}`; `postcard` when it came on the postcard form.
+    Prompt { device: &'a str, postcard: bool },
+    /// `{prefix}/cancel/{device}`.
+    Cancel { device: &'a str },
+}
+
+/// The topics of one daemon.
+#[derive(Clone, Debug)]
+pub struct Topics {
+    prefix: String,
+    share_group: Option<String>,
+}
+
+impl Topics {
+    pub fn new(prefix: &str, share_group: Option<&str>) -> Topics {
+        Topics {
+            prefix: prefix.to_owned(),
+            share_group: share_group.map(str::to_owned),
+        }
+    }
+
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    /// The filters to subscribe to: prompts (both forms, through `$share/{group}/` when a
+    /// share group is set) and cancels (never shared: every daemon must see a cancel, since
+    /// only the one running the job knows it).
+    pub fn subscriptions(&self) -> Vec<String> {
+        let share = |f: String| match &self.share_group {
+            Some(g) => format!("$share/{g}/{f}"),
+            None => f,
+        };
+        vec![
+            share(format!("{}/prompt/+", self.prefix)),
+            share(format!("{}/pc/prompt/+", self.prefix)),
+            format!("{}/cancel/+", self.prefix),
+        ]
+    }
+
+    /// The prompt filters only (unsubscribed first on shutdown).
+    pub fn prompt_subscriptions(&self) -> Vec<String> {
+        self.subscriptions().into_iter().take(2).collect()
+    }
+
+    pub fn prompt(&self, device: &str) -> String {
+        format!("{}/prompt/{device}", self.prefix)
+    }
+
+    pub fn postcard_prompt(&self, device: &str) -> String {
+        format!("{}/pc/prompt/{device}", self.prefix)
+    }
+
+    pub fn reply(&self, device: &str) -> String {
+        format!("{}/reply/{device}", self.prefix)
+    }
+
+    pub fn cancel(&self, device: &str) -> String {
+        format!("{}/cancel/{device}", self.prefix)
+    }
+
+    pub fn status(&self, node: &str) -> String {
+        format!("{}/status/{node}", self.prefix)
+    }
+
+    /// Classifies an incoming topic; `None` for anything else.
+    pub fn classify<'a>(&self, topic: &'a str) -> Option<Incoming<'a>> {
+        let rest = topic
+            .strip_prefix(self.prefix.as_str())?
+            .strip_prefix('/')?;
+        let level = |s: &'a str| is_topic_level(s).then_some(s);
+        if let Some(d) = rest.strip_prefix("prompt/") {
+            return level(d).map(|device| Incoming::Prompt {
+                device,
+                postcard: false,
+            });
+        }
+        if let Some(d) = rest.strip_prefix("pc/prompt/") {
+            return level(d).map(|device| Incoming::Prompt {
+                device,
+                postcard: true,
+            });
+        }
+        if let Some(d) = rest.strip_prefix("cancel/") {
+            return level(d).map(|device| Incoming::Cancel { device });
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn filters() {
+        assert!(filter_matches("llamabus/reply/#", "llamabus/reply/x"));
+        assert!(filter_matches("llamabus/reply/#", "llamabus/reply/x/y"));
+        assert!(filter_matches("llamabus/reply/#", "llamabus/reply"));
+        assert!(!filter_matches("llamabus/reply/#", "llamabus/replyx"));
+        assert!(!filter_matches("llamabus/reply/#", "llamabus/cmd/x"));
+        assert!(filter_matches("a/+/c", "a/b/c"));
+        assert!(!filter_matches("a/+/c", "a/b/d"));
+        assert!(!filter_matches("a/+", "a/b/c"));
+        assert!(!filter_matches("#", "$SYS/x"));
+        assert!(check_filter("a/#/b").is_err());
+        assert!(check_filter("a/b+").is_err());
+        assert!(check_filter("a/+/#").is_ok());
+    }
+
+    #[test]
+    fn reply_topic_rule() {
+        let allowed = vec!["llamabus/reply/#".to_owned()];
+        assert!(check_reply_topic("llamabus/reply/dev", &allowed).is_ok());
+        assert_eq!(
+            check_reply_topic("llamabus/reply/+", &allowed),
+            Err(ReplyTopicError::Wildcard("llamabus/reply/+".into()))
+        );
+        assert!(matches!(
+            check_reply_topic("$SYS/x", &["#".into()]),
+            Err(ReplyTopicError::Dollar(_))
+        ));
+        assert!(matches!(
+            check_reply_topic("devices/lamp/cmd", &allowed),
+            Err(ReplyTopicError::NotAllowed(_))
+        ));
+        assert!(check_reply_topic("", &allowed).is_err());
+    }
+
+    #[test]
+    fn classify_and_subscriptions() {
+        let t = Topics::new("lb/x", Some("g"));
+        assert_eq!(
+            t.classify("lb/x/prompt/dev"),
+            Some(Incoming::Prompt {
+                device: "dev",
+                postcard: false
+            })
+        );
+        assert_eq!(
+            t.classify("lb/x/pc/prompt/d"),
+            Some(Incoming::Prompt {
+                device: "d",
+                postcard: true
+            })
+        );
+        assert_eq!(
+            t.classify("lb/x/cancel/d"),
+            Some(Incoming::Cancel { device: "d" })
+        );
+        assert_eq!(t.classify("lb/x/prompt/a/b"), None);
+        assert_eq!(t.classify("lb/xprompt/a"), None);
+        assert_eq!(
+            t.subscriptions(),
+            vec![
+                "$share/g/lb/x/prompt/+",
+                "$share/g/lb/x/pc/prompt/+",
+                "lb/x/cancel/+"
+            ]
+        );
+    }
+}

@@ -1,0 +1,804 @@
+//! End-to-end tests of `llamabus serve` against a real mosquitto (Debian package) on a free
+//! loopback port, with the real model (models/SmolLM2-135M-Instruct.Q4_1.gguf). Most tests run
+//! the daemon in-process through `llamabus::mqtt::server::run`; the binary tests run
+//! `llamabus serve` and `llamabus ask` themselves. Generation is greedy and short.
+
+mod mqtt_support;
+
+use std::collections::{HashMap, HashSet};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use llamabus::mqtt::wire::{self, Encoding, Request, Response};
+use mqtt_support::*;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llamabus");
+
+fn greedy(extra: Value) -> Vec<u8> {
+    let mut v = json!({"temperature": 0, "max_tokens": 12});
+    for (k, x) in extra.as_object().unwrap() {
+        v[k] = x.clone();
+    }
+    v.to_string().into_bytes()
+}
+
+/// mosquitto + one in-process daemon with `extra` config, ready (status online).
+async fn setup(extra: &str) -> (Mosquitto, Daemon) {
+    let mosq = Mosquitto::start();
+    let d = Daemon::start(settings(&mosq.url(), "n1", extra));
+    wait_status(mosq.port, "llamabus", "n1", "online").await;
+    (mosq, d)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_via_mosquitto_pub_sub_and_rr() {
+    let (mosq, _d) =
+        setup("[mqtt]\nallowed_reply_prefixes = [\"llamabus/reply/#\", \"some/#\"]").await;
+    let port = mosq.port.to_string();
+
+    // mosquitto_pub / mosquitto_sub (MQTT 3.1.1): default reply topic, plain text.
+    let (mut sub, lines) = mosquitto_sub(&[
+        "-p",
+        &port,
+        "-t",
+        "llamabus/reply/dev1",
+        "-C",
+        "1",
+        "-W",
+        "60",
+    ]);
+    let (code, _, err) = run_cmd(
+        Command::new("mosquitto_pub").args([
+            "-p",
+            &port,
+            "-t",
+            "llamabus/prompt/dev1",
+            "-m",
+            "14 + 16 =",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let payloads = sub_payloads(lines, Duration::from_secs(60));
+    let _ = sub.wait();
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    assert!(
+        !payloads[0].trim().is_empty() && !payloads[0].starts_with("error:"),
+        "{payloads:?}"
+    );
+
+    // mosquitto_rr exactly as the issue writes it (MQTT 5 response topic + correlation data).
+    let (code, out, err) = run_cmd(
+        Command::new("mosquitto_rr").args([
+            "-p",
+            &port,
+            "-t",
+            "llamabus/prompt/x",
+            "-e",
+            "some/topic",
+            "-m",
+            "14 + 16 =",
+            "-W",
+            "60",
+        ]),
+        Duration::from_secs(70),
+    );
+    assert_eq!(code, Some(0), "mosquitto_rr: {out} {err}");
+    assert!(
+        !out.trim().is_empty() && !out.starts_with("error:"),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_id_echo_correlation_data_and_status() {
+    let (mosq, mut d) = setup("").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    c.publish(
+        "llamabus/prompt/t1",
+        greedy(json!({"id": "abc-1", "prompt": "14 + 16 ="})),
+        rr("llamabus/reply/t1-rr", "corr-42", None),
+    )
+    .await;
+    let m = c.recv(60).await;
+    assert_eq!(m.topic, "llamabus/reply/t1-rr");
+    assert_eq!(m.correlation(), Some(&b"corr-42"[..]));
+    assert_eq!(m.props.content_type.as_deref(), Some("application/json"));
+    let v = m.json();
+    assert_eq!(v["id"], "abc-1");
+    assert_eq!(v["model"], "SmolLM2-135M-Instruct.Q4_1");
+    assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
+    assert_eq!(v["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 12);
+    assert!(v["usage"]["prompt_tokens"].as_u64().unwrap() > 3);
+    assert!(v["timings"]["tokens_per_s"].as_f64().unwrap() > 0.0);
+    assert!(v.get("done").is_none());
+
+    // JSON without MQTT 5 properties: default reply topic, no correlation data.
+    c.publish(
+        "llamabus/prompt/t2",
+        greedy(json!({"id": "x2", "prompt": "Hi"})),
+        PublishProperties::default(),
+    )
+    .await;
+    let m = c.recv(60).await;
+    assert_eq!(m.topic, "llamabus/reply/t2");
+    assert_eq!(m.correlation(), None);
+    assert_eq!(m.json()["id"], "x2");
+
+    // Status: retained, with the model and the counters.
+    let s = wait_status(mosq.port, "llamabus", "n1", "online").await;
+    assert_eq!(s["node"], "n1");
+    assert_eq!(s["models"][0]["architecture"], "llama");
+    assert_eq!(s["models"][0]["quantization"], "Q4_1");
+    assert!(s["models"][0]["parameters"].as_u64().unwrap() > 100_000_000);
+    assert_eq!(s["queue"]["capacity"], 8);
+    for key in [
+        "in_flight",
+        "served",
+        "failed",
+        "last_tokens_per_s",
+        "uptime_s",
+        "version",
+    ] {
+        assert!(s.get(key).is_some(), "status lacks {key}: {s}");
+    }
+    // Clean shutdown publishes the retained offline status.
+    d.stop();
+    let s = wait_status(mosq.port, "llamabus", "n1", "offline").await;
+    assert_eq!(s["node"], "n1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reply_topics_outside_the_allowed_prefixes_are_denied() {
+    let (mosq, _d) = setup("").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#", "devices/#"]).await;
+    // JSON reply_to (MQTT 3.1.1 style).
+    c.publish(
+        "llamabus/prompt/evil",
+        json!({"id": "r1", "prompt": "x", "reply_to": "devices/lamp/cmd"}).to_string(),
+        PublishProperties::default(),
+    )
+    .await;
+    let m = c.recv(30).await;
+    assert_eq!(m.topic, "llamabus/reply/evil");
+    assert_eq!(m.json()["error"]["code"], "reply_topic_denied");
+    assert_eq!(m.json()["id"], "r1");
+    // MQTT 5 Response Topic: outside, wildcard, `$`.
+    for (i, rt) in ["devices/lamp/cmd", "llamabus/reply/+", "$SYS/x"]
+        .iter()
+        .enumerate()
+    {
+        let corr = format!("c{i}");
+        c.publish("llamabus/prompt/evil", "hello", rr(rt, &corr, None))
+            .await;
+        let m = c.recv(30).await;
+        assert_eq!(m.topic, "llamabus/reply/evil", "{rt}");
+        assert_eq!(
+            m.text().split(':').nth(1).map(str::trim),
+            Some("reply_topic_denied"),
+            "{rt}"
+        );
+    }
+    // mosquitto_rr with the default config: denied, so it hears nothing.
+    let (code, _, _) = run_cmd(
+        Command::new("mosquitto_rr").args([
+            "-p",
+            &mosq.port.to_string(),
+            "-t",
+            "llamabus/prompt/evil",
+            "-e",
+            "some/topic",
+            "-m",
+            "hi",
+            "-W",
+            "2",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_ne!(code, Some(0));
+    let m = c.recv(30).await;
+    assert!(
+        m.text().starts_with("error: reply_topic_denied"),
+        "{}",
+        m.text()
+    );
+    // Nothing ever reached devices/#.
+    while let Some(m) = c.try_recv(300).await {
+        assert!(!m.topic.starts_with("devices/"), "published on {}", m.topic);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_reassembles_to_the_non_streamed_text() {
+    let (mosq, _d) = setup("").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let prompt = "The three primary colours are";
+    c.publish(
+        "llamabus/prompt/s",
+        greedy(json!({"id": "plain", "prompt": prompt, "max_tokens": 24})),
+        PublishProperties::default(),
+    )
+    .await;
+    let plain = c.recv(60).await.json();
+    c.publish(
+        "llamabus/prompt/s",
+        greedy(json!({"id": "st", "prompt": prompt, "max_tokens": 24, "stream": true})),
+        PublishProperties::default(),
+    )
+    .await;
+    let mut text = String::new();
+    let mut seq = 0;
+    let fin = loop {
+        let v = c.recv(60).await.json();
+        assert_eq!(v["id"], "st");
+        if v.get("done").is_some() {
+            break v;
+        }
+        assert_eq!(v["seq"], seq, "{v}");
+        seq += 1;
+        text.push_str(v["delta"].as_str().unwrap());
+    };
+    assert!(seq >= 2, "expected several chunks, got {seq}");
+    assert_eq!(fin["done"], true);
+    assert_eq!(fin["text"].as_str().unwrap(), text);
+    assert_eq!(plain["text"].as_str().unwrap(), text);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_prompt_equals_llamabus_complete() {
+    let (mosq, _d) = setup("").await;
+    let prompt = "The capital of France is";
+    let (code, out, err) = run_cmd(
+        Command::new(BIN)
+            .args([
+                "complete",
+                "--temperature",
+                "0",
+                "--max-tokens",
+                "20",
+                "--threads",
+                "1",
+            ])
+            .arg("--model")
+            .arg(model_path())
+            .arg(prompt),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let expected = out.strip_suffix('\n').unwrap();
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    c.publish(
+        "llamabus/prompt/g",
+        greedy(json!({"prompt": prompt, "max_tokens": 20})),
+        PublishProperties::default(),
+    )
+    .await;
+    let v = c.recv(60).await.json();
+    assert_eq!(v["text"].as_str().unwrap(), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn busy_expired_and_cancelled_while_the_worker_is_stalled() {
+    let (mosq, d) = setup("[limits]\nqueue_capacity = 2").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // The idle worker sleeps (it notices within 250 ms): queued jobs wait.
+    d.engine.stall_for_test(Duration::from_secs(3));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    // q1: expires through MQTT 5 Message Expiry; q2: cancelled while queued; b1, b2: busy.
+    let expiry = PublishProperties {
+        message_expiry_interval: Some(1),
+        ..PublishProperties::default()
+    };
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(json!({"id": "q1", "prompt": "a"})),
+        expiry,
+    )
+    .await;
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(json!({"id": "q2", "prompt": "b"})),
+        PublishProperties::default(),
+    )
+    .await;
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(json!({"id": "b1", "prompt": "c"})),
+        PublishProperties::default(),
+    )
+    .await;
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(json!({"id": "b2", "prompt": "d"})),
+        PublishProperties::default(),
+    )
+    .await;
+    let t0 = Instant::now();
+    let mut got = HashMap::new();
+    for _ in 0..2 {
+        let v = c.recv(10).await.json();
+        got.insert(v["id"].as_str().unwrap().to_owned(), v);
+    }
+    // Busy arrives at once, long before the worker wakes.
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+    assert_eq!(got["b1"]["error"]["code"], "busy");
+    assert_eq!(got["b2"]["error"]["code"], "busy");
+    c.publish("llamabus/cancel/q", "q2", PublishProperties::default())
+        .await;
+    for _ in 0..2 {
+        let v = c.recv(20).await.json();
+        got.insert(v["id"].as_str().unwrap().to_owned(), v);
+    }
+    assert_eq!(got["q1"]["error"]["code"], "expired", "{}", got["q1"]);
+    assert_eq!(got["q2"]["error"]["code"], "cancelled", "{}", got["q2"]);
+
+    // JSON deadline_ms, behind a stalled worker.
+    d.engine.stall_for_test(Duration::from_millis(1500));
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(json!({"id": "dl", "prompt": "a", "deadline_ms": 200})),
+        PublishProperties::default(),
+    )
+    .await;
+    let v = c.recv(20).await.json();
+    assert_eq!(v["error"]["code"], "expired", "{v}");
+
+    // Cancel while generating: ends within a token with finish_reason "cancelled".
+    c.publish(
+        "llamabus/prompt/q",
+        greedy(
+            json!({"id": "long", "prompt": "Once upon a time", "max_tokens": 500, "stream": true}),
+        ),
+        PublishProperties::default(),
+    )
+    .await;
+    let first = c.recv(30).await.json();
+    assert_eq!(first["seq"], 0);
+    c.publish("llamabus/cancel/q", "long", PublishProperties::default())
+        .await;
+    let fin = c
+        .recv_where(30, |m| m.json().get("done").is_some())
+        .await
+        .json();
+    assert_eq!(fin["finish_reason"], "cancelled", "{fin}");
+    assert!(fin["usage"]["completion_tokens"].as_u64().unwrap() < 500);
+}
+
+/// (payload, content type, expected code, echoed id)
+type Case<'a> = (Vec<u8>, Option<&'a str>, &'a str, Option<&'a str>);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_input_gets_one_error_reply_each_and_serving_continues() {
+    let (mosq, _d) = setup("[limits]\nmax_payload_bytes = 4096").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let big = "x".repeat(5000);
+    // (payload, content type, code, echoed id)
+    let cases: Vec<Case<'_>> = vec![
+        (vec![0xff, 0xfe, b'a'], None, "bad_request", None),
+        (b"".to_vec(), None, "bad_request", None),
+        (b"   \n".to_vec(), None, "bad_request", None),
+        (
+            // Truncated JSON: the id cannot be salvaged.
+            b"{\"id\": \"j1\", \"prompt\": ".to_vec(),
+            None,
+            "bad_request",
+            None,
+        ),
+        (
+            br#"{"id": "j2", "prompt": 5}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j2"),
+        ),
+        (
+            // NaN is not JSON: the document does not parse, so no id.
+            br#"{"id": "j3", "prompt": "a", "temperature": NaN}"#.to_vec(),
+            None,
+            "bad_request",
+            None,
+        ),
+        (
+            br#"{"id": "j4", "prompt": "a", "max_tokens": -1}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j4"),
+        ),
+        (
+            br#"{"id": "j5", "prompt": "a", "temperature": -0.5}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j5"),
+        ),
+        (
+            br#"{"id": "j6", "prompt": "a", "frobnicate": 1}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j6"),
+        ),
+        (
+            br#"{"id": "j7", "prompt": ""}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j7"),
+        ),
+        (
+            br#"{"id": "j8", "messages": []}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j8"),
+        ),
+        (
+            br#"{"id": "j9", "prompt": "a", "model": "gpt-9"}"#.to_vec(),
+            None,
+            "unknown_model",
+            Some("j9"),
+        ),
+        (
+            br#"{"id": "j10", "prompt": "a", "max_tokens": 100000}"#.to_vec(),
+            None,
+            "bad_request",
+            Some("j10"),
+        ),
+        (
+            br#"[1, 2]"#.to_vec(),
+            Some("application/json"),
+            "bad_request",
+            None,
+        ),
+        (
+            vec![1, 0xff, 0xff, 0xff],
+            Some("application/postcard"),
+            "bad_request",
+            None,
+        ),
+        (
+            format!("{{\"id\": \"big\", \"prompt\": \"{big}\"}}").into_bytes(),
+            None,
+            "too_long",
+            None,
+        ),
+    ];
+    for (i, (payload, ct, code, id)) in cases.iter().enumerate() {
+        let corr = format!("m{i}");
+        c.publish(
+            "llamabus/prompt/bad",
+            payload.clone(),
+            rr("llamabus/reply/bad", &corr, *ct),
+        )
+        .await;
+        let m = c.recv(30).await;
+        assert_eq!(m.correlation(), Some(corr.as_bytes()), "case {i}");
+        let enc = wire::sniff(payload, *ct);
+        match wire::decode_response(&m.payload, enc).unwrap_or_else(|e| panic!("case {i}: {e}")) {
+            Response::Error(e) => {
+                assert_eq!(
+                    e.error.code.as_str(),
+                    *code,
+                    "case {i}: {}",
+                    e.error.message
+                );
+                assert_eq!(e.id.as_deref(), *id, "case {i}");
+                assert!(!e.error.message.is_empty());
+            }
+            other => panic!("case {i}: expected an error, got {other:?}"),
+        }
+        // Exactly one reply per request.
+        assert!(c.try_recv(50).await.is_none(), "case {i}: a second reply");
+    }
+    // Still serving.
+    c.publish(
+        "llamabus/prompt/bad",
+        greedy(json!({"id": "ok", "prompt": "Hi"})),
+        PublishProperties::default(),
+    )
+    .await;
+    let v = c.recv(60).await.json();
+    assert_eq!(v["id"], "ok");
+    assert!(v.get("error").is_none(), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postcard_on_the_topic_form_for_mqtt_311_clients() {
+    let (mosq, _d) = setup("").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let req = Request {
+        id: Some("pc1".into()),
+        prompt: Some("14 + 16 =".into()),
+        max_tokens: Some(6),
+        temperature: Some(0.0),
+        ..Request::default()
+    };
+    let payload = wire::encode_request(&req, Encoding::Postcard).unwrap();
+    // No MQTT 5 properties at all, as a 3.1.1 client sends it.
+    c.publish(
+        "llamabus/pc/prompt/mcu",
+        payload,
+        PublishProperties::default(),
+    )
+    .await;
+    let m = c.recv(60).await;
+    assert_eq!(m.topic, "llamabus/reply/mcu");
+    assert_eq!(m.payload[0], wire::WIRE_VERSION);
+    match wire::decode_response(&m.payload, Encoding::Postcard).unwrap() {
+        Response::Reply(r) => {
+            assert_eq!(r.id.as_deref(), Some("pc1"));
+            assert_eq!(r.usage.completion_tokens, 6);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reply_over_10_kib_arrives_whole() {
+    let (mosq, _d) =
+        setup("[model]\nthreads = 2\ncontext = 1024\n[limits]\nmax_tokens_cap = 512").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let line = "=".repeat(64);
+    let prompt = format!("{line}\n{line}\n{line}");
+    c.publish(
+        "llamabus/prompt/long",
+        greedy(json!({"id": "long", "prompt": prompt, "max_tokens": 380})),
+        PublishProperties::default(),
+    )
+    .await;
+    let m = c.recv(120).await;
+    assert!(
+        m.payload.len() > 10 * 1024,
+        "only {} bytes",
+        m.payload.len()
+    );
+    let v = m.json();
+    assert!(v["text"].as_str().unwrap().len() > 10 * 1024);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_daemons_in_one_share_group_answer_each_request_once() {
+    let mosq = Mosquitto::start();
+    let extra = "[mqtt]\nshare_group = \"boards\"";
+    let a = Daemon::start(settings(&mosq.url(), "a", extra));
+    let b = Daemon::start(settings(&mosq.url(), "b", extra));
+    wait_status(mosq.port, "llamabus", "a", "online").await;
+    wait_status(mosq.port, "llamabus", "b", "online").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let n = 8;
+    for i in 0..n {
+        c.publish(
+            "llamabus/prompt/sg",
+            greedy(json!({"id": format!("r{i}"), "prompt": "Hi", "max_tokens": 3})),
+            PublishProperties::default(),
+        )
+        .await;
+    }
+    let mut seen = HashSet::new();
+    for _ in 0..n {
+        let v = c.recv(60).await.json();
+        assert!(v.get("error").is_none(), "{v}");
+        assert!(
+            seen.insert(v["id"].as_str().unwrap().to_owned()),
+            "twice: {v}"
+        );
+    }
+    assert!(c.try_recv(1500).await.is_none(), "an extra reply");
+    let (sa, sb) = (a.engine.stats().served, b.engine.stats().served);
+    assert_eq!(sa + sb, n);
+    assert!(sa > 0 && sb > 0, "a served {sa}, b served {sb}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_reconnects_and_resubscribes_after_a_broker_restart() {
+    let (mut mosq, _d) = setup("").await;
+    {
+        let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+        c.publish(
+            "llamabus/prompt/r",
+            greedy(json!({"id": "before", "prompt": "Hi", "max_tokens": 3})),
+            PublishProperties::default(),
+        )
+        .await;
+        assert_eq!(c.recv(60).await.json()["id"], "before");
+    }
+    mosq.restart();
+    // No persistence: the retained status is gone until the daemon is back and subscribed.
+    wait_status(mosq.port, "llamabus", "n1", "online").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    c.publish(
+        "llamabus/prompt/r",
+        greedy(json!({"id": "after", "prompt": "Hi", "max_tokens": 3})),
+        PublishProperties::default(),
+    )
+    .await;
+    assert_eq!(c.recv(60).await.json()["id"], "after");
+}
+
+// ---- The binary: `llamabus serve` and `llamabus ask` ----
+
+struct Serve(std::process::Child);
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn serve_bin(args: &[&str], config: &str) -> Serve {
+    let dir = std::env::temp_dir().join(format!(
+        "llamabus-e2e-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let cfg = dir.join("llamabus.toml");
+    std::fs::write(&cfg, config).unwrap();
+    let child = Command::new(BIN)
+        .arg("serve")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--model")
+        .arg(model_path())
+        .args(args)
+        .env("LLAMABUS_LOG", "warn")
+        .spawn()
+        .expect("llamabus serve");
+    Serve(child)
+}
+
+fn ask(port: u16, args: &[&str]) -> (Option<i32>, String, String) {
+    run_cmd(
+        Command::new(BIN)
+            .arg("ask")
+            .arg("--broker")
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .args(args),
+        Duration::from_secs(90),
+    )
+}
+
+fn sigterm(child: &std::process::Child) {
+    let (code, _, _) = run_cmd(
+        Command::new("kill").args(["-TERM", &child.id().to_string()]),
+        Duration::from_secs(5),
+    );
+    assert_eq!(code, Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_with_mosquitto_ask_and_last_will() {
+    let mosq = Mosquitto::start();
+    let mut serve = serve_bin(
+        &["--broker", &mosq.url(), "--prefix", "lb"],
+        "[node]\nname = \"bin\"\n[model]\nthreads = 1\ncontext = 512\n[limits]\nmax_prompt_tokens = 256\ndefault_max_tokens = 12\nmax_tokens_cap = 64\n",
+    );
+    wait_status(mosq.port, "lb", "bin", "online").await;
+    let port = mosq.port;
+    // Plain answer.
+    let (code, out, err) = ask(port, &["--prefix", "lb", "14 + 16 ="]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty(), "{out}");
+    // Streamed answer, printed as it arrives; JSON lines with --json.
+    let (code, out, err) = ask(
+        port,
+        &["--prefix", "lb", "--stream", "--temperature", "0", "Hi"],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty());
+    let (code, out, err) = ask(
+        port,
+        &[
+            "--prefix",
+            "lb",
+            "--json",
+            "--stream",
+            "--temperature",
+            "0",
+            "Hi",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let lines: Vec<Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        lines.len() >= 2 && lines.last().unwrap()["done"] == true,
+        "{out}"
+    );
+    // An error reply exits non-zero and says why.
+    let (code, _, err) = ask(port, &["--prefix", "lb", "--max-tokens", "1000", "Hi"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("bad_request"), "{err}");
+    // No daemon on that prefix: timeout, non-zero.
+    let (code, _, err) = ask(port, &["--prefix", "nobody", "--timeout", "1", "Hi"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no answer"), "{err}");
+    // SIGKILL: the broker publishes the Last Will (retained offline).
+    let _ = serve.0.kill();
+    let _ = serve.0.wait();
+    let s = wait_status(port, "lb", "bin", "offline").await;
+    assert_eq!(s["node"], "bin");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_binary_on_the_embedded_broker() {
+    let p5 = free_port();
+    let serve = serve_bin(
+        &[],
+        &format!(
+            "[node]\nname = \"emb\"\n[mqtt]\nembedded_listen = \"127.0.0.1:{p5}\"\n\
+             [model]\nthreads = 1\ncontext = 512\n[limits]\nmax_prompt_tokens = 256\ndefault_max_tokens = 8\nmax_tokens_cap = 64\n"
+        ),
+    );
+    wait_status(p5, "llamabus", "emb", "online").await;
+    // `ask` (MQTT 5 response topic + correlation data through rumqttd).
+    let (code, out, err) = ask(p5, &["14 + 16 ="]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.trim().is_empty());
+    // mosquitto_rr (MQTT 5) against rumqttd.
+    let (code, out, err) = run_cmd(
+        Command::new("mosquitto_rr").args([
+            "-p",
+            &p5.to_string(),
+            "-t",
+            "llamabus/prompt/x",
+            "-e",
+            "llamabus/reply/x",
+            "-m",
+            "14 + 16 =",
+            "-W",
+            "60",
+        ]),
+        Duration::from_secs(70),
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(!out.trim().is_empty());
+    // mosquitto_pub / mosquitto_sub speaking MQTT 5 (the embedded broker has no 3.1.1).
+    let p = p5.to_string();
+    let (mut sub, lines) = mosquitto_sub(&[
+        "-V",
+        "5",
+        "-p",
+        &p,
+        "-t",
+        "llamabus/reply/old",
+        "-C",
+        "1",
+        "-W",
+        "60",
+    ]);
+    let (code, _, err) = run_cmd(
+        Command::new("mosquitto_pub").args([
+            "-V",
+            "5",
+            "-p",
+            &p,
+            "-t",
+            "llamabus/prompt/old",
+            "-m",
+            "Hello",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let payloads = sub_payloads(lines, Duration::from_secs(60));
+    let _ = sub.wait();
+    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    // SIGTERM: clean exit.
+    let mut serve = serve;
+    sigterm(&serve.0);
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(s) = serve.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "serve did not exit on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+}

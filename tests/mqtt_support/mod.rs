@@ -1,0 +1,474 @@
+//! Helpers of the MQTT end-to-end tests: a real mosquitto on a free loopback port, the daemon
+//! in-process (with a handle on its engine) or as the built binary, and a small MQTT 5 test
+//! client that collects what it receives.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use llamabus::engine::worker::Engine;
+use llamabus::mqtt::server;
+use llamabus::service::config::{self, Overrides, Settings};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+use tokio::sync::{mpsc, oneshot};
+
+pub const MOSQUITTO: &str = "/usr/sbin/mosquitto";
+
+pub fn model_path() -> PathBuf {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    assert!(
+        p.is_file(),
+        "{} is missing: run scripts/fetch-test-data.sh",
+        p.display()
+    );
+    p
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_for_port(port: u16, limit: Duration) {
+    let t0 = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(t0.elapsed() < limit, "nothing listens on port {port}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A mosquitto process on a loopback port, killed on drop.
+pub struct Mosquitto {
+    pub port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    pub fn start() -> Mosquitto {
+        assert!(
+            Path::new(MOSQUITTO).exists(),
+            "{MOSQUITTO} is missing: apt-get install mosquitto mosquitto-clients"
+        );
+        let port = free_port();
+        let dir = std::env::temp_dir().join(format!("llamabus-mosq-{}-{port}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let conf = self.dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        let child = Command::new(MOSQUITTO)
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start mosquitto");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills and restarts on the same port.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Settings for a daemon on `broker_url`, from TOML fragments appended to a base config
+/// (1 thread, small limits so tests run fast on 2 cores).
+pub fn settings(broker_url: &str, node: &str, extra: &str) -> Settings {
+    let text = format!("[node]\nname = \"{node}\"\n{extra}\n",);
+    // `extra` may contain any section; the base values go in through the defaults below.
+    let text = merge_base(&text);
+    config::from_str(
+        &text,
+        Path::new("e2e.toml"),
+        &Overrides {
+            model: Some(model_path()),
+            broker: Some(broker_url.to_owned()),
+            prefix: None,
+        },
+    )
+    .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
+}
+
+/// Adds `[model] threads = 1`, `context = 1024`, `[limits] max_prompt_tokens = 512` and
+/// `default_max_tokens = 16` unless the fragment sets them.
+fn merge_base(text: &str) -> String {
+    let mut doc: toml::Table = toml::from_str(text).unwrap();
+    let model = doc
+        .entry("model")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap();
+    model.entry("threads").or_insert(toml::Value::Integer(1));
+    model.entry("context").or_insert(toml::Value::Integer(1024));
+    let limits = doc
+        .entry("limits")
+        .or_insert_with(|| toml::Value::Table(Default::default()))
+        .as_table_mut()
+        .unwrap();
+    limits
+        .entry("max_prompt_tokens")
+        .or_insert(toml::Value::Integer(512));
+    limits
+        .entry("default_max_tokens")
+        .or_insert(toml::Value::Integer(16));
+    limits
+        .entry("shutdown_drain_s")
+        .or_insert(toml::Value::Integer(2));
+    toml::to_string(&doc).unwrap()
+}
+
+/// The daemon running in-process on its own runtime thread.
+pub struct Daemon {
+    pub engine: Engine,
+    pub settings: Settings,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Daemon {
+    pub fn start(settings: Settings) -> Daemon {
+        let engine = Engine::start(settings.engine_config(), |_| {}).expect("engine start");
+        let (stop, stopped) = oneshot::channel::<()>();
+        let (s, e) = (settings.clone(), engine.clone());
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(server::run(s, e, async {
+                let _ = stopped.await;
+            }))
+            .expect("server::run");
+        });
+        Daemon {
+            engine,
+            settings,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Clean shutdown: waits for `run` to return.
+    pub fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            t.join().expect("daemon thread panicked");
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            self.stop();
+        } else if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+    }
+}
+
+/// A received message.
+#[derive(Clone, Debug)]
+pub struct Msg {
+    pub topic: String,
+    pub payload: Bytes,
+    pub props: PublishProperties,
+    pub retain: bool,
+    pub qos: QoS,
+}
+
+impl Msg {
+    pub fn text(&self) -> String {
+        String::from_utf8(self.payload.to_vec()).expect("UTF-8 payload")
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.payload)
+            .unwrap_or_else(|e| panic!("JSON payload on {}: {e}: {:?}", self.topic, self.payload))
+    }
+
+    pub fn correlation(&self) -> Option<&[u8]> {
+        self.props.correlation_data.as_deref()
+    }
+}
+
+/// An MQTT 5 test client that subscribes to `filters` and collects every message.
+pub struct TestClient {
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Msg>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl TestClient {
+    pub async fn connect(port: u16, filters: &[&str]) -> TestClient {
+        let id = format!("test-{}", llamabus::mqtt::conn::random_hex(6));
+        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        o.set_max_packet_size(Some(1 << 20));
+        o.set_keep_alive(Duration::from_secs(30));
+        let (client, mut el) = AsyncClient::new(o, 64);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = oneshot::channel::<()>();
+        let filters: Vec<Filter> = filters
+            .iter()
+            .map(|f| Filter::new(*f, QoS::AtLeastOnce))
+            .collect();
+        let c = client.clone();
+        let task = tokio::spawn(async move {
+            let mut ready = Some(ready_tx);
+            loop {
+                match el.poll().await {
+                    Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                        if filters.is_empty() {
+                            if let Some(r) = ready.take() {
+                                let _ = r.send(());
+                            }
+                        } else {
+                            c.try_subscribe_many(filters.clone()).unwrap();
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(r) = ready.take() {
+                            let _ = r.send(());
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let _ = tx.send(to_msg(p));
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), ready_rx)
+            .await
+            .expect("test client connect")
+            .unwrap();
+        TestClient { client, rx, task }
+    }
+
+    pub async fn publish(&self, topic: &str, payload: impl Into<Bytes>, props: PublishProperties) {
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload.into(), props)
+            .await
+            .unwrap();
+    }
+
+    /// The next message, or a panic after `secs`.
+    pub async fn recv(&mut self, secs: u64) -> Msg {
+        tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
+            .await
+            .unwrap_or_else(|_| panic!("no message within {secs} s"))
+            .unwrap()
+    }
+
+    /// The next message within `ms`, if any.
+    pub async fn try_recv(&mut self, ms: u64) -> Option<Msg> {
+        tokio::time::timeout(Duration::from_millis(ms), self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Waits for a message matching `pred` (others are dropped).
+    pub async fn recv_where(&mut self, secs: u64, pred: impl Fn(&Msg) -> bool) -> Msg {
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let m = tokio::time::timeout(left, self.rx.recv())
+                .await
+                .unwrap_or_else(|_| panic!("no matching message within {secs} s"))
+                .unwrap();
+            if pred(&m) {
+                return m;
+            }
+        }
+    }
+}
+
+impl Drop for TestClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn to_msg(p: Publish) -> Msg {
+    Msg {
+        topic: String::from_utf8(p.topic.to_vec()).unwrap(),
+        payload: p.payload,
+        props: p.properties.unwrap_or_default(),
+        retain: p.retain,
+        qos: p.qos,
+    }
+}
+
+/// Properties of a request: response topic, correlation data, optional content type.
+pub fn rr(response_topic: &str, corr: &str, content_type: Option<&str>) -> PublishProperties {
+    PublishProperties {
+        response_topic: Some(response_topic.to_owned()),
+        correlation_data: Some(Bytes::from(corr.as_bytes().to_vec())),
+        content_type: content_type.map(str::to_owned),
+        ..Default::default()
+    }
+}
+
+/// Waits for the retained status of `node` with `state`.
+pub async fn wait_status(port: u16, prefix: &str, node: &str, state: &str) -> serde_json::Value {
+    let topic = format!("{prefix}/status/{node}");
+    let mut c = TestClient::connect(port, &[topic.as_str()]).await;
+    c.recv_where(60, |m| m.json()["state"] == state)
+        .await
+        .json()
+}
+
+/// Runs a command to completion with a time limit, returning (status code, stdout, stderr).
+pub fn run_cmd(cmd: &mut Command, limit: Duration) -> (Option<i32>, String, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let out = child.stdout.take().unwrap();
+    let err = child.stderr.take().unwrap();
+    let (otx, orx) = std_mpsc::channel();
+    let (etx, erx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(out), &mut s);
+        let _ = otx.send(s);
+    });
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut BufReader::new(err), &mut s);
+        let _ = etx.send(s);
+    });
+    let t0 = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st.code();
+        }
+        if t0.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (
+        status,
+        orx.recv().unwrap_or_default(),
+        erx.recv().unwrap_or_default(),
+    )
+}
+
+/// `mosquitto_sub -d` that is known to be subscribed: returns the child once SUBACK is seen,
+/// with its remaining stdout lines arriving on the receiver.
+pub fn mosquitto_sub(args: &[&str]) -> (Child, std_mpsc::Receiver<String>) {
+    // stdbuf: mosquitto_sub's stdout is block-buffered when piped.
+    let mut child = Command::new("stdbuf")
+        .args(["-oL", "mosquitto_sub", "-d"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto_sub");
+    let out = child.stdout.take().unwrap();
+    let (tx, rx) = std_mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let t0 = Instant::now();
+    loop {
+        let line = rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("mosquitto_sub subscribed");
+        if line.contains("SUBACK") {
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(10));
+    }
+    (child, rx)
+}
+
+/// Collects `mosquitto_sub -d` output until it exits: the payload lines of PUBLISH messages.
+pub fn sub_payloads(rx: std_mpsc::Receiver<String>, limit: Duration) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut in_payload = false;
+    let deadline = Instant::now() + limit;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let Ok(line) = rx.recv_timeout(left) else {
+            break;
+        };
+        if line.starts_with("Client ") {
+            in_payload = line.contains("received PUBLISH");
+            if in_payload {
+                out.push(String::new());
+            }
+            continue;
+        }
+        if in_payload {
+            let last = out.last_mut().unwrap();
+            if !last.is_empty() {
+                last.push('\n');
+            }
+            last.push_str(&line);
+        }
+    }
+    out
+}
