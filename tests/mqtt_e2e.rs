@@ -3,12 +3,16 @@
 //! the daemon in-process through `llamabus::mqtt::server::run`; the binary tests run
 //! `llamabus serve` and `llamabus ask` themselves. Generation is greedy and short.
 
+mod common;
 mod mqtt_support;
 
 use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::tiny::{write_tiny_model, TempDir, TinySpec, TinyTokenizer};
+use llamabus::ggml::Type;
 use llamabus::mqtt::wire::{self, Encoding, Request, Response};
 use mqtt_support::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -532,31 +536,80 @@ async fn postcard_on_the_topic_form_for_mqtt_311_clients() {
     }
 }
 
-// Known gap: on the native (AVX-512) build SmolLM2 ends this prompt with EOS after ~1.5 KB,
-// and a prompt long enough to be certain of >10 KiB took over 300 s in a debug build. Needs a
-// deterministic long-output source (e.g. a generated tiny model) before it can run in CI.
-#[ignore = "SmolLM2 stops early on the native build; see comment"]
+/// A generated tiny model whose every generated token is a 64-byte piece and which never
+/// produces EOS (see `TinySpec::long_pieces`), so reply size is set by `max_tokens` alone.
+fn long_reply_model(dir: &TempDir) -> PathBuf {
+    let spec = TinySpec {
+        tokenizer: TinyTokenizer::Spm,
+        long_pieces: true,
+        n_ctx_train: 1024,
+        ..TinySpec::new(Type::Q8_0)
+    };
+    let path = dir.join("long-pieces.gguf");
+    write_tiny_model(&spec, &path);
+    path
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reply_over_10_kib_arrives_whole() {
-    let (mosq, _d) =
-        setup("[model]\nthreads = 2\ncontext = 1024\n[limits]\nmax_tokens_cap = 512").await;
+    let dir = TempDir::new();
+    let mosq = Mosquitto::start();
+    let mut s = settings(
+        &mosq.url(),
+        "n1",
+        "[limits]\nmax_tokens_cap = 400\ndefault_max_tokens = 300",
+    );
+    s.models[0].path = long_reply_model(&dir);
+    let _d = Daemon::start(s);
+    wait_status(mosq.port, "llamabus", "n1", "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    let line = "=".repeat(64);
-    let prompt = format!("{line}\n{line}\n{line}");
+    // 300 tokens of >= 64 bytes: ~19 KiB, above rumqttc's 10 KiB default packet limit.
+    let want = 10 * 1024;
+
+    // Plain text (the model's default sampling): one message carrying the whole answer.
     c.publish(
         "llamabus/prompt/long",
-        greedy(json!({"id": "long", "prompt": prompt, "max_tokens": 380})),
+        b"hello".to_vec(),
         PublishProperties::default(),
     )
     .await;
-    let m = c.recv(120).await;
+    let plain = c.recv(60).await.text();
+    assert!(!plain.starts_with("error: "), "{plain}");
+    assert!(plain.len() > want, "only {} bytes", plain.len());
+
+    // JSON, greedy: one reply.
+    c.publish(
+        "llamabus/prompt/long",
+        greedy(json!({"id": "long", "prompt": "hello", "max_tokens": 300})),
+        PublishProperties::default(),
+    )
+    .await;
+    let v = c.recv(60).await.json();
+    assert_eq!(v["id"], "long");
+    assert_eq!(v["finish_reason"], "length", "{v}");
+    let greedy_text = v["text"].as_str().unwrap().to_owned();
+    assert!(greedy_text.len() > want, "only {} bytes", greedy_text.len());
+
+    // Streamed: the chunks reassemble to the same text.
+    c.publish(
+        "llamabus/prompt/long",
+        greedy(json!({"id": "ls", "prompt": "hello", "max_tokens": 300, "stream": true})),
+        PublishProperties::default(),
+    )
+    .await;
+    let mut text = String::new();
+    loop {
+        let v = c.recv(60).await.json();
+        if v["done"] == true {
+            assert_eq!(v["text"].as_str().unwrap(), greedy_text);
+            break;
+        }
+        text.push_str(v["delta"].as_str().unwrap());
+    }
     assert!(
-        m.payload.len() > 10 * 1024,
-        "only {} bytes",
-        m.payload.len()
+        text == greedy_text,
+        "the chunks do not reassemble to the final text"
     );
-    let v = m.json();
-    assert!(v["text"].as_str().unwrap().len() > 10 * 1024);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -616,6 +669,88 @@ async fn the_daemon_reconnects_and_resubscribes_after_a_broker_restart() {
     )
     .await;
     assert_eq!(c.recv(60).await.json()["id"], "after");
+}
+
+/// mosquitto_rr/_sub arguments for the TLS broker: its CA, our client certificate, the password.
+fn tls_client_args(port: u16, tls: &TlsFiles) -> Vec<String> {
+    let mut a: Vec<String> = ["-h", "localhost", "-p", &port.to_string(), "--cafile"]
+        .map(String::from)
+        .to_vec();
+    a.push(tls.ca.display().to_string());
+    a.extend(["--cert".into(), tls.client_cert.display().to_string()]);
+    a.extend(["--key".into(), tls.client_key.display().to_string()]);
+    a.extend(["-u", TlsFiles::USER, "-P", TlsFiles::PASSWORD].map(String::from));
+    a
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtts_with_a_client_certificate_and_a_password_file() {
+    let (mosq, tls) = Mosquitto::start_tls();
+    let extra = format!(
+        "[mqtt]\nusername = \"{}\"\npassword_file = \"{}\"\nca_file = \"{}\"\n\
+         client_cert = \"{}\"\nclient_key = \"{}\"\n",
+        TlsFiles::USER,
+        tls.password_file.display(),
+        tls.ca.display(),
+        tls.client_cert.display(),
+        tls.client_key.display()
+    );
+    let url = format!("mqtts://localhost:{}", mosq.port);
+    let _d = Daemon::start(settings(&url, "tls", &extra));
+    let client = tls_client_args(mosq.port, &tls);
+
+    // The retained status says online once the daemon has connected and subscribed.
+    let (code, out, err) = run_cmd(
+        Command::new("mosquitto_sub").args(&client).args([
+            "-t",
+            "llamabus/status/tls",
+            "-C",
+            "1",
+            "-W",
+            "60",
+        ]),
+        Duration::from_secs(70),
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert_eq!(
+        serde_json::from_str::<Value>(&out).unwrap()["state"],
+        "online"
+    );
+
+    let (code, out, err) = run_cmd(
+        Command::new("mosquitto_rr").args(&client).args([
+            "-t",
+            "llamabus/prompt/tls",
+            "-e",
+            "llamabus/reply/tls",
+            "-m",
+            "14 + 16 =",
+            "-W",
+            "60",
+        ]),
+        Duration::from_secs(70),
+    );
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(
+        !out.trim().is_empty() && !out.starts_with("error: "),
+        "{out}"
+    );
+
+    // The same broker refuses a client without the password: authentication is really on.
+    let mut anon = client.clone();
+    anon.truncate(anon.len() - 4);
+    let (code, _, _) = run_cmd(
+        Command::new("mosquitto_sub").args(&anon).args([
+            "-t",
+            "llamabus/status/tls",
+            "-C",
+            "1",
+            "-W",
+            "5",
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_ne!(code, Some(0), "an anonymous client was let in");
 }
 
 // ---- The binary: `llamabus serve` and `llamabus ask` ----

@@ -50,6 +50,12 @@ pub struct TinySpec {
     pub seed: u64,
     /// Add a llama3-style `rope_freqs.weight` (frequency divisors 1.0..4.0).
     pub rope_freqs: bool,
+    /// SentencePiece only: spell every scored piece as a string of at least 64 bytes and give
+    /// the specials, byte tokens and `▁` all-zero rows in `output.weight`. Their logits are
+    /// then exactly 0 while the long pieces' are random, so greedy generation emits only long
+    /// pieces and never EOS (all ~120 random logits negative is a 2^-120 event) — a
+    /// deterministic source of long replies for transport tests.
+    pub long_pieces: bool,
 }
 
 impl TinySpec {
@@ -73,6 +79,7 @@ impl TinySpec {
             tokenizer: TinyTokenizer::Bpe { pre: "smollm" },
             seed: 1,
             rope_freqs: false,
+            long_pieces: false,
         }
     }
 
@@ -122,7 +129,11 @@ pub fn tiny_model_bytes(spec: &TinySpec) -> Vec<u8> {
             Value::F32(spec.rms_eps),
         )
         .kv("llama.vocab_size", u32_value(spec.n_vocab));
-    for (key, value) in tokenizer_metadata(spec.tokenizer, spec.n_vocab) {
+    assert!(
+        !spec.long_pieces || spec.tokenizer == TinyTokenizer::Spm,
+        "long_pieces needs the SentencePiece vocabulary"
+    );
+    for (key, value) in tokenizer_metadata(spec.tokenizer, spec.n_vocab, spec.long_pieces) {
         w = w.kv(key, value);
     }
 
@@ -195,7 +206,10 @@ pub fn tiny_model_bytes(spec: &TinySpec) -> Vec<u8> {
     }
     t.norm("output_norm.weight", n_embd);
     if !spec.tied_embeddings {
-        t.matrix("output.weight", n_embd, n_vocab, proj(n_embd));
+        let silent = if spec.long_pieces { SPM_FIRST_PIECE } else { 0 };
+        t.matrix_zero_rows("output.weight", n_embd, n_vocab, proj(n_embd), silent);
+    } else {
+        assert!(!spec.long_pieces, "long_pieces needs an output matrix");
     }
     t.w.to_bytes()
 }
@@ -220,8 +234,14 @@ struct Tensors {
 impl Tensors {
     /// A `[n_in, n_out]` weight matrix (rows of `n_in`) in the spec's type, uniform in ±`a`.
     fn matrix(&mut self, name: &str, n_in: usize, n_out: usize, a: f32) {
+        self.matrix_zero_rows(name, n_in, n_out, a, 0);
+    }
+
+    /// [`Self::matrix`] with its first `n_zero` rows all zero.
+    fn matrix_zero_rows(&mut self, name: &str, n_in: usize, n_out: usize, a: f32, n_zero: usize) {
         let mut rng = Rng::for_tensor(self.seed, name);
-        let data: Vec<f32> = (0..n_in * n_out).map(|_| a * rng.symmetric()).collect();
+        let mut data: Vec<f32> = (0..n_in * n_out).map(|_| a * rng.symmetric()).collect();
+        data[..n_zero * n_in].fill(0.0);
         let bytes = quantize(self.ty, &data, n_in);
         self.push(name, &[n_in as u64, n_out as u64], self.ty, bytes);
     }
@@ -324,12 +344,20 @@ pub fn gpt2_byte_chars() -> [char; 256] {
 }
 
 /// `tokenizer.*` metadata for a vocabulary of exactly `n_vocab` tokens.
-fn tokenizer_metadata(kind: TinyTokenizer, n_vocab: usize) -> Vec<(&'static str, Value)> {
+fn tokenizer_metadata(
+    kind: TinyTokenizer,
+    n_vocab: usize,
+    long_pieces: bool,
+) -> Vec<(&'static str, Value)> {
     match kind {
         TinyTokenizer::Bpe { pre } => bpe_metadata(pre, n_vocab),
-        TinyTokenizer::Spm => spm_metadata(n_vocab),
+        TinyTokenizer::Spm => spm_metadata(n_vocab, long_pieces),
     }
 }
+
+/// The first scored piece of the SentencePiece vocabulary: after `<unk>`, `<s>`, `</s>`, the
+/// 256 byte tokens and `▁`.
+const SPM_FIRST_PIECE: usize = 3 + 256 + 1;
 
 /// A vocabulary under construction: texts with their types, no duplicates.
 #[derive(Default)]
@@ -421,7 +449,7 @@ fn bpe_metadata(pre: &'static str, n_vocab: usize) -> Vec<(&'static str, Value)>
     ]
 }
 
-fn spm_metadata(n_vocab: usize) -> Vec<(&'static str, Value)> {
+fn spm_metadata(n_vocab: usize, long_pieces: bool) -> Vec<(&'static str, Value)> {
     let mut v = VocabBuilder::default();
     v.add("<unk>", token_type::UNKNOWN);
     v.add("<s>", token_type::CONTROL);
@@ -451,6 +479,13 @@ fn spm_metadata(n_vocab: usize) -> Vec<(&'static str, Value)> {
         if v.len() == n_vocab {
             break;
         }
+        // `<piece>` repeated stays unique per piece (no piece contains `<` or `>`).
+        let piece = if long_pieces {
+            let one = format!("<{piece}>");
+            one.repeat(64usize.div_ceil(one.len()))
+        } else {
+            piece
+        };
         if !v.has(&piece) {
             v.add(&piece, token_type::NORMAL);
         }

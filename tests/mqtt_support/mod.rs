@@ -53,10 +53,52 @@ pub struct Mosquitto {
     pub port: u16,
     dir: PathBuf,
     child: Option<Child>,
+    /// Listener options after `listener PORT 127.0.0.1` (TLS, authentication).
+    listener_conf: String,
+}
+
+/// Files for a TLS broker that requires client certificates and a password: a test CA, the
+/// broker's certificate (for `localhost` and 127.0.0.1), a client certificate, and a
+/// mosquitto password file with `USER`/`PASSWORD`.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+    /// A file holding [`TlsFiles::PASSWORD`] (the daemon reads passwords from files).
+    pub password_file: PathBuf,
+}
+
+impl TlsFiles {
+    pub const USER: &'static str = "board";
+    pub const PASSWORD: &'static str = "s3cret-pw";
 }
 
 impl Mosquitto {
     pub fn start() -> Mosquitto {
+        Mosquitto::start_with(|_| String::new())
+    }
+
+    /// mosquitto with TLS only (mutual: a client certificate is required) and password
+    /// authentication, no anonymous access. Certificates come from the `openssl` CLI.
+    pub fn start_tls() -> (Mosquitto, TlsFiles) {
+        let mut files = None;
+        let m = Mosquitto::start_with(|dir| {
+            let f = make_tls_files(dir);
+            let conf = format!(
+                "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
+                 allow_anonymous false\npassword_file {}\n",
+                f.ca.display(),
+                dir.join("server.pem").display(),
+                dir.join("server.key").display(),
+                dir.join("passwd").display()
+            );
+            files = Some(f);
+            conf
+        });
+        (m, files.unwrap())
+    }
+
+    fn start_with(listener_conf: impl FnOnce(&Path) -> String) -> Mosquitto {
         assert!(
             Path::new(MOSQUITTO).exists(),
             "{MOSQUITTO} is missing: apt-get install mosquitto mosquitto-clients"
@@ -64,10 +106,12 @@ impl Mosquitto {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("llamabus-mosq-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
+        let listener_conf = listener_conf(&dir);
         let mut m = Mosquitto {
             port,
             dir,
             child: None,
+            listener_conf,
         };
         m.spawn();
         m
@@ -78,8 +122,8 @@ impl Mosquitto {
         std::fs::write(
             &conf,
             format!(
-                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n",
-                self.port
+                "listener {} 127.0.0.1\nallow_anonymous true\npersistence false\n{}",
+                self.port, self.listener_conf
             ),
         )
         .unwrap();
@@ -109,6 +153,109 @@ impl Mosquitto {
 
     pub fn url(&self) -> String {
         format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+/// Runs `openssl` with `args` in `dir`, panicking with its stderr on failure.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt-get install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A P-256 CA, a broker certificate for localhost/127.0.0.1 and a client certificate, all
+/// signed by the CA, plus mosquitto's password file. Keys are made world-readable because
+/// mosquitto started as root drops to its own user before reading them.
+fn make_tls_files(dir: &Path) -> TlsFiles {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec![
+        "req",
+        "-x509",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=llamabus test CA",
+    ];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let exts = dir.join("ext.cnf");
+    std::fs::write(
+        &exts,
+        "[server]\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
+         [client]\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    for (name, cn) in [("server", "localhost"), ("client", "llamabus-client")] {
+        let subj = format!("/CN={cn}");
+        let (key, csr, pem) = (
+            format!("{name}.key"),
+            format!("{name}.csr"),
+            format!("{name}.pem"),
+        );
+        let mut req = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
+        req.extend(ec);
+        openssl(dir, &req);
+        openssl(
+            dir,
+            &[
+                "x509",
+                "-req",
+                "-days",
+                "2",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-extfile",
+                "ext.cnf",
+                "-extensions",
+                name,
+                "-out",
+                &pem,
+            ],
+        );
+    }
+    let passwd = dir.join("passwd");
+    let (code, out, err) = run_cmd(
+        Command::new("mosquitto_passwd").args([
+            "-b",
+            "-c",
+            passwd.to_str().unwrap(),
+            TlsFiles::USER,
+            TlsFiles::PASSWORD,
+        ]),
+        Duration::from_secs(10),
+    );
+    assert_eq!(code, Some(0), "mosquitto_passwd: {out} {err}");
+    let password_file = dir.join("password");
+    std::fs::write(&password_file, format!("{}\n", TlsFiles::PASSWORD)).unwrap();
+    for f in std::fs::read_dir(dir).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = f.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+        password_file,
     }
 }
 
