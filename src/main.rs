@@ -96,6 +96,9 @@ struct AskArgs {
     /// Sampling temperature; 0 is greedy (sends JSON).
     #[arg(long)]
     temperature: Option<f32>,
+    /// Print publish->first/last token latency and the daemon's share of it to stderr.
+    #[arg(long)]
+    timings: bool,
     /// The prompt.
     prompt: String,
 }
@@ -238,20 +241,30 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
         stop: a.stop,
     };
     let mut stdout = std::io::stdout().lock();
+    // First and last text emitted, from the start of prompt evaluation: the in-process
+    // counterpart of `ask --timings`.
+    let start = std::time::Instant::now();
+    let mut first = None;
     let gen = generate(
         &mut session,
         0,
         &req,
         |s| {
+            if first.is_none() && !s.is_empty() {
+                first = Some(start.elapsed());
+            }
             let _ = stdout.write_all(s.as_bytes());
             let _ = stdout.flush();
         },
         || false,
     )?;
+    let last = start.elapsed();
     let _ = writeln!(stdout);
     eprintln!(
-        "\nload {:.0} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
+        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
         model.load_time().as_secs_f64() * 1e3,
+        first.unwrap_or(last).as_secs_f64() * 1e3,
+        last.as_secs_f64() * 1e3,
         gen.prompt_tokens,
         gen.prompt_tps(),
         gen.tokens.len(),
@@ -402,6 +415,7 @@ fn ask(a: AskArgs) -> anyhow::Result<()> {
         temperature: a.temperature,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         max_packet_bytes: config::DEFAULT_MAX_PACKET_BYTES,
+        timings: a.timings,
         prompt: a.prompt,
     };
     let mut stdout = std::io::stdout().lock();

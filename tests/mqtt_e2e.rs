@@ -272,6 +272,11 @@ async fn greedy_prompt_equals_llamabus_complete() {
         Duration::from_secs(60),
     );
     assert_eq!(code, Some(0), "{err}");
+    // The in-process latency figures that scripts/bench-mqtt.sh compares against.
+    assert!(
+        err.contains("first token") && err.contains("last token"),
+        "{err}"
+    );
     let expected = out.strip_suffix('\n').unwrap();
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     c.publish(
@@ -846,6 +851,33 @@ async fn serve_binary_with_mosquitto_ask_and_last_will() {
         lines.len() >= 2 && lines.last().unwrap()["done"] == true,
         "{out}"
     );
+    // --timings: client-side latency next to the daemon's own times, on stderr.
+    let (code, out, err) = ask(
+        port,
+        &[
+            "--prefix",
+            "lb",
+            "--stream",
+            "--timings",
+            "--max-tokens",
+            "4",
+            "Hi",
+        ],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert!(!out.contains("timings"), "timings belong on stderr: {out}");
+    let line = err
+        .lines()
+        .find(|l| l.starts_with("timings: "))
+        .unwrap_or_else(|| panic!("{err}"));
+    for part in [
+        "publish->first token",
+        "publish->last token",
+        "daemon: queue",
+        "outside the engine",
+    ] {
+        assert!(line.contains(part), "{part} missing: {line}");
+    }
     // An error reply exits non-zero and says why.
     let (code, _, err) = ask(port, &["--prefix", "lb", "--max-tokens", "1000", "Hi"]);
     assert_ne!(code, Some(0));

@@ -6,7 +6,7 @@
 //! `--stream`, or a generation option); JSON requests carry the prompt as one user message.
 
 use std::io::Write;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
@@ -32,7 +32,50 @@ pub struct AskOptions {
     pub temperature: Option<f32>,
     pub timeout: Duration,
     pub max_packet_bytes: u32,
+    /// Print where the time went to stderr: publish → first token and → last token as seen
+    /// here, next to the daemon's own queue/prompt/generation times from the reply.
+    pub timings: bool,
     pub prompt: String,
+}
+
+/// Client-side clock of one request, for `--timings`.
+#[derive(Debug, Default)]
+struct Stopwatch {
+    published: Option<Instant>,
+    first_token: Option<Instant>,
+}
+
+impl Stopwatch {
+    fn ms_since_publish(&self, t: Instant) -> f64 {
+        self.published
+            .map_or(0.0, |p| t.duration_since(p).as_secs_f64() * 1e3)
+    }
+
+    /// One line: client-observed latencies, the daemon's share, and what remains (broker
+    /// round trips, JSON, routing) — the MQTT overhead.
+    fn report(&self, r: &wire::Reply) -> String {
+        let now = Instant::now();
+        let last = self.ms_since_publish(now);
+        let first = self.ms_since_publish(self.first_token.unwrap_or(now));
+        let t = &r.timings;
+        let daemon = t.queue_ms + t.prompt_ms + t.generate_ms;
+        let overhead = last - daemon;
+        format!(
+            "timings: publish->first token {first:.1} ms, publish->last token {last:.1} ms, \
+             {} tokens | daemon: queue {:.1} ms, prompt {:.1} ms, generate {:.1} ms \
+             ({:.1} tok/s) | outside the engine {overhead:.1} ms ({:.1}%)",
+            r.usage.completion_tokens,
+            t.queue_ms,
+            t.prompt_ms,
+            t.generate_ms,
+            t.tokens_per_s,
+            if last > 0.0 {
+                100.0 * overhead / last
+            } else {
+                0.0
+            },
+        )
+    }
 }
 
 /// Why `ask` did not print an answer.
@@ -98,6 +141,7 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
     )?;
     let (client, mut eventloop) = AsyncClient::new(options, 16);
     let broker = o.broker.to_string();
+    let mut clock = Stopwatch::default();
     let work = async {
         let mut sent = false;
         loop {
@@ -128,6 +172,7 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
                         payload.clone(),
                         props,
                     )?;
+                    clock.published = Some(Instant::now());
                 }
                 Event::Incoming(Packet::Publish(p)) => {
                     if p.topic != reply_topic.as_bytes() {
@@ -140,7 +185,7 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
                     if corr != Some(&correlation) {
                         continue;
                     }
-                    if handle_reply(o, enc, &p.payload, &reply_topic, out)? {
+                    if handle_reply(o, enc, &p.payload, &reply_topic, out, &mut clock)? {
                         return Ok(());
                     }
                 }
@@ -175,6 +220,7 @@ fn handle_reply(
     payload: &[u8],
     topic: &str,
     out: &mut dyn Write,
+    clock: &mut Stopwatch,
 ) -> Result<bool, AskError> {
     let resp = wire::decode_response(payload, enc).map_err(|e| AskError::BadReply {
         topic: topic.to_owned(),
@@ -187,6 +233,9 @@ fn handle_reply(
     }
     match resp {
         Response::Chunk(c) => {
+            if clock.first_token.is_none() && !c.delta.is_empty() {
+                clock.first_token = Some(Instant::now());
+            }
             if !o.json {
                 out.write_all(c.delta.as_bytes())?;
                 out.flush()?;
@@ -200,6 +249,9 @@ fn handle_reply(
                 }
                 out.write_all(b"\n")?;
                 out.flush()?;
+            }
+            if o.timings {
+                eprintln!("{}", clock.report(&r));
             }
             Ok(true)
         }
