@@ -59,7 +59,9 @@ pub struct Mosquitto {
 
 /// Files for a TLS broker that requires client certificates and a password: a test CA, the
 /// broker's certificate (for `localhost` and 127.0.0.1), a client certificate, and a
-/// mosquitto password file with `USER`/`PASSWORD`.
+/// mosquitto password file. Users: `USER` (the daemon: all of `llamabus/#`) and the devices
+/// in `DEVICES`, which the ACL limits to publishing on `llamabus/prompt/{user}` and reading
+/// `llamabus/reply/{user}`. Every user's password is `PASSWORD`.
 pub struct TlsFiles {
     pub ca: PathBuf,
     pub client_cert: PathBuf,
@@ -71,6 +73,7 @@ pub struct TlsFiles {
 impl TlsFiles {
     pub const USER: &'static str = "board";
     pub const PASSWORD: &'static str = "s3cret-pw";
+    pub const DEVICES: [&'static str; 2] = ["kitchen", "garage"];
 }
 
 impl Mosquitto {
@@ -86,11 +89,12 @@ impl Mosquitto {
             let f = make_tls_files(dir);
             let conf = format!(
                 "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate true\n\
-                 allow_anonymous false\npassword_file {}\n",
+                 allow_anonymous false\npassword_file {}\nacl_file {}\n",
                 f.ca.display(),
                 dir.join("server.pem").display(),
                 dir.join("server.key").display(),
-                dir.join("passwd").display()
+                dir.join("passwd").display(),
+                dir.join("acl").display()
             );
             files = Some(f);
             conf
@@ -233,17 +237,33 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
         );
     }
     let passwd = dir.join("passwd");
-    let (code, out, err) = run_cmd(
-        Command::new("mosquitto_passwd").args([
-            "-b",
-            "-c",
-            passwd.to_str().unwrap(),
-            TlsFiles::USER,
-            TlsFiles::PASSWORD,
-        ]),
-        Duration::from_secs(10),
-    );
-    assert_eq!(code, Some(0), "mosquitto_passwd: {out} {err}");
+    for (i, user) in std::iter::once(TlsFiles::USER)
+        .chain(TlsFiles::DEVICES)
+        .enumerate()
+    {
+        let create = if i == 0 { "-c" } else { "-b" };
+        let (code, out, err) = run_cmd(
+            Command::new("mosquitto_passwd").args([
+                "-b",
+                create,
+                passwd.to_str().unwrap(),
+                user,
+                TlsFiles::PASSWORD,
+            ]),
+            Duration::from_secs(10),
+        );
+        assert_eq!(code, Some(0), "mosquitto_passwd: {out} {err}");
+    }
+    // Patterns apply to every user; the daemon's user block adds the whole tree.
+    std::fs::write(
+        dir.join("acl"),
+        format!(
+            "pattern write llamabus/prompt/%u\npattern read llamabus/reply/%u\n\
+             user {}\ntopic readwrite llamabus/#\n",
+            TlsFiles::USER
+        ),
+    )
+    .unwrap();
     let password_file = dir.join("password");
     std::fs::write(&password_file, format!("{}\n", TlsFiles::PASSWORD)).unwrap();
     for f in std::fs::read_dir(dir).unwrap() {
