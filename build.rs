@@ -87,7 +87,11 @@ fn main() {
 
     let ggml = manifest.join("vendor/ggml");
     println!("cargo:rerun-if-changed=vendor/ggml");
-    println!("cargo:rerun-if-changed=vendor/patches");
+    // Only watch vendor/patches when it exists: cargo treats a missing rerun-if-changed path
+    // as always dirty, which would recompile ggml on every build.
+    if manifest.join("vendor/patches").exists() {
+        println!("cargo:rerun-if-changed=vendor/patches");
+    }
     println!("cargo:rerun-if-env-changed=LLAMABUS_NATIVE");
     println!("cargo:rerun-if-env-changed=LLAMABUS_GGML_DEBUG");
     if has_patches(&manifest.join("vendor/patches")) {
