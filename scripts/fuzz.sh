@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Runs every cargo-fuzz target (fuzz/fuzz_targets: gguf, request, tokenizer) for SECONDS each
+# (default 30) under libFuzzer + AddressSanitizer (ggml's C/C++ is built with ASan too),
+# starting from the committed seeds in fuzz/seeds and the local corpus in fuzz/corpus.
+# Prints executions per target; a crash fails with the reproducer in fuzz/artifacts/TARGET/.
+#
+#   scripts/fuzz.sh [SECONDS]
+# Needs a nightly toolchain and cargo-fuzz (installed here if missing).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+SECS=${1:-30}
+
+rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+scripts/fetch-test-data.sh >/dev/null   # the tokenizer target reads llama.cpp's vocabularies
+
+for t in gguf request tokenizer; do
+  mkdir -p "fuzz/corpus/$t"
+  log=$(mktemp)
+  if ! cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+      -max_total_time="$SECS" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
+    tail -60 "$log"
+    echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/" >&2
+    rm -f "$log"
+    exit 1
+  fi
+  runs=$(grep -m1 -o 'number_of_executed_units: [0-9]*' "$log" | grep -o '[0-9]*$' || echo "?")
+  echo "fuzz $t: $runs executions in ${SECS} s, corpus $(ls "fuzz/corpus/$t" | wc -l) inputs"
+  rm -f "$log"
+done
