@@ -23,6 +23,19 @@ fn notify_env(n: &NotifySocket) -> Vec<(&'static str, String)> {
     ]
 }
 
+/// A chat request SmolLM2 answers at length (a raw completion of the same text ends at once).
+fn story(id: &str, max_tokens: Option<u32>, stream: bool) -> Value {
+    let mut v = json!({
+        "id": id,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}],
+        "stream": stream,
+    });
+    if let Some(n) = max_tokens {
+        v["max_tokens"] = json!(n);
+    }
+    v
+}
+
 fn has(msg: &str, line: &str) -> bool {
     msg.lines().any(|l| l == line)
 }
@@ -158,13 +171,7 @@ async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
     let (mut p, n, _) = start_ready(&mosq, "drain", "shutdown_drain_s = 60", &[]);
     wait_status(mosq.port, "llamabus", "drain", "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    let story = "Write a very long story about a dragon who learns to bake bread.";
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "long", "prompt": story, "max_tokens": 600, "stream": true}),
-    )
-    .await;
+    ask_json(&c, "d", story("long", Some(600), true)).await;
     ask_json(
         &c,
         "d",
@@ -213,13 +220,7 @@ async fn after_the_drain_time_running_and_queued_requests_are_answered_cancelled
     let (mut p, n, _) = start_ready(&mosq, "cut", "shutdown_drain_s = 0", &[]);
     wait_status(mosq.port, "llamabus", "cut", "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    let story = "Write a very long story about a dragon who learns to bake bread.";
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "long", "prompt": story, "max_tokens": 900, "stream": true}),
-    )
-    .await;
+    ask_json(&c, "d", story("long", Some(900), true)).await;
     ask_json(
         &c,
         "d",
@@ -262,13 +263,7 @@ async fn a_second_sigterm_exits_at_once() {
     let (mut p, n, _) = start_ready(&mosq, "twice", "shutdown_drain_s = 60", &[]);
     wait_status(mosq.port, "llamabus", "twice", "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    let story = "Write a very long story about a dragon who learns to bake bread.";
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "long", "prompt": story, "max_tokens": 900, "stream": true}),
-    )
-    .await;
+    ask_json(&c, "d", story("long", Some(900), true)).await;
     c.recv(60).await;
     p.signal("TERM");
     n.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
@@ -282,8 +277,7 @@ async fn a_second_sigterm_exits_at_once() {
 
 /// Sends one greedy request without max_tokens and returns its final reply.
 async fn default_length_answer(c: &mut TestClient, id: &str) -> Value {
-    let story = "Write a very long story about a dragon who learns to bake bread.";
-    ask_json(c, "r", json!({"id": id, "prompt": story})).await;
+    ask_json(c, "r", story(id, None, false)).await;
     let m = c.recv(60).await.json();
     assert_eq!(m["id"], id, "{m}");
     m
