@@ -86,7 +86,7 @@ fn parse_rust_log(v: &str) -> Option<LevelFilter> {
     let mut found = None;
     for d in v.split(',').map(str::trim) {
         match d.split_once('=') {
-            Some((target, l)) if target == "llamabus" => return l.parse().ok(),
+            Some(("llamabus", l)) => return l.parse().ok(),
             Some(_) => {}
             None => found = d.parse().ok().or(found),
         }
