@@ -19,15 +19,18 @@ for arch in "${arches[@]}"; do
   t=${TRIPLE[$arch]:?unknown architecture $arch}
   echo "==> $arch ($t)"
   cargo build --release --quiet --target "$t"
-  deb=$(cargo deb --no-build --target "$t" --output "target/debian/" 2>&1 | tail -n1)
+  deb=$(cargo deb --no-build --strip --target "$t" --output "target/debian/" 2>&1 | tail -n1)
   [ -f "$deb" ] || { echo "cargo deb: $deb" >&2; exit 1; }
   dpkg-deb --info "$deb" | grep -E "Package|Version|Architecture|Depends|Recommends|Installed-Size"
-  dpkg-deb -c "$deb"
+  contents=$(dpkg-deb -c "$deb")
+  echo "$contents"
   echo "$deb: $(stat -c %s "$deb") bytes"
   # The package must carry what the service needs.
   for f in ./usr/bin/llamabus ./etc/llamabus/config.toml ./usr/lib/systemd/system/llamabus.service \
            ./usr/lib/sysusers.d/llamabus.conf; do
-    dpkg-deb -c "$deb" | grep -q " $f$" || { echo "$deb lacks $f" >&2; exit 1; }
+    grep -q " $f$" <<<"$contents" || { echo "$deb lacks $f" >&2; exit 1; }
   done
+  grep -qx "/etc/llamabus/config.toml" <<<"$(dpkg-deb --ctrl-tarfile "$deb" | tar -xO ./conffiles)" \
+    || { echo "$deb: config.toml is not a conffile" >&2; exit 1; }
   [ "$(dpkg-deb -f "$deb" Architecture)" = "$arch" ] || { echo "$deb: wrong architecture" >&2; exit 1; }
 done

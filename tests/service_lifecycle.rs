@@ -5,6 +5,7 @@
 
 mod mqtt_support;
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use mqtt_support::*;
@@ -136,6 +137,11 @@ async fn notify_lifecycle_ready_watchdog_stopping_and_offline_status() {
     assert_eq!(off.json()["node"], "life");
 }
 
+// The stall switch exists only in debug builds of the binary (never in the packages).
+#[cfg_attr(
+    not(debug_assertions),
+    ignore = "LLAMABUS_DEBUG_STALL is a debug-build switch"
+)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stalled_inference_thread_stops_the_watchdog_pings() {
     let mosq = Mosquitto::start();
@@ -165,25 +171,47 @@ async fn a_stalled_inference_thread_stops_the_watchdog_pings() {
     assert!(pings.last().is_some_and(|&t| t > 6.5), "{pings:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
+/// A daemon (with `limits`) generating a long streamed answer (id `long`, `max_tokens` tokens)
+/// with short requests `queued` behind it; returns once the first chunk of `long` arrived,
+/// after SIGTERM and `STOPPING=1`.
+async fn terminate_while_generating(
+    node: &str,
+    limits: &str,
+    max_tokens: u32,
+    queued: &[&str],
+) -> (Mosquitto, ServeProcess, TestClient) {
     let mosq = Mosquitto::start();
-    let (mut p, n, _) = start_ready(&mosq, "drain", "shutdown_drain_s = 60", &[]);
-    wait_status(mosq.port, "llamabus", "drain", "online").await;
+    let (p, n, _) = start_ready(&mosq, node, limits, &[]);
+    wait_status(mosq.port, "llamabus", node, "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    ask_json(&c, "d", story("long", Some(600), true)).await;
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "queued", "prompt": "Hi", "max_tokens": 4}),
-    )
-    .await;
-    // The first chunk: the long job is generating.
+    ask_json(&c, "d", story("long", Some(max_tokens), true)).await;
+    for id in queued {
+        ask_json(&c, "d", json!({"id": id, "prompt": "Hi", "max_tokens": 4})).await;
+    }
     let first = c.recv(60).await.json();
     assert_eq!(first["id"], "long");
-    assert!(first["delta"].is_string(), "{first}");
+    assert!(first["delta"].is_string(), "generating: {first}");
     p.signal("TERM");
     n.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
+    (mosq, p, c)
+}
+
+/// Final replies (chunks skipped) by id, until `n` have arrived.
+async fn finals(c: &mut TestClient, n: usize) -> HashMap<String, Value> {
+    let mut out = HashMap::new();
+    while out.len() < n {
+        let m = c.recv(90).await.json();
+        if m.get("delta").is_none() {
+            out.insert(m["id"].as_str().unwrap().to_owned(), m);
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
+    let (_mosq, mut p, mut c) =
+        terminate_while_generating("drain", "shutdown_drain_s = 60", 600, &["queued"]).await;
     // Prompts sent while draining are not taken (the daemon unsubscribed).
     tokio::time::sleep(Duration::from_millis(500)).await;
     ask_json(
@@ -192,21 +220,14 @@ async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
         json!({"id": "late", "prompt": "Hi", "max_tokens": 4}),
     )
     .await;
-    let mut finals = Vec::new();
-    while finals.len() < 2 {
-        let m = c.recv(90).await.json();
-        if m.get("delta").is_none() {
-            finals.push(m);
-        }
-    }
-    assert_eq!(finals[0]["id"], "long");
+    let f = finals(&mut c, 2).await;
+    let reason = f["long"]["finish_reason"].as_str().unwrap();
     assert!(
-        ["stop", "length"].contains(&finals[0]["finish_reason"].as_str().unwrap()),
+        ["stop", "length"].contains(&reason),
         "the drain let it finish: {}",
-        finals[0]
+        f["long"]
     );
-    assert_eq!(finals[1]["id"], "queued");
-    assert!(finals[1]["text"].is_string(), "{}", finals[1]);
+    assert!(f["queued"]["text"].is_string(), "{}", f["queued"]);
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0));
     // Nothing for the late prompt, not even an error.
     while let Some(m) = c.try_recv(1000).await {
@@ -216,57 +237,22 @@ async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_the_drain_time_running_and_queued_requests_are_answered_cancelled() {
-    let mosq = Mosquitto::start();
-    let (mut p, n, _) = start_ready(&mosq, "cut", "shutdown_drain_s = 0", &[]);
-    wait_status(mosq.port, "llamabus", "cut", "online").await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    ask_json(&c, "d", story("long", Some(900), true)).await;
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "q1", "prompt": "Hi", "max_tokens": 4}),
-    )
-    .await;
-    ask_json(
-        &c,
-        "d",
-        json!({"id": "q2", "prompt": "Hi", "max_tokens": 4}),
-    )
-    .await;
-    let first = c.recv(60).await.json();
-    assert_eq!(first["id"], "long");
-    p.signal("TERM");
-    n.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
-    let mut finals = std::collections::HashMap::new();
-    while finals.len() < 3 {
-        let m = c.recv(30).await.json();
-        if m.get("delta").is_none() {
-            finals.insert(m["id"].as_str().unwrap().to_owned(), m);
-        }
-    }
+    let (_mosq, mut p, mut c) =
+        terminate_while_generating("cut", "shutdown_drain_s = 0", 900, &["q1", "q2"]).await;
     // Never silently dropped: the running one ends with its partial text, the queued ones
     // with a `cancelled` error.
-    assert_eq!(
-        finals["long"]["finish_reason"], "cancelled",
-        "{:?}",
-        finals["long"]
-    );
+    let f = finals(&mut c, 3).await;
+    assert_eq!(f["long"]["finish_reason"], "cancelled", "{}", f["long"]);
     for q in ["q1", "q2"] {
-        assert_eq!(finals[q]["error"]["code"], "cancelled", "{:?}", finals[q]);
+        assert_eq!(f[q]["error"]["code"], "cancelled", "{}", f[q]);
     }
     assert_eq!(p.wait_exit(Duration::from_secs(20)).code(), Some(0));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_second_sigterm_exits_at_once() {
-    let mosq = Mosquitto::start();
-    let (mut p, n, _) = start_ready(&mosq, "twice", "shutdown_drain_s = 60", &[]);
-    wait_status(mosq.port, "llamabus", "twice", "online").await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    ask_json(&c, "d", story("long", Some(900), true)).await;
-    c.recv(60).await;
-    p.signal("TERM");
-    n.until(Duration::from_secs(10), |m| has(m, "STOPPING=1"));
+    let (_mosq, mut p, _c) =
+        terminate_while_generating("twice", "shutdown_drain_s = 60", 900, &[]).await;
     assert!(p.alive(), "still draining the long request");
     let t0 = Instant::now();
     p.signal("TERM");
