@@ -6,6 +6,8 @@
 #   4. the whole suite natively (x86_64 or whatever this machine is)
 #   5. the ggml and tiny-model suites for aarch64 and armv7 under qemu-user
 #      (skip with LLAMABUS_SKIP_ARM=1 on a machine without the cross toolchains)
+#   6. the systemd unit (systemd-analyze verify, security score <= 2.0) and the .deb packages
+#      for amd64, arm64 and armhf with their contents (skip the arm ones with LLAMABUS_SKIP_ARM=1)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,9 @@ step "portable-baseline build and ggml kernel tests"
 cargo build --release --quiet
 cargo test --quiet --test ggml_ops
 
+step "systemd unit: verify and security score"
+scripts/check-systemd.sh target/release/llamabus
+
 # Everything else runs on a build for this CPU, as on a device (and as llama.cpp produced the
 # golden reference: -march=native). RUSTFLAGS only applies here, not to the cross builds below.
 step "full suite, native build ($(uname -m))"
@@ -50,6 +55,13 @@ if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
     grep -E "compiled|ggml reports|m=|test result" "$log" || true
     rm -f "$log"
   done
+fi
+
+step "packages (cargo-deb)"
+if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
+  scripts/build-debs.sh amd64 arm64 armhf
+else
+  scripts/build-debs.sh amd64
 fi
 
 step "all tests passed"

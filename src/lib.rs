@@ -10,7 +10,8 @@
 //! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
 //! - [`mqtt`]: the daemon's MQTT side: wire types, topics, the event loop, `ask`, the embedded
 //!   broker; knows nothing of ggml.
-//! - [`service`]: configuration of the daemon (systemd integration and logging later).
+//! - [`service`]: the daemon as a systemd service: layered configuration, sd_notify readiness
+//!   and watchdog, signals, journald logging.
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 

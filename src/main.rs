@@ -49,15 +49,33 @@ enum Command {
     },
     /// Run the MQTT daemon: answer prompts published to {prefix}/prompt/+.
     Serve(ServeArgs),
+    /// Validate the configuration and print the effective settings (secrets redacted).
+    CheckConfig(CheckConfigArgs),
     /// Ask a running daemon over MQTT 5 and print the answer as it streams.
     Ask(AskArgs),
 }
 
 #[derive(Args, Debug)]
 struct ServeArgs {
-    /// The TOML configuration file.
+    /// The TOML configuration file (default /etc/llamabus/config.toml when it exists); drop-ins
+    /// are read from <stem>.d/*.toml beside it.
     #[arg(long)]
     config: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+}
+
+#[derive(Args, Debug)]
+struct CheckConfigArgs {
+    /// The configuration file (default /etc/llamabus/config.toml).
+    path: Option<PathBuf>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
+}
+
+/// Flags that override every other configuration source.
+#[derive(Args, Debug)]
+struct OverrideArgs {
     /// The GGUF model (overrides [model] path).
     #[arg(long)]
     model: Option<PathBuf>,
@@ -147,7 +165,7 @@ fn long_version() -> &'static str {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    StderrLogger::install();
+    llamabus::service::logging::init();
     // Before any ggml kernel runs: a binary built for a newer CPU must fail with a message,
     // not with SIGILL in the middle of a matrix product.
     if let Err(e) = cpu::check() {
@@ -168,6 +186,7 @@ fn main() -> ExitCode {
             text,
         } => tokenize(&model, special, bos, &text),
         Command::Serve(args) => serve(args),
+        Command::CheckConfig(args) => check_config(args),
         Command::Ask(args) => ask(args),
     };
     match result {
@@ -364,13 +383,32 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .build()?)
 }
 
-fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    let overrides = config::Overrides {
+fn overrides(a: OverrideArgs) -> config::Overrides {
+    config::Overrides {
         model: a.model,
         broker: a.broker,
         prefix: a.prefix,
-    };
-    let settings = config::load(a.config.as_deref(), &overrides)?;
+    }
+}
+
+fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {
+    let sources = config::Sources::from_process(a.path, overrides(a.overrides));
+    let settings = config::load_sources(&sources)?;
+    println!(
+        "# llamabus check-config: valid; read from {}",
+        settings.source
+    );
+    print!("{}", settings.effective_toml());
+    Ok(())
+}
+
+fn serve(a: ServeArgs) -> anyhow::Result<()> {
+    use llamabus::mqtt::server::{serve_service, Service};
+    use llamabus::service::{logging, notify::Notifier, signals};
+
+    let sources = config::Sources::from_process(a.config, overrides(a.overrides));
+    let settings = config::load_sources(&sources)?;
+    logging::apply_config_level(settings.log_level);
     log::info!(
         "llamabus {} serving {} as node {} (config: {})",
         env!("CARGO_PKG_VERSION"),
@@ -378,25 +416,40 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
         settings.node,
         settings.source
     );
-    runtime()?.block_on(llamabus::mqtt::server::serve(settings, shutdown_signal()))?;
-    Ok(())
+    let rt = runtime()?;
+    let result = rt.block_on(async {
+        let control = signals::install()?;
+        let shutdown = control.shutdown();
+        let svc = Service {
+            notifier: Notifier::from_env(),
+            control,
+            reload: Some(Box::new(move || {
+                let s = config::load_sources(&sources)?;
+                logging::apply_config_level(s.log_level);
+                Ok(s)
+            })),
+            stall_after_ready: debug_stall(),
+        };
+        anyhow::Ok(serve_service(settings, shutdown, svc).await?)
+    });
+    // A model load abandoned by a shutdown must not hold up the exit.
+    rt.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
-/// Completes on SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            log::error!("cannot watch SIGTERM: {e}");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => log::info!("SIGINT"),
-        _ = term.recv() => log::info!("SIGTERM"),
+/// Debug builds only: `LLAMABUS_DEBUG_STALL=AFTER_MS,FOR_MS` stalls the inference thread
+/// FOR_MS after readiness + AFTER_MS, which is how the lifecycle tests prove that a hung
+/// compute stops the watchdog pings. Release builds (the packages) have no such switch.
+fn debug_stall() -> Option<(std::time::Duration, std::time::Duration)> {
+    #[cfg(debug_assertions)]
+    {
+        let v = std::env::var("LLAMABUS_DEBUG_STALL").ok()?;
+        let (a, b) = v.split_once(',')?;
+        let ms = |s: &str| s.trim().parse().ok().map(std::time::Duration::from_millis);
+        Some((ms(a)?, ms(b)?))
     }
+    #[cfg(not(debug_assertions))]
+    None
 }
 
 fn ask(a: AskArgs) -> anyhow::Result<()> {
@@ -421,51 +474,4 @@ fn ask(a: AskArgs) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     runtime()?.block_on(llamabus::mqtt::client::ask(&opts, &mut stdout))?;
     Ok(())
-}
-
-/// A minimal stderr logger until the service's logging setup lands: `LLAMABUS_LOG`
-/// (error|warn|info|debug|trace, default info) for llamabus' own messages; other crates'
-/// messages only from warn up, and the embedded broker's (rumqttd) only at debug and trace.
-#[derive(Debug)]
-struct StderrLogger {
-    level: log::LevelFilter,
-}
-
-impl StderrLogger {
-    fn install() {
-        let level = std::env::var("LLAMABUS_LOG")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(log::LevelFilter::Info);
-        if log::set_boxed_logger(Box::new(StderrLogger { level })).is_ok() {
-            log::set_max_level(level);
-        }
-    }
-}
-
-impl log::Log for StderrLogger {
-    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
-        if m.target().starts_with("llamabus") {
-            m.level() <= self.level
-        } else if m.target().starts_with("tracing") || m.target().starts_with("rumqttd") {
-            // rumqttd's tracing spans reach `log` as error-level records: noise, except when
-            // debugging.
-            self.level >= log::LevelFilter::Debug
-        } else {
-            m.level() <= log::Level::Warn && m.level() <= self.level
-        }
-    }
-
-    fn log(&self, r: &log::Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let level = r.level().as_str().to_lowercase();
-            if r.target().starts_with("llamabus") {
-                eprintln!("llamabus: {level}: {}", r.args());
-            } else {
-                eprintln!("llamabus: {level}: [{}] {}", r.target(), r.args());
-            }
-        }
-    }
-
-    fn flush(&self) {}
 }

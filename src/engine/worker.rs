@@ -111,6 +111,28 @@ impl EngineConfig {
         }
     }
 
+    /// True when going from `self` to `other` needs a new engine (another model load): the
+    /// model, its name, the context, threads, queue capacity or prompt mode differ. The other
+    /// fields are [`Tunables`] that [`Engine::retune`] applies at once.
+    pub fn needs_new_engine(&self, other: &EngineConfig) -> bool {
+        self.model_name != other.model_name
+            || self.model_path != other.model_path
+            || self.n_ctx != other.n_ctx
+            || self.n_threads != other.n_threads
+            || self.queue_capacity != other.queue_capacity
+            || self.default_mode != other.default_mode
+    }
+
+    /// The fields a running engine can change.
+    pub fn tunables(&self) -> Tunables {
+        Tunables {
+            max_tokens_cap: self.max_tokens_cap,
+            default_max_tokens: self.default_max_tokens,
+            max_prompt_tokens: self.max_prompt_tokens,
+            default_sampling: self.default_sampling.clone(),
+        }
+    }
+
     /// Checks the values that do not need the model.
     pub fn validate(&self) -> Result<(), StartError> {
         let bad = |key: &'static str, why: String| Err(StartError::Config { key, why });
@@ -143,6 +165,16 @@ impl EngineConfig {
         }
         Ok(())
     }
+}
+
+/// Limits and defaults a running engine applies to the next job ([`Engine::retune`]), so a
+/// configuration reload needs no model load for them.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Tunables {
+    pub max_tokens_cap: u32,
+    pub default_max_tokens: u32,
+    pub max_prompt_tokens: usize,
+    pub default_sampling: SamplingParams,
 }
 
 /// Why [`Engine::start`] failed.
@@ -379,8 +411,6 @@ struct Inner {
     shared: Arc<Shared>,
     info: ModelInfo,
     queue_capacity: usize,
-    max_tokens_cap: u32,
-    default_sampling: SamplingParams,
     next_id: AtomicU64,
 }
 
@@ -401,10 +431,12 @@ struct Shared {
     cancel_from_us: AtomicU64,
     /// Test hook: the worker sleeps without heartbeats until then (µs since `epoch`).
     stall_until_us: AtomicU64,
+    /// Read at each submit and job start; replaced by [`Engine::retune`].
+    tunables: Mutex<Tunables>,
 }
 
 impl Shared {
-    fn new() -> Shared {
+    fn new(tunables: Tunables) -> Shared {
         Shared {
             epoch: Instant::now(),
             heartbeat_us: AtomicU64::new(0),
@@ -416,7 +448,12 @@ impl Shared {
             last_tps: AtomicU64::new(0f64.to_bits()),
             cancel_from_us: AtomicU64::new(u64::MAX),
             stall_until_us: AtomicU64::new(0),
+            tunables: Mutex::new(tunables),
         }
+    }
+
+    fn tunables(&self) -> Tunables {
+        lock(&self.tunables).clone()
     }
 
     fn now_us(&self) -> u64 {
@@ -460,14 +497,10 @@ impl Engine {
         on_status: impl Fn(&str) + Send + 'static,
     ) -> Result<Engine, StartError> {
         cfg.validate()?;
-        let shared = Arc::new(Shared::new());
+        let shared = Arc::new(Shared::new(cfg.tunables()));
         let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity);
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, StartError>>();
-        let limits = (
-            cfg.queue_capacity,
-            cfg.max_tokens_cap,
-            cfg.default_sampling.clone(),
-        );
+        let queue_capacity = cfg.queue_capacity;
         let thread = thread::Builder::new()
             .name("llamabus-engine".into())
             .spawn({
@@ -486,7 +519,6 @@ impl Engine {
                 return Err(StartError::Panicked);
             }
         };
-        let (queue_capacity, max_tokens_cap, default_sampling) = limits;
         Ok(Engine {
             inner: Arc::new(Inner {
                 queue: Mutex::new(Some(tx)),
@@ -495,8 +527,6 @@ impl Engine {
                 shared,
                 info,
                 queue_capacity,
-                max_tokens_cap,
-                default_sampling,
                 next_id: AtomicU64::new(1),
             }),
         })
@@ -514,7 +544,7 @@ impl Engine {
             id,
             input,
             max_tokens: None,
-            sampling: self.inner.default_sampling.clone(),
+            sampling: self.inner.shared.tunables().default_sampling,
             stop: Vec::new(),
             deadline: None,
             enqueued: Instant::now(),
@@ -578,7 +608,7 @@ impl Engine {
     /// The checks [`Engine::submit`] makes before queueing.
     fn check(&self, job: &Job) -> Result<(), EngineError> {
         let bad = |m: String| Err(EngineError::new(ErrorKind::BadRequest, m));
-        let cap = self.inner.max_tokens_cap;
+        let cap = lock(&self.inner.shared.tunables).max_tokens_cap;
         match job.max_tokens {
             Some(0) => return bad("max_tokens must be at least 1".into()),
             Some(n) if n > cap => {
@@ -611,6 +641,24 @@ impl Engine {
             last_tokens_per_s: f64::from_bits(s.last_tps.load(Ordering::Relaxed)),
             model: self.inner.info.clone(),
         }
+    }
+
+    /// Applies new limits and defaults from the next submitted or started job on (jobs
+    /// already running keep theirs). Refused, with nothing changed, when they are invalid.
+    pub fn retune(&self, t: Tunables) -> Result<(), StartError> {
+        let mut check = EngineConfig::new("", "");
+        check.max_tokens_cap = t.max_tokens_cap;
+        check.default_max_tokens = t.default_max_tokens;
+        check.max_prompt_tokens = t.max_prompt_tokens;
+        check.default_sampling = t.default_sampling.clone();
+        check.validate()?;
+        *lock(&self.inner.shared.tunables) = t;
+        Ok(())
+    }
+
+    /// The limits and defaults in force.
+    pub fn tunables(&self) -> Tunables {
+        self.inner.shared.tunables()
     }
 
     /// The loaded model.
@@ -717,8 +765,6 @@ fn worker_main(
         mode: info.default_mode,
         n_ctx: cfg.n_ctx,
         n_threads: cfg.n_threads,
-        max_prompt_tokens: cfg.max_prompt_tokens,
-        default_max_tokens: cfg.default_max_tokens,
         model_name: cfg.model_name.clone(),
         shared,
         healthy: true,
@@ -846,8 +892,6 @@ struct Worker<'m> {
     mode: PromptMode,
     n_ctx: usize,
     n_threads: usize,
-    max_prompt_tokens: usize,
-    default_max_tokens: u32,
     model_name: String,
     shared: Arc<Shared>,
     /// False once the session could not be rebuilt after a panic: the thread then exits, its
@@ -939,20 +983,21 @@ impl Worker<'_> {
     /// Tokenizes, checks limits and generates. Panics are the caller's to catch.
     fn run_job(&mut self, job: &mut Job, queue_ms: f64) -> Result<JobOutcome, EngineError> {
         let prompt = self.tokenize(&job.input)?;
-        let max_tokens = job.max_tokens.unwrap_or(self.default_max_tokens) as usize;
+        let limits = self.shared.tunables();
+        let max_tokens = job.max_tokens.unwrap_or(limits.default_max_tokens) as usize;
         if prompt.is_empty() {
             return Err(EngineError::new(
                 ErrorKind::BadRequest,
                 "the prompt is empty after tokenization",
             ));
         }
-        if prompt.len() > self.max_prompt_tokens {
+        if prompt.len() > limits.max_prompt_tokens {
             return Err(EngineError::new(
                 ErrorKind::TooLong,
                 format!(
                     "the prompt is {} tokens; the limit is {}",
                     prompt.len(),
-                    self.max_prompt_tokens
+                    limits.max_prompt_tokens
                 ),
             ));
         }

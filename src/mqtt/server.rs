@@ -30,7 +30,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,9 +43,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event, EventLoop};
 use rumqttc::Outgoing as OutgoingEvent;
 use serde_json::json;
-use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use tokio::task::JoinHandle;
 
-use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput};
+use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput, StartError};
 use crate::mqtt::conn::{self, Backoff};
 use crate::mqtt::topics::{self, Incoming, Topics};
 use crate::mqtt::wire::{
@@ -53,7 +54,9 @@ use crate::mqtt::wire::{
     Usage,
 };
 use crate::sampler;
-use crate::service::config::{BrokerSettings, Settings};
+use crate::service::config::{BrokerSettings, ConfigError, Settings};
+use crate::service::notify::Notifier;
+use crate::service::signals::Control;
 use crate::tokenizer::chat::ChatMessage;
 
 /// Capacity of rumqttc's request channel (publishes waiting for the event loop).
@@ -64,6 +67,11 @@ const STATUS_POLL: Duration = Duration::from_millis(250);
 const PACKET_OVERHEAD: usize = 64;
 /// How long a clean shutdown waits for the broker to take the last messages.
 const DISCONNECT_GRACE: Duration = Duration::from_secs(3);
+
+/// The broker link, for the systemd status line.
+const LINK_CONNECTING: u8 = 0;
+const LINK_UP: u8 = 1;
+const LINK_RETRYING: u8 = 2;
 
 /// Why the daemon could not run.
 #[derive(Debug, thiserror::Error)]
@@ -82,11 +90,61 @@ pub enum ServeError {
     NoEmbeddedBroker,
 }
 
+/// The service around [`run`]: systemd notifications, signals, configuration reload. Tests
+/// that drive [`run`] directly use [`Service::none`].
+pub struct Service {
+    pub notifier: Notifier,
+    /// Shutdown (first SIGTERM/SIGINT) and reload (SIGHUP) events.
+    pub control: Control,
+    /// Re-reads the configuration on reload; `None` refuses reloads.
+    pub reload: Option<Reloader>,
+    /// Debug builds only (see `main.rs`): stall the inference thread for `.1` once `.0` has
+    /// passed after readiness, to prove that the watchdog stops.
+    pub stall_after_ready: Option<(Duration, Duration)>,
+}
+
+/// Produces the new settings on reload (parse → merge → validate of every source again).
+pub type Reloader = Box<dyn FnMut() -> Result<Settings, ConfigError> + Send>;
+
+impl Service {
+    /// No systemd, no signals, no reload.
+    pub fn none() -> Service {
+        Service {
+            notifier: Notifier::disabled(),
+            control: Control::none(),
+            reload: None,
+            stall_after_ready: None,
+        }
+    }
+}
+
+impl std::fmt::Debug for Service {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Service")
+            .field("notifier", &self.notifier)
+            .field("reload", &self.reload.is_some())
+            .field("stall_after_ready", &self.stall_after_ready)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Starts everything `llamabus serve` runs: the embedded broker when no broker is configured,
 /// the engine (model load on a blocking thread), then [`run`] until `shutdown` completes.
 pub async fn serve(
     settings: Settings,
     shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    serve_service(settings, shutdown, Service::none()).await
+}
+
+/// [`serve`] as a systemd service: `STATUS=` through the model load (with the start timeout
+/// extended while it runs), `READY=1` once the model has computed a warm-up token, then
+/// [`run`] with watchdog pings, SIGHUP reloads and `STOPPING=1`. A shutdown during the load
+/// returns at once.
+pub async fn serve_service(
+    settings: Settings,
+    shutdown: impl Future<Output = ()>,
+    svc: Service,
 ) -> Result<(), ServeError> {
     #[cfg(feature = "embedded-broker")]
     let _broker = match &settings.mqtt.broker {
@@ -102,16 +160,30 @@ pub async fn serve(
     }
     let cfg = settings.engine_config();
     let model = settings.model().name.clone();
-    let engine = tokio::task::spawn_blocking(move || {
-        crate::engine::worker::Engine::start(cfg, |s| info!("{s}"))
-    })
-    .await
-    .expect("the engine start task panicked")
-    .map_err(|error| ServeError::Engine {
-        model,
-        error: Box::new(error),
-    })?;
-    run(settings, engine, shutdown).await
+    let notifier = svc.notifier.clone();
+    let load = tokio::task::spawn_blocking(move || {
+        crate::engine::worker::Engine::start(cfg, move |s| {
+            info!("{s}");
+            notifier.status(s);
+        })
+    });
+    tokio::pin!(shutdown);
+    let engine = tokio::select! {
+        r = load => r,
+        _ = svc.notifier.clone().load_guard() => unreachable!("the load guard never ends"),
+        _ = &mut shutdown => {
+            svc.notifier.stopping("stopped while loading the model");
+            info!("stopped while loading the model");
+            return Ok(());
+        }
+    };
+    let engine = engine
+        .expect("the engine start task panicked")
+        .map_err(|error| ServeError::Engine {
+            model,
+            error: Box::new(error),
+        })?;
+    run_service(settings, engine, shutdown, svc).await
 }
 
 /// Serves prompts with `engine` until `shutdown` completes, then stops taking prompts, lets
@@ -122,7 +194,18 @@ pub async fn run(
     engine: Engine,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
+    run_service(settings, engine, shutdown, Service::none()).await
+}
+
+/// [`run`] with the [`Service`] hooks.
+pub async fn run_service(
+    settings: Settings,
+    engine: Engine,
+    shutdown: impl Future<Output = ()>,
+    svc: Service,
+) -> Result<(), ServeError> {
     let settings = Arc::new(settings);
+    let notifier = svc.notifier;
     let topics = Topics::new(&settings.mqtt.prefix, settings.mqtt.share_group.as_deref());
     let status_topic = topics.status(&settings.node);
     let mut options = conn::daemon_options(&settings.mqtt).map_err(ServeError::Tls)?;
@@ -146,42 +229,89 @@ pub async fn run(
         }
         .run(rx),
     );
-    let status_now = Arc::new(Notify::new());
-    let status = tokio::spawn(status_task(
-        client.clone(),
-        engine.clone(),
-        settings.clone(),
-        status_topic.clone(),
-        status_now.clone(),
+    let broker = broker_name(&settings);
+    notifier.ready(&format!(
+        "model {} loaded; connecting to {broker}",
+        settings.model().name
     ));
+    let (engines, engine_rx) = watch::channel(engine.clone());
+    let link = Arc::new(AtomicU8::new(LINK_CONNECTING));
+    let status_now = Arc::new(Notify::new());
+    let status = tokio::spawn(status_task(StatusCtx {
+        client: client.clone(),
+        engine: engine_rx.clone(),
+        settings: settings.clone(),
+        topic: status_topic.clone(),
+        now: status_now.clone(),
+        notifier: notifier.clone(),
+        link: link.clone(),
+        broker: broker.clone(),
+    }));
+    let watchdog = tokio::spawn(
+        notifier
+            .clone()
+            .watchdog_task(move || engine_rx.borrow().last_heartbeat()),
+    );
+    if let Some((after, stall)) = svc.stall_after_ready {
+        let e = engine.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            warn!("debug hook: stalling the inference thread for {stall:?}");
+            e.stall_for_test(stall);
+        });
+    }
+    let mut control = svc.control;
     let mut lp = Loop {
         settings: settings.clone(),
-        engine: engine.clone(),
+        engine,
+        engines,
+        retiring: Vec::new(),
+        pending: None,
+        reloader: svc.reload,
+        notifier: notifier.clone(),
+        next_job: 1,
         topics,
         eventloop,
         tx: tx.clone(),
         cancels,
         out_limit,
         status_now,
+        link,
         backoff: Backoff::new(),
-        broker: broker_name(&settings),
+        broker,
         connected: false,
     };
 
-    let result = lp.serve(shutdown).await;
+    let result = lp.serve(shutdown, &mut control.reload).await;
+    let drain = lp.settings.limits.shutdown_drain;
+    let stats = lp.engine.stats();
     info!(
-        "shutting down: no new prompts; draining for up to {:?}",
-        settings.limits.shutdown_drain
+        "shutting down: no new prompts; draining {} running and {} queued for up to {drain:?}",
+        stats.in_flight, stats.queue_depth
     );
+    notifier.stopping(&format!(
+        "draining {} running and {} queued requests (up to {drain:?})",
+        stats.in_flight, stats.queue_depth
+    ));
 
     // 1. Stop taking prompts. Prompts already delivered are still answered (the engine
     //    refuses them as `cancelled` once it shuts down).
     let _ = tx.send(Msg::Unsubscribe(lp.topics.prompt_subscriptions()));
-    // 2. Let the engine finish (bounded by the drain time) while the loop keeps publishing.
-    let drain = settings.limits.shutdown_drain;
-    let eng = engine.clone();
-    let engine_done = tokio::task::spawn_blocking(move || eng.shutdown(drain));
-    let _ = lp.pump(engine_done, drain + Duration::from_secs(5)).await;
+    // 2. Let the engines finish (bounded by the drain time) while the loop keeps publishing;
+    //    a model load started by a reload is abandoned.
+    if let Some((_, task)) = lp.pending.take() {
+        task.abort();
+    }
+    let eng = lp.engine.clone();
+    let mut retiring = std::mem::take(&mut lp.retiring);
+    let engines_done = async move {
+        let current = tokio::task::spawn_blocking(move || eng.shutdown(drain));
+        let _ = current.await;
+        for r in retiring.drain(..) {
+            let _ = r.await;
+        }
+    };
+    let _ = lp.pump(engines_done, drain + Duration::from_secs(5)).await;
     // 3. Everything the engine reported is in the channel: wait until it is handed to rumqttc.
     let (ftx, frx) = oneshot::channel();
     let _ = tx.send(Msg::Flush(ftx));
@@ -189,6 +319,7 @@ pub async fn run(
     // 4. Offline status (the status task must not overwrite it), then disconnect.
     status.abort();
     let _ = status.await;
+    watchdog.abort();
     let _ = tx.send(Msg::Publish(Outgoing {
         topic: status_topic,
         qos: QoS::AtLeastOnce,
@@ -205,6 +336,7 @@ pub async fn run(
     drop(lp);
     let _ = publisher.await;
     info!("stopped");
+    notifier.status("stopped");
     result
 }
 
@@ -234,6 +366,8 @@ struct Outgoing {
 /// Where and how to answer one job.
 #[derive(Debug)]
 struct Route {
+    /// The device level of the request topic (for logs).
+    device: String,
     topic: String,
     qos: QoS,
     enc: Encoding,
@@ -401,22 +535,29 @@ impl Publisher {
             }
             JobEvent::Done(o) => {
                 let route = self.finish(job);
-                let id_log = route.id.clone();
-                let payload = final_reply(&route, o, budget);
+                // Counts and timings only: prompts and answers are user data, never logged.
                 info!(
-                    "job {job} ({id_log:?}) answered on {} ({} bytes)",
+                    request_id = route.id.as_deref().unwrap_or(""),
+                    device = route.device.as_str(),
+                    model = o.model.as_str(),
+                    prompt_tokens = o.prompt_tokens,
+                    completion_tokens = o.completion_tokens,
+                    tokens_per_s = (o.tokens_per_s * 10.0).round() / 10.0;
+                    "job {job} ({:?}) answered on {}: {} + {} tokens, {:.1} tok/s, {:?}",
+                    route.id,
                     route.topic,
-                    payload.len()
+                    o.prompt_tokens,
+                    o.completion_tokens,
+                    o.tokens_per_s,
+                    o.finish_reason
                 );
+                let payload = final_reply(&route, o, budget);
                 vec![out(&route, payload)]
             }
             JobEvent::Failed(e) => {
                 let route = self.finish(job);
                 let code = error_code(e.kind);
-                warn!(
-                    "request {:?} refused: {code}: {} (reply to {})",
-                    route.id, e.message, route.topic
-                );
+                log_refusal(&route, code, &e.message);
                 let reply = Response::Error(ErrorReply {
                     id: route.id.clone(),
                     error: ErrorBody {
@@ -440,6 +581,18 @@ impl Publisher {
         }
         route
     }
+}
+
+/// One warning per refused or failed request, with the journal fields. Error messages name
+/// limits and parameters, never the prompt text.
+fn log_refusal(route: &Route, code: ErrorCode, message: &str) {
+    warn!(
+        request_id = route.id.as_deref().unwrap_or(""),
+        device = route.device.as_str(),
+        error_code = code.as_str();
+        "request {:?} from {} refused: {code}: {message} (reply to {})",
+        route.id, route.device, route.topic
+    );
 }
 
 /// The final reply payload; if it would exceed the packet budget (the config check makes that
@@ -515,27 +668,57 @@ fn status_doc(node: &str, engine: &Engine) -> serde_json::Value {
     })
 }
 
-/// Publishes the retained status when it changes (checked every [`STATUS_POLL`]), every
-/// `status_interval`, and at once when `now` is notified (after each SubAck, since a Last
-/// Will may have replaced it).
-async fn status_task(
+/// What the status task reads.
+struct StatusCtx {
     client: AsyncClient,
-    engine: Engine,
+    /// The engine serving now (replaced by reloads).
+    engine: watch::Receiver<Engine>,
     settings: Arc<Settings>,
     topic: String,
     now: Arc<Notify>,
-) {
+    notifier: Notifier,
+    link: Arc<AtomicU8>,
+    broker: String,
+}
+
+/// The systemd `STATUS=` line: the broker link, the model, the queue, the counters.
+fn status_line(link: u8, broker: &str, engine: &Engine) -> String {
+    let s = engine.stats();
+    match link {
+        LINK_UP => format!(
+            "serving {} on {broker}: {} running, queue {}/{}, {} served, {} failed",
+            s.model.name, s.in_flight, s.queue_depth, s.queue_capacity, s.served, s.failed
+        ),
+        LINK_RETRYING => format!(
+            "broker {broker} disconnected – retrying ({} loaded, {} served)",
+            s.model.name, s.served
+        ),
+        _ => format!("connecting to {broker} ({} loaded)", s.model.name),
+    }
+}
+
+/// Publishes the retained status when it changes (checked every [`STATUS_POLL`]), every
+/// `status_interval`, and at once when `now` is notified (after each SubAck, since a Last
+/// Will may have replaced it). Also keeps the systemd `STATUS=` line current.
+async fn status_task(c: StatusCtx) {
     let started = Instant::now();
     let mut last: Option<serde_json::Value> = None;
+    let mut last_line = String::new();
     let mut last_at = Instant::now();
     let mut tick = tokio::time::interval(STATUS_POLL);
     loop {
         let forced = tokio::select! {
             _ = tick.tick() => false,
-            _ = now.notified() => true,
+            _ = c.now.notified() => true,
         };
-        let doc = status_doc(&settings.node, &engine);
-        let due = last_at.elapsed() >= settings.mqtt.status_interval;
+        let engine = c.engine.borrow().clone();
+        let line = status_line(c.link.load(Ordering::Relaxed), &c.broker, &engine);
+        if line != last_line {
+            c.notifier.status(&line);
+            last_line = line;
+        }
+        let doc = status_doc(&c.settings.node, &engine);
+        let due = last_at.elapsed() >= c.settings.mqtt.status_interval;
         if !forced && !due && last.as_ref() == Some(&doc) {
             continue;
         }
@@ -543,9 +726,10 @@ async fn status_task(
         full["uptime_s"] = json!(started.elapsed().as_secs());
         last = Some(doc);
         last_at = Instant::now();
-        if let Err(e) = client
+        if let Err(e) = c
+            .client
             .publish_with_properties(
-                topic.clone(),
+                c.topic.clone(),
                 QoS::AtLeastOnce,
                 true,
                 full.to_string().into_bytes(),
@@ -561,27 +745,57 @@ async fn status_task(
 // ---------------------------------------------------------------------------------------------
 // The event-loop task
 
+/// A model load started by a reload, with the settings it belongs to.
+type PendingEngine = (Box<Settings>, JoinHandle<Result<Engine, StartError>>);
+
 struct Loop {
     settings: Arc<Settings>,
     engine: Engine,
+    /// Tells the status and watchdog tasks which engine serves.
+    engines: watch::Sender<Engine>,
+    /// Engines replaced by a reload, draining their jobs.
+    retiring: Vec<JoinHandle<()>>,
+    /// A reload waiting for its new model.
+    pending: Option<PendingEngine>,
+    reloader: Option<Reloader>,
+    notifier: Notifier,
+    /// Job ids are the server's, not an engine's, so they stay unique across engine swaps.
+    next_job: u64,
     topics: Topics,
     eventloop: EventLoop,
     tx: mpsc::UnboundedSender<Msg>,
     cancels: Cancels,
     out_limit: Arc<AtomicU32>,
     status_now: Arc<Notify>,
+    link: Arc<AtomicU8>,
     backoff: Backoff,
     broker: String,
     connected: bool,
 }
 
 impl Loop {
-    /// Polls until `shutdown`.
-    async fn serve(&mut self, shutdown: impl Future<Output = ()>) -> Result<(), ServeError> {
+    /// Polls until `shutdown`, reloading the configuration on each `reload` message.
+    async fn serve(
+        &mut self,
+        shutdown: impl Future<Output = ()>,
+        reload: &mut mpsc::UnboundedReceiver<()>,
+    ) -> Result<(), ServeError> {
         tokio::pin!(shutdown);
         loop {
+            let pending = async {
+                match &mut self.pending {
+                    Some((_, task)) => task.await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 _ = &mut shutdown => return Ok(()),
+                Some(()) = reload.recv() => self.reload(),
+                loaded = pending => {
+                    let (settings, _) = self.pending.take().expect("polled above");
+                    let loaded = loaded.unwrap_or(Err(StartError::Panicked));
+                    self.swap_engine(*settings, loaded);
+                }
                 ev = self.eventloop.poll() => {
                     if let Some(wait) = self.handle(ev) {
                         tokio::select! {
@@ -631,6 +845,7 @@ impl Loop {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 self.backoff.reset();
                 self.connected = true;
+                self.link.store(LINK_UP, Ordering::Relaxed);
                 if let Some(max) = ack.properties.as_ref().and_then(|p| p.max_packet_size) {
                     let ours = self.settings.mqtt.max_packet_bytes;
                     self.out_limit.store(max.min(ours), Ordering::Relaxed);
@@ -670,6 +885,7 @@ impl Loop {
                 // Wrong credentials rarely fix themselves, but the broker's user database may
                 // change: keep retrying with backoff, and say so as an error.
                 error!("{}: connection refused: {code:?}", self.broker);
+                self.link.store(LINK_RETRYING, Ordering::Relaxed);
                 return Some(self.backoff.next_delay());
             }
             Err(e) => {
@@ -683,10 +899,90 @@ impl Loop {
                     );
                 }
                 self.connected = false;
+                self.link.store(LINK_RETRYING, Ordering::Relaxed);
                 return Some(wait);
             }
         }
         None
+    }
+
+    /// SIGHUP: reads every configuration source again. Limits and sampling defaults apply at
+    /// once; a changed model loads beside the running one, which serves until the new one is
+    /// ready ([`Loop::swap_engine`]); `[mqtt]` and `[node]` need a restart. An invalid new
+    /// configuration is refused and the running one kept.
+    fn reload(&mut self) {
+        let Some(reloader) = self.reloader.as_mut() else {
+            warn!("reload: this daemon was not started from a configuration; nothing to reload");
+            return;
+        };
+        if self.pending.is_some() {
+            warn!("reload: a new model is still loading; try again once it is ready");
+            return;
+        }
+        self.notifier.reloading("reloading the configuration");
+        let mut new = match reloader() {
+            Ok(s) => s,
+            Err(e) => return self.reload_refused(&e.to_string()),
+        };
+        let old = self.settings.clone();
+        if new.mqtt != old.mqtt || new.node != old.node {
+            warn!(
+                "reload: [mqtt] and [node] changes apply after a restart; keeping the running ones"
+            );
+            new.mqtt = old.mqtt.clone();
+            new.node = old.node.clone();
+        }
+        let cfg = new.engine_config();
+        if old.engine_config().needs_new_engine(&cfg) {
+            info!(
+                "reload: loading model {} from {} beside the running one",
+                cfg.model_name,
+                cfg.model_path.display()
+            );
+            self.notifier
+                .status(&format!("reloading: loading model {}", cfg.model_name));
+            let task = tokio::task::spawn_blocking(move || Engine::start(cfg, |s| info!("{s}")));
+            self.pending = Some((Box::new(new), task));
+            return;
+        }
+        if let Err(e) = self.engine.retune(cfg.tunables()) {
+            return self.reload_refused(&e.to_string());
+        }
+        self.settings = Arc::new(new);
+        self.reloaded();
+    }
+
+    /// The end of a reload that loaded a new model: serve with it and let the old one drain.
+    fn swap_engine(&mut self, settings: Settings, loaded: Result<Engine, StartError>) {
+        let engine = match loaded {
+            Ok(e) => e,
+            Err(e) => return self.reload_refused(&format!("model {}: {e}", settings.model().name)),
+        };
+        let old = std::mem::replace(&mut self.engine, engine.clone());
+        self.engines.send_replace(engine);
+        let drain = self.settings.limits.shutdown_drain;
+        self.retiring
+            .push(tokio::task::spawn_blocking(move || old.shutdown(drain)));
+        self.retiring.retain(|t| !t.is_finished());
+        self.settings = Arc::new(settings);
+        self.reloaded();
+    }
+
+    fn reloaded(&mut self) {
+        let s = &self.settings;
+        info!("configuration reloaded from {}", s.source);
+        self.notifier.ready(&format!(
+            "configuration reloaded; serving {}",
+            s.model().name
+        ));
+        self.status_now.notify_one();
+    }
+
+    fn reload_refused(&mut self, why: &str) {
+        error!("reload refused, the running configuration stays: {why}");
+        self.notifier.ready(&format!(
+            "reload refused ({why}); serving with the previous configuration"
+        ));
     }
 
     fn on_publish(&mut self, p: Publish) {
@@ -717,10 +1013,7 @@ impl Loop {
 
     /// Sends one error reply (and logs it).
     fn refuse(&self, route: &Route, code: ErrorCode, message: String) {
-        warn!(
-            "request {:?} refused: {code}: {message} (reply to {})",
-            route.id, route.topic
-        );
+        log_refusal(route, code, &message);
         let reply = Response::Error(ErrorReply {
             id: route.id.clone(),
             error: ErrorBody { code, message },
@@ -745,6 +1038,7 @@ impl Loop {
             wire::sniff(&p.payload, pprops.content_type.as_deref())
         };
         let mut route = Route {
+            device: device.to_owned(),
             topic: self.topics.reply(device),
             qos: match p.qos {
                 QoS::AtMostOnce => QoS::AtMostOnce,
@@ -838,7 +1132,8 @@ impl Loop {
                 return self.refuse(&route, ErrorCode::BadRequest, msg);
             }
         };
-        let job_id = self.engine.next_id();
+        let job_id = self.next_job;
+        self.next_job += 1;
         let tx = self.tx.clone();
         let mut job = self.engine.job(
             job_id,

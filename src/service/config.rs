@@ -1,9 +1,24 @@
-//! Configuration of `llamabus serve`: a TOML file, then command-line overrides, validated into
-//! an immutable [`Settings`] (CONVENTIONS practice 4: parse → merge → validate).
+//! Configuration of `llamabus serve`, in layers (CONVENTIONS practice 4: parse → merge →
+//! validate into an immutable [`Settings`]). Later layers win:
 //!
-//! Every error names where the value came from (the file, or the flag) and the key, e.g.
-//! `llamabus.toml: mqtt.prefix: must not contain '+' or '#'`. Unknown keys are errors, so a typo
-//! never silently falls back to a default.
+//! 1. built-in defaults;
+//! 2. the main file (`--config`, default [`DEFAULT_CONFIG`]);
+//! 3. drop-ins beside it, `<stem>.d/*.toml` (`/etc/llamabus/config.d/*.toml`), in file-name
+//!    order; tables merge key by key, any other value (arrays too) replaces the earlier one;
+//! 4. environment variables `LLAMABUS_<SECTION>_<KEY>`, e.g. `LLAMABUS_MQTT_BROKER`,
+//!    `LLAMABUS_MODEL_SAMPLING_TEMPERATURE` (the value as a TOML string, else as a TOML
+//!    literal: `8`, `true`, `["a/#"]`); `LLAMABUS_LOG` is short for `LLAMABUS_LOG_LEVEL`;
+//!    other `LLAMABUS_*` variables (build knobs) are not configuration and are ignored;
+//! 5. command-line flags (`--model`, `--broker`, `--prefix`).
+//!
+//! Each layer is checked alone before merging, so unknown keys and mistyped values are reported
+//! with the file and line (or the variable, or the flag) that set them. Errors found after
+//! merging name the layer that set the key last, e.g.
+//! `/etc/llamabus/config.d/10-broker.toml:3: mqtt.prefix: must not contain '+' or '#'`.
+//!
+//! The broker password comes from `mqtt.password_file`, else from the systemd credential
+//! `mqtt-password` (`LoadCredential=`, in `$CREDENTIALS_DIRECTORY`) when it is non-empty and
+//! `mqtt.username` is set.
 //!
 //! ```toml
 //! [node]
@@ -46,8 +61,12 @@
 //! min_p = 0.05
 //! repeat_penalty = 1.0
 //! seed = 42
+//!
+//! [log]
+//! level = "info"                        # error | warn | info | debug | trace | off; RUST_LOG wins
 //! ```
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -67,6 +86,13 @@ pub const MIN_MAX_PACKET_BYTES: u32 = 4 * 1024;
 pub const MQTT_MAX_PACKET_BYTES: u32 = 268_435_455;
 /// Bytes a generated token may take in a final reply, for the packet-size sanity check.
 const BYTES_PER_TOKEN_BOUND: u64 = 96;
+/// The main configuration file when `--config` is not given.
+pub const DEFAULT_CONFIG: &str = "/etc/llamabus/config.toml";
+/// The systemd credential holding the broker password (`LoadCredential=mqtt-password:...`).
+pub const PASSWORD_CREDENTIAL: &str = "mqtt-password";
+/// The sections, as they appear in `LLAMABUS_<SECTION>_<KEY>` (`model_sampling` before
+/// `model`).
+const ENV_SECTIONS: [&str; 6] = ["model_sampling", "limits", "model", "mqtt", "node", "log"];
 
 /// Why the configuration is unusable. `source` is the file path or the flag.
 #[derive(Debug, thiserror::Error)]
@@ -83,9 +109,9 @@ pub enum ConfigError {
     },
     #[error("{origin}: {key}: {why}")]
     Invalid {
-        /// The file path, or the command-line flag that supplied the value.
+        /// `file:line`, the environment variable or the command-line flag that set the key.
         origin: String,
-        key: &'static str,
+        key: String,
         why: String,
     },
 }
@@ -104,6 +130,14 @@ struct FileConfig {
     limits: LimitsFile,
     #[serde(default)]
     model: ModelFile,
+    #[serde(default)]
+    log: LogFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogFile {
+    level: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -263,7 +297,7 @@ impl fmt::Display for BrokerUrl {
 }
 
 /// The validated `[mqtt]` section.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MqttSettings {
     pub broker: BrokerSettings,
     pub client_id: String,
@@ -312,8 +346,10 @@ pub struct ModelSettings {
 /// Everything `llamabus serve` needs; immutable once built.
 #[derive(Clone, Debug)]
 pub struct Settings {
-    /// Where the settings came from, for messages: the file path or `(defaults)`.
+    /// Where the settings came from, for messages: the files, or `(defaults)`.
     pub source: String,
+    /// `[log] level`.
+    pub log_level: log::LevelFilter,
     pub node: String,
     pub mqtt: MqttSettings,
     pub limits: Limits,
@@ -344,34 +380,290 @@ impl Settings {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Loading
+// Loading: the layers
 
-/// Reads `file` (when given), applies `overrides`, validates.
-pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let (parsed, source) = match file {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
-                path: path.to_owned(),
-                error,
-            })?;
-            (parse(&text, path)?, path.display().to_string())
+/// Everything the settings are built from; the daemon keeps it so that a reload reads the
+/// same sources again.
+#[derive(Clone, Debug, Default)]
+pub struct Sources {
+    /// The main file; `None` means [`DEFAULT_CONFIG`] when it exists (a missing default file
+    /// is not an error, a missing `--config` file is).
+    pub file: Option<PathBuf>,
+    /// `LLAMABUS_*` variables, in the order to apply them.
+    pub env: Vec<(String, String)>,
+    /// `$CREDENTIALS_DIRECTORY` (systemd `LoadCredential=`).
+    pub credentials_dir: Option<PathBuf>,
+    pub overrides: Overrides,
+}
+
+impl Sources {
+    /// The sources of this process: `file` (or the default) and its drop-ins, the
+    /// `LLAMABUS_*` environment (sorted by name), the systemd credentials, `overrides`.
+    pub fn from_process(file: Option<PathBuf>, overrides: Overrides) -> Sources {
+        let mut env: Vec<(String, String)> = std::env::vars()
+            .filter(|(k, _)| k.starts_with("LLAMABUS_"))
+            .collect();
+        env.sort();
+        Sources {
+            file,
+            env,
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            overrides,
         }
-        None => (FileConfig::default(), "(defaults)".to_owned()),
+    }
+
+    /// The main file, and whether it must exist.
+    fn main_file(&self) -> (PathBuf, bool) {
+        match &self.file {
+            Some(p) => (p.clone(), true),
+            None => (PathBuf::from(DEFAULT_CONFIG), false),
+        }
+    }
+}
+
+/// The drop-in directory of a main file: `dir/config.toml` → `dir/config.d`.
+pub fn dropin_dir(main: &Path) -> PathBuf {
+    let stem = main
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "config".into());
+    main.with_file_name(format!("{stem}.d"))
+}
+
+/// The `*.toml` files of a drop-in directory in file-name order (none when it is missing).
+fn dropins(dir: &Path) -> Result<Vec<PathBuf>, ConfigError> {
+    let read_err = |error| ConfigError::Read {
+        path: dir.to_owned(),
+        error,
     };
-    build(parsed, &source, overrides)
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(read_err(e)),
+    };
+    let mut files = Vec::new();
+    for entry in entries {
+        let path = entry.map_err(read_err)?.path();
+        if path.extension().is_some_and(|e| e == "toml") && path.is_file() {
+            files.push(path);
+        }
+    }
+    files.sort();
+    Ok(files)
 }
 
-/// Parses TOML text (`path` only names it in errors), applies `overrides`, validates.
-pub fn from_str(text: &str, path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
-    let parsed = parse(text, path)?;
-    build(parsed, &path.display().to_string(), overrides)
+/// Which layer set each key last: dotted key → `file:line`, variable or flag.
+#[derive(Debug, Default)]
+struct Origins {
+    by_key: BTreeMap<String, String>,
+    /// For keys no layer set (a missing required key): the files read, or `(defaults)`.
+    fallback: String,
 }
 
-fn parse(text: &str, path: &Path) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError::Parse {
-        path: path.to_owned(),
-        error: Box::new(e),
+impl Origins {
+    /// The origin of `key`, else of the nearest table above it that a layer set, else of a key
+    /// below it (`model.sampling` → `model.sampling.temperature`).
+    fn of(&self, key: &str) -> String {
+        let mut k = key;
+        loop {
+            if let Some(o) = self.by_key.get(k) {
+                return o.clone();
+            }
+            match k.rsplit_once('.') {
+                Some((parent, _)) => k = parent,
+                None => break,
+            }
+        }
+        let below = format!("{key}.");
+        self.by_key
+            .iter()
+            .find(|(k, _)| k.starts_with(&below))
+            .map_or_else(|| self.fallback.clone(), |(_, o)| o.clone())
+    }
+}
+
+/// The layers merged so far.
+#[derive(Debug, Default)]
+struct Layers {
+    table: toml::Table,
+    origins: Origins,
+    files: Vec<String>,
+}
+
+impl Layers {
+    /// Checks one TOML file on its own (syntax, unknown keys, value types: the TOML error
+    /// carries the line and the key), records where each key is, and merges it.
+    fn add_file(&mut self, text: &str, path: &Path) -> Result<(), ConfigError> {
+        let parse_err = |e| ConfigError::Parse {
+            path: path.to_owned(),
+            error: Box::new(e),
+        };
+        toml::from_str::<FileConfig>(text).map_err(parse_err)?;
+        let table: toml::Table = toml::from_str(text).map_err(parse_err)?;
+        let name = path.display().to_string();
+        if let Ok(doc) = toml::de::DeTable::parse(text) {
+            record_lines(doc.get_ref(), "", text, &name, &mut self.origins.by_key);
+        }
+        merge(&mut self.table, table);
+        self.files.push(name);
+        Ok(())
+    }
+
+    /// One value from outside a file (a variable or a flag), checked on its own.
+    fn add_value(
+        &mut self,
+        key: &str,
+        value: toml::Value,
+        origin: &str,
+    ) -> Result<(), ConfigError> {
+        let mut layer = toml::Table::new();
+        let mut parts: Vec<&str> = key.split('.').collect();
+        let leaf = parts.pop().expect("split yields at least one part");
+        let mut t = &mut layer;
+        for part in parts {
+            t = t
+                .entry(part)
+                .or_insert_with(|| toml::Value::Table(Default::default()))
+                .as_table_mut()
+                .expect("just inserted a table");
+        }
+        t.insert(leaf.to_owned(), value);
+        FileConfig::deserialize(layer.clone()).map_err(|e| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            key: key.to_owned(),
+            why: e.message().to_owned(),
+        })?;
+        merge(&mut self.table, layer);
+        self.origins
+            .by_key
+            .insert(key.to_owned(), origin.to_owned());
+        Ok(())
+    }
+
+    /// `LLAMABUS_<SECTION>_<KEY>=value`: a string when the key takes one, else a TOML literal.
+    fn add_env(&mut self, var: &str, raw: &str) -> Result<(), ConfigError> {
+        let Some(key) = env_key(var) else {
+            return Ok(());
+        };
+        let origin = format!("environment {var}");
+        let as_string = toml::Value::String(raw.to_owned());
+        if self.add_value(&key, as_string.clone(), &origin).is_ok() {
+            return Ok(());
+        }
+        let literal = toml::from_str::<toml::Table>(&format!("v = {raw}"))
+            .ok()
+            .and_then(|mut t| t.remove("v"));
+        self.add_value(&key, literal.unwrap_or(as_string), &origin)
+    }
+}
+
+/// `LLAMABUS_MODEL_SAMPLING_TOP_K` → `model.sampling.top_k`; `None` for variables that are not
+/// configuration (no known section).
+fn env_key(var: &str) -> Option<String> {
+    let rest = var.strip_prefix("LLAMABUS_")?.to_ascii_lowercase();
+    if rest == "log" {
+        return Some("log.level".into());
+    }
+    ENV_SECTIONS.iter().find_map(|section| {
+        let key = rest.strip_prefix(section)?.strip_prefix('_')?;
+        (!key.is_empty()).then(|| format!("{}.{key}", section.replace('_', ".")))
     })
+}
+
+/// Records `file:line` of every key (tables too) of a parsed document.
+fn record_lines(
+    table: &toml::de::DeTable<'_>,
+    prefix: &str,
+    text: &str,
+    file: &str,
+    out: &mut BTreeMap<String, String>,
+) {
+    for (k, v) in table {
+        let key = if prefix.is_empty() {
+            k.get_ref().to_string()
+        } else {
+            format!("{prefix}.{}", k.get_ref())
+        };
+        let at = k.span().start.min(text.len());
+        let line = text[..at].matches('\n').count() + 1;
+        out.insert(key.clone(), format!("{file}:{line}"));
+        if let toml::de::DeValue::Table(t) = v.get_ref() {
+            record_lines(t, &key, text, file, out);
+        }
+    }
+}
+
+/// Merges `src` over `dst`: tables key by key, anything else replaced.
+fn merge(dst: &mut toml::Table, src: toml::Table) {
+    for (k, v) in src {
+        match (dst.get_mut(&k), v) {
+            (Some(toml::Value::Table(d)), toml::Value::Table(s)) => merge(d, s),
+            (_, v) => {
+                dst.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Reads every source in order (see the module doc), merges and validates.
+pub fn load_sources(src: &Sources) -> Result<Settings, ConfigError> {
+    let mut layers = Layers::default();
+    let (main, required) = src.main_file();
+    match std::fs::read_to_string(&main) {
+        Ok(text) => layers.add_file(&text, &main)?,
+        Err(e) if !required && e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(ConfigError::Read { path: main, error }),
+    }
+    for path in dropins(&dropin_dir(&main))? {
+        let text = std::fs::read_to_string(&path).map_err(|error| ConfigError::Read {
+            path: path.clone(),
+            error,
+        })?;
+        layers.add_file(&text, &path)?;
+    }
+    for (var, value) in &src.env {
+        layers.add_env(var, value)?;
+    }
+    finish(layers, &src.overrides, src.credentials_dir.as_deref())
+}
+
+/// Parses TOML text (`path` only names it in errors), applies `overrides`, validates; no
+/// drop-ins, no environment.
+pub fn from_str(text: &str, path: &Path, overrides: &Overrides) -> Result<Settings, ConfigError> {
+    let mut layers = Layers::default();
+    layers.add_file(text, path)?;
+    finish(layers, overrides, None)
+}
+
+/// The flags as the last layer, then validation.
+fn finish(
+    mut layers: Layers,
+    o: &Overrides,
+    credentials: Option<&Path>,
+) -> Result<Settings, ConfigError> {
+    if let Some(p) = &o.model {
+        let v = toml::Value::String(p.to_string_lossy().into_owned());
+        layers.add_value("model.path", v, "--model")?;
+    }
+    if let Some(b) = &o.broker {
+        layers.add_value("mqtt.broker", toml::Value::String(b.clone()), "--broker")?;
+    }
+    if let Some(p) = &o.prefix {
+        layers.add_value("mqtt.prefix", toml::Value::String(p.clone()), "--prefix")?;
+    }
+    let source = if layers.files.is_empty() {
+        "(defaults)".to_owned()
+    } else {
+        layers.files.join(", ")
+    };
+    layers.origins.fallback = source.clone();
+    // Each layer passed this check alone; merged tables of valid layers stay valid.
+    let parsed = FileConfig::deserialize(layers.table).map_err(|e| ConfigError::Invalid {
+        origin: source.clone(),
+        key: "(merged)".into(),
+        why: e.message().to_owned(),
+    })?;
+    build(parsed, source, &layers.origins, credentials)
 }
 
 fn default_node_name() -> String {
@@ -382,18 +674,33 @@ fn default_node_name() -> String {
         .unwrap_or_else(|| "llamabus".to_owned())
 }
 
-fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigError> {
-    let err = |origin: &str, key: &'static str, why: String| ConfigError::Invalid {
-        origin: origin.to_owned(),
-        key,
+fn build(
+    f: FileConfig,
+    source: String,
+    origins: &Origins,
+    credentials: Option<&Path>,
+) -> Result<Settings, ConfigError> {
+    let err = |key: &str, why: String| ConfigError::Invalid {
+        origin: origins.of(key),
+        key: key.to_owned(),
         why,
+    };
+
+    // [log]
+    let log_level = match f.log.level.as_deref() {
+        None => log::LevelFilter::Info,
+        Some(l) => l.parse().map_err(|_| {
+            err(
+                "log.level",
+                format!("`{l}`: expected error, warn, info, debug, trace or off"),
+            )
+        })?,
     };
 
     // [node]
     let node = f.node.name.unwrap_or_else(default_node_name);
     if !topics::is_topic_level(&node) {
         return Err(err(
-            file,
             "node.name",
             format!("`{node}` must be one non-empty topic level (no '/', '+', '#')"),
         ));
@@ -401,55 +708,58 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
 
     // [mqtt]
     let m = f.mqtt;
-    let (prefix, prefix_src) = match &o.prefix {
-        Some(p) => (p.clone(), "--prefix"),
-        None => (m.prefix.unwrap_or_else(|| "llamabus".into()), file),
-    };
-    topics::check_prefix(&prefix).map_err(|why| err(prefix_src, "mqtt.prefix", why))?;
+    let prefix = m.prefix.unwrap_or_else(|| "llamabus".into());
+    topics::check_prefix(&prefix).map_err(|why| err("mqtt.prefix", why))?;
 
-    let broker = match (&o.broker, m.broker) {
-        (Some(url), _) => BrokerSettings::External(
-            BrokerUrl::parse(url).map_err(|why| err("--broker", "mqtt.broker", why))?,
-        ),
-        (None, Some(url)) => BrokerSettings::External(
-            BrokerUrl::parse(&url).map_err(|why| err(file, "mqtt.broker", why))?,
-        ),
-        (None, None) => {
+    let broker = match m.broker {
+        Some(url) => {
+            BrokerSettings::External(BrokerUrl::parse(&url).map_err(|why| err("mqtt.broker", why))?)
+        }
+        None => {
             let listen = m.embedded_listen.as_deref().unwrap_or("127.0.0.1:1883");
             let listen = listen
                 .parse()
-                .map_err(|e| err(file, "mqtt.embedded_listen", format!("`{listen}`: {e}")))?;
+                .map_err(|e| err("mqtt.embedded_listen", format!("`{listen}`: {e}")))?;
             BrokerSettings::Embedded { listen }
         }
     };
 
     let client_id = m.client_id.unwrap_or_else(|| format!("llamabus-{node}"));
     if client_id.is_empty() || client_id.len() > 128 {
-        return Err(err(file, "mqtt.client_id", "must be 1 to 128 bytes".into()));
+        return Err(err("mqtt.client_id", "must be 1 to 128 bytes".into()));
     }
     let keep_alive_s = m.keep_alive_s.unwrap_or(30);
     if !(5..=65535).contains(&keep_alive_s) {
         return Err(err(
-            file,
             "mqtt.keep_alive_s",
             format!("{keep_alive_s} is outside 5..=65535"),
         ));
     }
-    let password = match m.password_file {
-        Some(p) => {
-            let text = std::fs::read_to_string(&p)
-                .map_err(|e| err(file, "mqtt.password_file", format!("{}: {e}", p.display())))?;
-            let text = text
-                .strip_suffix("\r\n")
-                .or_else(|| text.strip_suffix('\n'))
-                .unwrap_or(&text);
-            Some(Secret(text.to_owned()))
+    let read_password = |p: &Path| {
+        let text = std::fs::read_to_string(p)
+            .map_err(|e| err("mqtt.password_file", format!("{}: {e}", p.display())))?;
+        let text = text
+            .strip_suffix("\r\n")
+            .or_else(|| text.strip_suffix('\n'))
+            .unwrap_or(&text);
+        Ok::<_, ConfigError>(Secret(text.to_owned()))
+    };
+    let password = match (&m.password_file, credentials) {
+        (Some(p), _) => Some(read_password(p)?),
+        // The unit always loads the credential (the package creates it empty): only a
+        // non-empty one is a password, and only with a user name to go with it.
+        (None, Some(dir)) if m.username.is_some() => {
+            let p = dir.join(PASSWORD_CREDENTIAL);
+            if p.is_file() {
+                Some(read_password(&p)?).filter(|s| !s.0.is_empty())
+            } else {
+                None
+            }
         }
-        None => None,
+        (None, _) => None,
     };
     if password.is_some() && m.username.is_none() {
         return Err(err(
-            file,
             "mqtt.password_file",
             "needs mqtt.username as well".into(),
         ));
@@ -461,17 +771,12 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     ] {
         if let Some(p) = path {
             if !p.is_file() {
-                return Err(err(
-                    file,
-                    key,
-                    format!("{} is not a readable file", p.display()),
-                ));
+                return Err(err(key, format!("{} is not a readable file", p.display())));
             }
         }
     }
     if m.client_cert.is_some() != m.client_key.is_some() {
         return Err(err(
-            file,
             "mqtt.client_cert",
             "client_cert and client_key go together".into(),
         ));
@@ -479,7 +784,6 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     let tls = matches!(&broker, BrokerSettings::External(u) if u.tls);
     if !tls && (m.ca_file.is_some() || m.client_cert.is_some()) {
         return Err(err(
-            file,
             "mqtt.ca_file",
             "TLS files are set but the broker URL is not mqtts://".into(),
         ));
@@ -487,7 +791,6 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     if let Some(g) = &m.share_group {
         if !topics::is_topic_level(g) {
             return Err(err(
-                file,
                 "mqtt.share_group",
                 format!("`{g}` must be one non-empty topic level (no '/', '+', '#')"),
             ));
@@ -498,12 +801,11 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
         .unwrap_or_else(|| vec![format!("{prefix}/reply/#")]);
     for f in &allowed_reply_prefixes {
         topics::check_filter(f)
-            .map_err(|why| err(file, "mqtt.allowed_reply_prefixes", format!("`{f}`: {why}")))?;
+            .map_err(|why| err("mqtt.allowed_reply_prefixes", format!("`{f}`: {why}")))?;
     }
     let max_packet_bytes = m.max_packet_bytes.unwrap_or(DEFAULT_MAX_PACKET_BYTES);
     if !(MIN_MAX_PACKET_BYTES..=MQTT_MAX_PACKET_BYTES).contains(&max_packet_bytes) {
         return Err(err(
-            file,
             "mqtt.max_packet_bytes",
             format!(
                 "{max_packet_bytes} is outside {MIN_MAX_PACKET_BYTES}..={MQTT_MAX_PACKET_BYTES}"
@@ -513,7 +815,6 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     let status_interval_s = m.status_interval_s.unwrap_or(30);
     if !(1..=86_400).contains(&status_interval_s) {
         return Err(err(
-            file,
             "mqtt.status_interval_s",
             format!("{status_interval_s} is outside 1..=86400"),
         ));
@@ -524,15 +825,14 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     let max_payload_bytes = l.max_payload_bytes.unwrap_or(64 * 1024);
     if max_payload_bytes == 0 || max_payload_bytes > max_packet_bytes {
         return Err(err(
-            file,
             "limits.max_payload_bytes",
             format!(
                 "{max_payload_bytes} is outside 1..={max_packet_bytes} (mqtt.max_packet_bytes)"
             ),
         ));
     }
-    let positive = |key: &'static str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
-        0 => Err(err(file, key, "must be at least 1".into())),
+    let positive = |key: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
+        0 => Err(err(key, "must be at least 1".into())),
         n => Ok(n),
     };
     let max_prompt_tokens = positive("limits.max_prompt_tokens", l.max_prompt_tokens, 1536)?;
@@ -541,14 +841,12 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     let queue_capacity = positive("limits.queue_capacity", l.queue_capacity, 8)?;
     if default_max_tokens > max_tokens_cap {
         return Err(err(
-            file,
             "limits.default_max_tokens",
             format!("{default_max_tokens} exceeds limits.max_tokens_cap ({max_tokens_cap})"),
         ));
     }
     if u64::from(max_tokens_cap) * BYTES_PER_TOKEN_BOUND + 4096 > u64::from(max_packet_bytes) {
         return Err(err(
-            file,
             "limits.max_tokens_cap",
             format!(
                 "{max_tokens_cap} tokens may not fit one reply of mqtt.max_packet_bytes \
@@ -560,12 +858,10 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
 
     // [model]
     let md = f.model;
-    let (path, path_src) = match (&o.model, md.path) {
-        (Some(p), _) => (p.clone(), "--model"),
-        (None, Some(p)) => (p, file),
-        (None, None) => {
+    let path = match md.path {
+        Some(p) => p,
+        None => {
             return Err(err(
-                file,
                 "model.path",
                 "required: set [model] path or pass --model".into(),
             ))
@@ -573,7 +869,6 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     };
     if !path.is_file() {
         return Err(err(
-            path_src,
             "model.path",
             format!("{} is not a readable file", path.display()),
         ));
@@ -586,17 +881,16 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
             .unwrap_or_else(|| "default".into()),
     };
     if name.is_empty() || name.len() > crate::mqtt::wire::MAX_MODEL_BYTES {
-        return Err(err(file, "model.name", "must be 1 to 128 bytes".into()));
+        return Err(err("model.name", "must be 1 to 128 bytes".into()));
     }
     let threads = match md.threads {
-        Some(0) => return Err(err(file, "model.threads", "must be at least 1".into())),
+        Some(0) => return Err(err("model.threads", "must be at least 1".into())),
         Some(n) => n as usize,
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let context = positive("model.context", md.context, 2048)? as usize;
     if max_prompt_tokens as usize >= context {
         return Err(err(
-            file,
             "limits.max_prompt_tokens",
             format!("{max_prompt_tokens} leaves no room to generate in model.context ({context})"),
         ));
@@ -607,7 +901,6 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
         Some("complete") => PromptMode::Complete,
         Some(other) => {
             return Err(err(
-                file,
                 "model.mode",
                 format!("`{other}`: expected \"chat\", \"complete\" or \"auto\""),
             ))
@@ -626,10 +919,11 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
     };
     sampling
         .validate()
-        .map_err(|e| err(file, "model.sampling", e.to_string()))?;
+        .map_err(|e| err("model.sampling", e.to_string()))?;
 
     Ok(Settings {
-        source: file.to_owned(),
+        source,
+        log_level,
         node,
         mqtt: MqttSettings {
             broker,
@@ -663,6 +957,115 @@ fn build(f: FileConfig, file: &str, o: &Overrides) -> Result<Settings, ConfigErr
             sampling,
         }],
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The effective configuration (`llamabus check-config`)
+
+/// What `check-config` prints in place of a secret.
+pub const REDACTED: &str = "(redacted)";
+
+impl Settings {
+    /// The effective configuration as TOML, every key spelled out, the password (read from
+    /// `password_file` or the credential) shown as `password = "(redacted)"`.
+    pub fn effective_toml(&self) -> String {
+        use toml::Value as V;
+        fn table<const N: usize>(items: [(&str, Option<V>); N]) -> V {
+            V::Table(
+                items
+                    .into_iter()
+                    .filter_map(|(k, v)| Some((k.to_owned(), v?)))
+                    .collect(),
+            )
+        }
+        let s = |v: &str| Some(V::String(v.to_owned()));
+        let p = |v: &Path| s(&v.to_string_lossy());
+        let int = |v: u64| Some(V::Integer(i64::try_from(v).unwrap_or(i64::MAX)));
+        let float = |v: f32| Some(V::Float(f64::from(v)));
+        let m = &self.mqtt;
+        let (broker, embedded) = match &m.broker {
+            BrokerSettings::External(u) => (s(&u.to_string()), None),
+            BrokerSettings::Embedded { listen } => (None, s(&listen.to_string())),
+        };
+        let l = &self.limits;
+        let md = self.model();
+        let sp = &md.sampling;
+        let mode = match md.mode {
+            PromptMode::Auto => "auto",
+            PromptMode::Chat => "chat",
+            PromptMode::Complete => "complete",
+        };
+        let doc = table([
+            ("node", Some(table([("name", s(&self.node))]))),
+            (
+                "mqtt",
+                Some(table([
+                    ("broker", broker),
+                    ("embedded_listen", embedded),
+                    ("client_id", s(&m.client_id)),
+                    ("keep_alive_s", int(m.keep_alive.as_secs())),
+                    ("username", m.username.as_deref().and_then(s)),
+                    ("password", m.password.as_ref().and_then(|_| s(REDACTED))),
+                    ("ca_file", m.ca_file.as_deref().and_then(p)),
+                    ("client_cert", m.client_cert.as_deref().and_then(p)),
+                    ("client_key", m.client_key.as_deref().and_then(p)),
+                    ("prefix", s(&m.prefix)),
+                    ("share_group", m.share_group.as_deref().and_then(s)),
+                    (
+                        "allowed_reply_prefixes",
+                        Some(V::Array(
+                            m.allowed_reply_prefixes
+                                .iter()
+                                .map(|f| V::String(f.clone()))
+                                .collect(),
+                        )),
+                    ),
+                    ("max_packet_bytes", int(m.max_packet_bytes.into())),
+                    ("status_interval_s", int(m.status_interval.as_secs())),
+                ])),
+            ),
+            (
+                "limits",
+                Some(table([
+                    ("max_payload_bytes", int(l.max_payload_bytes.into())),
+                    ("max_prompt_tokens", int(l.max_prompt_tokens.into())),
+                    ("max_tokens_cap", int(l.max_tokens_cap.into())),
+                    ("default_max_tokens", int(l.default_max_tokens.into())),
+                    ("queue_capacity", int(l.queue_capacity.into())),
+                    ("shutdown_drain_s", int(l.shutdown_drain.as_secs())),
+                ])),
+            ),
+            (
+                "model",
+                Some(table([
+                    ("name", s(&md.name)),
+                    ("path", p(&md.path)),
+                    ("threads", int(md.threads as u64)),
+                    ("context", int(md.context as u64)),
+                    ("mode", s(mode)),
+                    (
+                        "sampling",
+                        Some(table([
+                            ("temperature", float(sp.temperature)),
+                            ("top_k", int(sp.top_k.into())),
+                            ("top_p", float(sp.top_p)),
+                            ("min_p", float(sp.min_p)),
+                            ("repeat_penalty", float(sp.repeat_penalty)),
+                            ("seed", int(sp.seed)),
+                        ])),
+                    ),
+                ])),
+            ),
+            (
+                "log",
+                Some(table([(
+                    "level",
+                    s(&self.log_level.to_string().to_lowercase()),
+                )])),
+            ),
+        ]);
+        toml::to_string(&doc).expect("a table of plain values serializes")
+    }
 }
 
 #[cfg(test)]
@@ -752,7 +1155,11 @@ mod tests {
         ] {
             let text = format!("{toml}\n[model]\npath = \"{m}\"\n");
             let e = load_str(&text).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("test.toml: {key}:")), "{toml}: {e}");
+            // The fragment's key is on line 2, below its table header.
+            assert!(
+                e.starts_with(&format!("test.toml:2: {key}:")),
+                "{toml}: {e}"
+            );
         }
         for (toml, key) in [
             ("mode = \"chatty\"", "model.mode"),
@@ -761,7 +1168,10 @@ mod tests {
         ] {
             let text = format!("[model]\npath = \"{m}\"\n{toml}\n");
             let e = load_str(&text).unwrap_err().to_string();
-            assert!(e.starts_with(&format!("test.toml: {key}:")), "{toml}: {e}");
+            assert!(
+                e.starts_with(&format!("test.toml:3: {key}:")),
+                "{toml}: {e}"
+            );
         }
         let e = load_str("").unwrap_err().to_string();
         assert!(e.starts_with("test.toml: model.path: required"), "{e}");

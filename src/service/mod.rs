@@ -1,4 +1,11 @@
-//! The service around the daemon: configuration (parse → merge → validate into immutable
-//! [`config::Settings`]). systemd notify/watchdog, signals and logging setup join it later.
+//! The service around the daemon (CONVENTIONS practice 3 and 4):
+//! - [`config`]: layered configuration (defaults, file, drop-ins, environment, flags), parsed,
+//!   merged and validated into an immutable [`config::Settings`];
+//! - [`notify`]: the systemd notification protocol (readiness, status, watchdog);
+//! - [`signals`]: SIGTERM/SIGINT drain, SIGHUP reload;
+//! - [`logging`]: journald with structured fields, or a readable stderr logger.
 
 pub mod config;
+pub mod logging;
+pub mod notify;
+pub mod signals;
