@@ -6,12 +6,12 @@
 # is a complete llama.cpp with tools, ggml 0.25.3) in a scratch directory OUTSIDE the repo.
 # Never commit llama.cpp or anything built from it.
 #
-# Usage: scripts/bench-vs-llamacpp.sh [MODEL] 
+# Usage: scripts/bench-vs-llamacpp.sh [MODEL]
 # Environment:
 #   THREADS=1,2        thread counts to compare
 #   REPS=5             repetitions inside each tool run (mean ± stddev)
 #   ROUNDS=3           alternating rounds (llamabus, llama.cpp, llamabus, ...); figures are pooled
-#   TESTS="pp512 tg128"
+#   TESTS="pp512 tg128"  (also ppN+tgM, llama-bench's -pg)
 #   SCRATCH=/tmp/llamabus-vs-llamacpp   where llama.cpp is downloaded and built
 #   LLAMACPP_SRC=...   an already unpacked llama.cpp source tree (skips the download)
 #   COLD=1             also compare cold start (process start -> first token) and peak RSS
@@ -60,9 +60,10 @@ lb=$repo/target/release/llamabus
 # --- alternating runs ------------------------------------------------------------------------
 out=$scratch/results
 rm -rf "$out"; mkdir -p "$out"
-pflags=(); gflags=()
+pflags=(); gflags=(); lb_pg=(--n-pg 0,0); lc_pg=()
 for t in $tests; do
     case $t in
+        pp*+tg*) x=${t#pp}; lb_pg+=(--n-pg "${x%+tg*},${x#*+tg}"); lc_pg+=(-pg "${x%+tg*},${x#*+tg}") ;;
         pp*) pflags+=("${t#pp}") ;;
         tg*) gflags+=("${t#tg}") ;;
     esac
@@ -71,13 +72,13 @@ join() { local IFS=,; echo "$*"; }
 p=$(join "${pflags[@]:-0}"); g=$(join "${gflags[@]:-0}")
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus"
-echo "llamabus $(cd "$repo" && git rev-parse --short HEAD), llama.cpp $(basename "$(dirname "$(dirname "$src")")")"
+echo "llamabus $(cd "$repo" && git rev-parse --short HEAD), llama.cpp from $src"
 echo "model: $model; threads $threads; $reps reps x $rounds rounds"
 for r in $(seq 1 "$rounds"); do
     echo "round $r: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
-    "$lb" bench --model "$model" -p "$p" -n "$g" -t "$threads" -r "$reps" --json \
+    "$lb" bench --model "$model" -p "$p" -n "$g" "${lb_pg[@]}" -t "$threads" -r "$reps" --json \
         >"$out/llamabus.$r.json"
-    "$lcb" -m "$model" -p "$p" -n "$g" -t "$threads" -r "$reps" -o json \
+    "$lcb" -m "$model" -p "$p" -n "$g" "${lc_pg[@]}" -t "$threads" -r "$reps" -o json \
         >"$out/llamacpp.$r.json" 2>/dev/null
 done
 
