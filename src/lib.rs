@@ -8,6 +8,7 @@
 //! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
 //! - [`sampler`]: logits to token, seeded and deterministic.
 //! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
+//! - [`bench`]: `llamabus bench`, throughput figures in llama-bench's terms.
 //! - [`mqtt`]: the daemon's MQTT side: wire types, topics, the event loop, `ask`, the embedded
 //!   broker; knows nothing of ggml.
 //! - [`service`]: the daemon as a systemd service: layered configuration, sd_notify readiness
@@ -15,6 +16,7 @@
 #![deny(unsafe_code)]
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
+pub mod bench;
 pub mod engine;
 pub mod ggml;
 pub mod model;

@@ -28,6 +28,8 @@ enum Command {
     Sysinfo,
     /// Complete a prompt, streaming the text to stdout and timings to stderr.
     Complete(CompleteArgs),
+    /// Measure throughput like llama-bench (pp/tg tokens per second, load, first token, RSS).
+    Bench(llamabus::bench::BenchArgs),
     /// Describe a GGUF model: architecture, hyperparameters, tokenizer, tensor types.
     Inspect {
         /// The GGUF file.
@@ -178,6 +180,7 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::Complete(args) => complete(args),
+        Command::Bench(args) => llamabus::bench::main(&args).map_err(Into::into),
         Command::Inspect { path } => inspect(&path),
         Command::Tokenize {
             model,

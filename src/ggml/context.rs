@@ -71,6 +71,14 @@ impl Context {
         self.ptr.as_ptr()
     }
 
+    /// `ggml_reset`: forgets every tensor and graph recorded in the context but keeps its
+    /// arena, so a per-step graph is rebuilt without allocating or zeroing memory. Taking
+    /// `&mut self` guarantees no tensor handle of the old contents survives.
+    pub fn reset(&mut self) {
+        // SAFETY: the context is valid; ggml_reset only rewinds the object list.
+        unsafe { sys::ggml_reset(self.as_ptr()) }
+    }
+
     /// Bytes of the arena still free (`ggml_get_mem_size - ggml_used_mem`).
     pub fn free_bytes(&self) -> usize {
         // SAFETY: the context pointer is valid for the lifetime of self.
@@ -500,6 +508,33 @@ impl<'ctx> Tensor<'ctx> {
         buf[..n].copy_from_slice(&name.as_bytes()[..n]);
         // SAFETY: buf is NUL-terminated within 64 bytes; ggml copies it into the tensor.
         unsafe { sys::ggml_set_name(self.as_ptr(), buf.as_ptr().cast()) };
+        self
+    }
+
+    /// `ggml_set_name` from format arguments, formatted on the stack (no allocation), so graph
+    /// building can name every node `"{stage}-{layer}"` at no per-token cost.
+    pub fn set_name_fmt(self, args: std::fmt::Arguments<'_>) -> Self {
+        struct Buf {
+            bytes: [u8; 64],
+            len: usize,
+        }
+        impl std::fmt::Write for Buf {
+            fn write_str(&mut self, s: &str) -> std::fmt::Result {
+                // Truncate at ggml's 63-byte limit, leaving room for the NUL.
+                let n = s.len().min(63 - self.len);
+                self.bytes[self.len..self.len + n].copy_from_slice(&s.as_bytes()[..n]);
+                self.len += n;
+                Ok(())
+            }
+        }
+        let mut buf = Buf {
+            bytes: [0; 64],
+            len: 0,
+        };
+        let _ = std::fmt::Write::write_fmt(&mut buf, args);
+        // SAFETY: buf is zero-initialised and at most 63 bytes are written, so it is
+        // NUL-terminated; ggml copies it into the tensor.
+        unsafe { sys::ggml_set_name(self.as_ptr(), buf.bytes.as_ptr().cast()) };
         self
     }
 

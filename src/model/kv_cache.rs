@@ -75,21 +75,23 @@ impl KvCache {
         (k, v)
     }
 
-    /// Picks free cells for `n` tokens (lowest indices first, so the attended range stays
-    /// compact). Does not mark them: [`KvCache::commit`] does, once the batch is computed.
-    pub fn find_slots(&self, n: usize) -> Result<Vec<usize>, ModelError> {
-        let slots: Vec<usize> = self
-            .cells
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.used.is_none())
-            .map(|(i, _)| i)
-            .take(n)
-            .collect();
+    /// Picks free cells for `n` tokens into `slots` (lowest indices first, so the attended
+    /// range stays compact). Does not mark them: [`KvCache::commit`] does, once the batch is
+    /// computed.
+    pub fn find_slots(&self, n: usize, slots: &mut Vec<usize>) -> Result<(), ModelError> {
+        slots.clear();
+        slots.extend(
+            self.cells
+                .iter()
+                .enumerate()
+                .filter(|(_, c)| c.used.is_none())
+                .map(|(i, _)| i)
+                .take(n),
+        );
         if slots.len() < n {
             return Err(ModelError::ContextFull(self.size()));
         }
-        Ok(slots)
+        Ok(())
     }
 
     /// Records that `slots[i]` now holds token `i` of sequence `seqs[i]` at `pos[i]`.
@@ -140,9 +142,11 @@ impl KvCache {
     /// Fills the f16 attention mask [n_kv, n_rows] (row-major, row per token; rows past the
     /// batch are fully masked): a token sees a cell iff the cell is of its sequence at a
     /// position not after its own, or is one of this batch's own earlier-or-equal tokens.
+    #[allow(clippy::too_many_arguments)]
     pub fn fill_mask(
         &self,
         mask: &mut Vec<u16>,
+        view: &mut Vec<Option<(SeqId, i32)>>,
         n_kv: usize,
         n_rows: usize,
         slots: &[usize],
@@ -154,14 +158,14 @@ impl KvCache {
         mask.clear();
         mask.resize(n_kv * n_rows, NEG_INF);
         // What each cell will hold once this batch is written.
-        let mut view: Vec<Option<(SeqId, i32)>> =
-            self.cells[..n_kv].iter().map(|c| c.used).collect();
+        view.clear();
+        view.extend(self.cells[..n_kv].iter().map(|c| c.used));
         for ((&s, &q), &p) in slots.iter().zip(seqs).zip(pos) {
             view[s] = Some((q, p));
         }
         for (t, (&q, &p)) in seqs.iter().zip(pos).enumerate() {
             let row = &mut mask[t * n_kv..(t + 1) * n_kv];
-            for (m, cell) in row.iter_mut().zip(&view) {
+            for (m, cell) in row.iter_mut().zip(view.iter()) {
                 if matches!(*cell, Some((cq, cp)) if cq == q && cp <= p) {
                     *m = ZERO;
                 }

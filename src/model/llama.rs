@@ -112,10 +112,10 @@ fn block<'g>(
     } else {
         (attn, x)
     };
-    let x = ctx.add(attn, x).set_name(&format!("ffn_inp-{il}"));
+    let x = ctx.add(attn, x).set_name_fmt(format_args!("ffn_inp-{il}"));
     let h = rms_norm(ctx, hp, x, w[lw.ffn_norm], "ffn_norm", Some(il));
     let ffn = feed_forward(ctx, w, lw, h, il);
-    ctx.add(ffn, x).set_name(&format!("l_out-{il}"))
+    ctx.add(ffn, x).set_name_fmt(format_args!("l_out-{il}"))
 }
 
 /// RMSNorm then element-wise scale by the norm weight.
@@ -127,12 +127,12 @@ fn rms_norm<'g>(
     stage: &str,
     il: Option<usize>,
 ) -> Tensor<'g> {
-    let name = match il {
-        Some(il) => format!("{stage}-{il}"),
-        None => stage.to_string(),
-    };
     let n = ctx.rms_norm(x, hp.rms_eps);
-    ctx.mul(n, weight).set_name(&name)
+    let out = ctx.mul(n, weight);
+    match il {
+        Some(il) => out.set_name_fmt(format_args!("{stage}-{il}")),
+        None => out.set_name(stage),
+    }
 }
 
 /// Self-attention: project, rotate, store K/V in the cache, attend, project back. h: [E, T].
@@ -170,9 +170,11 @@ fn attention<'g>(
     // q: [D, H, T], k and v: [D, Hkv, T]
     let q = ctx.reshape(ctx.mul_mat(w[lw.wq], h), &[d, nh, t]);
     let k = ctx.reshape(ctx.mul_mat(w[lw.wk], h), &[d, nkv, t]);
-    let v = ctx.mul_mat(w[lw.wv], h).set_name(&format!("Vcur-{il}"));
-    let q = rope(q).set_name(&format!("Qcur-{il}"));
-    let k = rope(k).set_name(&format!("Kcur-{il}"));
+    let v = ctx
+        .mul_mat(w[lw.wv], h)
+        .set_name_fmt(format_args!("Vcur-{il}"));
+    let q = rope(q).set_name_fmt(format_args!("Qcur-{il}"));
+    let k = rope(k).set_name_fmt(format_args!("Kcur-{il}"));
 
     // Write this batch's keys and values into their cells: cache rows are [D*Hkv] per cell.
     let (cache_k, cache_v) = kv.layer(il);
@@ -203,9 +205,9 @@ fn attention<'g>(
     let out = ctx.flash_attn_ext(q, k_all, v_all, Some(inp.mask), scale);
     let out = ctx
         .reshape(out, &[d * nh, t])
-        .set_name(&format!("kqv_out-{il}"));
+        .set_name_fmt(format_args!("kqv_out-{il}"));
     ctx.mul_mat(w[lw.wo], out)
-        .set_name(&format!("attn_out-{il}"))
+        .set_name_fmt(format_args!("attn_out-{il}"))
 }
 
 /// SwiGLU feed-forward: down(silu(gate(h)) * up(h)).
@@ -218,13 +220,13 @@ fn feed_forward<'g>(
 ) -> Tensor<'g> {
     let gate = ctx
         .mul_mat(w[lw.ffn_gate], h)
-        .set_name(&format!("ffn_gate-{il}"));
+        .set_name_fmt(format_args!("ffn_gate-{il}"));
     let up = ctx
         .mul_mat(w[lw.ffn_up], h)
-        .set_name(&format!("ffn_up-{il}"));
+        .set_name_fmt(format_args!("ffn_up-{il}"));
     let act = ctx
         .swiglu_split(gate, up)
-        .set_name(&format!("ffn_swiglu-{il}"));
+        .set_name_fmt(format_args!("ffn_swiglu-{il}"));
     ctx.mul_mat(w[lw.ffn_down], act)
-        .set_name(&format!("ffn_out-{il}"))
+        .set_name_fmt(format_args!("ffn_out-{il}"))
 }

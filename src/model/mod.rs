@@ -204,6 +204,16 @@ impl Model {
         self.weight_bytes
     }
 
+    /// The file the model was loaded from (None when built in memory).
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Number of weight parameters (elements of every tensor in the file).
+    pub fn n_params(&self) -> u64 {
+        self.gguf.tensors().iter().map(|t| t.n_elements()).sum()
+    }
+
     /// Wall time of [`Model::load`] (map, parse, validate).
     pub fn load_time(&self) -> Duration {
         self.load_time

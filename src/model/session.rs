@@ -4,7 +4,7 @@
 //! the primitive continuous batching needs; [`Session::eval`] is the single-sequence
 //! convenience used by `complete` and the tests.
 
-use crate::ggml::{Context, CpuBackend, GraphAllocator};
+use crate::ggml::{Context, CpuBackend, GraphAllocator, Tensor};
 use crate::model::kv_cache::{KvCache, SeqId};
 use crate::model::{llama, Model, ModelError};
 
@@ -59,9 +59,25 @@ pub struct Session<'m> {
     /// Logits of the last decode, one row of n_vocab per requested output, in batch order.
     logits: Vec<f32>,
     n_outputs: usize,
-    // Reused per-step scratch, so steady-state decoding allocates little.
-    mask: Vec<u16>,
+    /// The weight tensors, listed once (indexed by the model's weight index).
+    weights: Vec<Tensor<'m>>,
+    /// Metadata arena of the per-step graph: reset and reused, never reallocated.
+    graph_ctx: Context,
+    graph_nodes: usize,
+    // Reused per-step scratch, so steady-state decoding allocates nothing on the Rust side.
+    scratch: Scratch,
     batch: Batch,
+}
+
+/// Per-step buffers kept between decodes.
+#[derive(Default)]
+struct Scratch {
+    mask: Vec<u16>,
+    mask_view: Vec<Option<(SeqId, i32)>>,
+    slots: Vec<usize>,
+    slot_ids: Vec<i64>,
+    ids: Vec<i32>,
+    out_rows: Vec<i32>,
 }
 
 impl std::fmt::Debug for Session<'_> {
@@ -89,6 +105,7 @@ impl<'m> Session<'m> {
         }
         let backend = CpuBackend::new(n_threads)?;
         let kv = KvCache::new(model.hparams(), n_ctx, &backend)?;
+        let graph_nodes = 64 + 40 * model.hparams().n_layer as usize;
         Ok(Session {
             model,
             backend,
@@ -96,7 +113,10 @@ impl<'m> Session<'m> {
             galloc: GraphAllocator::new_cpu(),
             logits: Vec::new(),
             n_outputs: 0,
-            mask: Vec::new(),
+            weights: model.weight_list(),
+            graph_ctx: Context::new_metadata(graph_nodes, graph_nodes),
+            graph_nodes,
+            scratch: Scratch::default(),
             batch: Batch::default(),
         })
     }
@@ -158,21 +178,26 @@ impl<'m> Session<'m> {
             &b.seq[r.clone()],
             &b.logits[r],
         );
-        let slots = self.kv.find_slots(n)?;
-        let n_kv = self.kv.n_kv(&slots);
-        let out_rows: Vec<i32> = (0..n as i32).filter(|&i| want[i as usize]).collect();
-        let n_out = out_rows.len();
-
-        let graph_nodes = 64 + 40 * self.model.hparams().n_layer as usize;
-        let ctx = Context::new_metadata(graph_nodes, graph_nodes);
-        let mut graph = ctx.new_graph(graph_nodes);
-        let weights = self.model.weight_list();
+        let sc = &mut self.scratch;
+        self.kv.find_slots(n, &mut sc.slots)?;
+        let n_kv = self.kv.n_kv(&sc.slots);
+        sc.out_rows.clear();
+        sc.out_rows
+            .extend((0..n as i32).filter(|&i| want[i as usize]));
+        let n_out = sc.out_rows.len();
         // A graph needs at least one output row; with none wanted, compute row 0 and drop it.
+        if n_out == 0 {
+            sc.out_rows.push(0);
+        }
+
+        self.graph_ctx.reset();
+        let ctx = &self.graph_ctx;
+        let mut graph = ctx.new_graph(self.graph_nodes);
         let (inputs, logits) = llama::build(
-            &ctx,
+            ctx,
             &mut graph,
             self.model,
-            &weights,
+            &self.weights,
             &self.kv,
             n,
             n_kv,
@@ -180,16 +205,24 @@ impl<'m> Session<'m> {
         );
         self.galloc.alloc_graph(&graph)?;
 
-        let ids: Vec<i32> = tokens.iter().map(|&t| t as i32).collect();
-        inputs.tokens.write_i32(&ids);
+        sc.ids.clear();
+        sc.ids.extend(tokens.iter().map(|&t| t as i32));
+        inputs.tokens.write_i32(&sc.ids);
         inputs.pos.write_i32(pos);
-        let slot_ids: Vec<i64> = slots.iter().map(|&s| s as i64).collect();
-        inputs.slots.write_i64(&slot_ids);
-        self.kv.fill_mask(&mut self.mask, n_kv, n, &slots, seq, pos);
-        inputs.mask.write_f16_bits(&self.mask);
-        inputs
-            .out_ids
-            .write_i32(if n_out == 0 { &[0] } else { &out_rows });
+        sc.slot_ids.clear();
+        sc.slot_ids.extend(sc.slots.iter().map(|&s| s as i64));
+        inputs.slots.write_i64(&sc.slot_ids);
+        self.kv.fill_mask(
+            &mut sc.mask,
+            &mut sc.mask_view,
+            n_kv,
+            n,
+            &sc.slots,
+            seq,
+            pos,
+        );
+        inputs.mask.write_f16_bits(&sc.mask);
+        inputs.out_ids.write_i32(&sc.out_rows);
 
         self.backend.compute(&graph)?;
         if n_out > 0 {
@@ -199,7 +232,7 @@ impl<'m> Session<'m> {
             logits.read_f32(&mut self.logits[old..]);
             self.n_outputs += n_out;
         }
-        self.kv.commit(&slots, seq, pos);
+        self.kv.commit(&self.scratch.slots, seq, pos);
         Ok(())
     }
 

@@ -326,7 +326,7 @@ const WEEKDAYS: [&str; 7] = [
 ];
 
 /// Formats Unix time `secs` (UTC). Days to civil date: Howard Hinnant's `civil_from_days`.
-fn strftime(format: &str, secs: u64) -> Result<String, Error> {
+pub(crate) fn strftime(format: &str, secs: u64) -> Result<String, Error> {
     let days = (secs / 86_400) as i64;
     let sod = secs % 86_400;
     let z = days + 719_468;
