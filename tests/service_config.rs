@@ -176,31 +176,20 @@ fn every_error_names_where_and_which_key() {
 
     // Environment: the variable and the key.
     let (_d, path) = layout(&good, &[]);
-    let e = err(&sources(
-        &path,
-        &[("LLAMABUS_LIMITS_QUEUE_CAPACITY", "many")],
-        Overrides::default(),
-    ));
+    let env_err =
+        |var: &str, value: &str| err(&sources(&path, &[(var, value)], Overrides::default()));
+    let e = env_err("LLAMABUS_LIMITS_QUEUE_CAPACITY", "many");
     assert!(
         e.starts_with("environment LLAMABUS_LIMITS_QUEUE_CAPACITY: limits.queue_capacity: "),
         "{e}"
     );
-    let e = err(&sources(
-        &path,
-        &[("LLAMABUS_MQTT_BROKRE", "mqtt://x")],
-        Overrides::default(),
-    ));
+    let e = env_err("LLAMABUS_MQTT_BROKRE", "mqtt://x");
     assert!(
         e.starts_with("environment LLAMABUS_MQTT_BROKRE: mqtt.brokre: ") && e.contains("brokre"),
         "{e}"
     );
-    let e = err(&sources(
-        &path,
-        &[("LLAMABUS_LIMITS_QUEUE_CAPACITY", "0")],
-        Overrides::default(),
-    ));
     assert_eq!(
-        e,
+        env_err("LLAMABUS_LIMITS_QUEUE_CAPACITY", "0"),
         "environment LLAMABUS_LIMITS_QUEUE_CAPACITY: limits.queue_capacity: must be at least 1"
     );
 
