@@ -5,19 +5,24 @@
 # Prints executions per target; a crash fails with the reproducer in fuzz/artifacts/TARGET/.
 #
 #   scripts/fuzz.sh [SECONDS]
-# Needs a nightly toolchain and cargo-fuzz (installed here if missing).
+# Needs a nightly toolchain (LLAMABUS_NIGHTLY, default `nightly`; .ci/run pins a dated one)
+# and cargo-fuzz, both installed here if missing. The targets are built before the clock
+# starts, so SECONDS is fuzzing time; scripts/test.sh runs this for 20 s per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
+NIGHTLY=${LLAMABUS_NIGHTLY:-nightly}
 
-rustup toolchain list | grep -q '^nightly' || rustup toolchain install nightly --profile minimal
+rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
+  || rustup toolchain install "$NIGHTLY" --profile minimal
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
 scripts/fetch-test-data.sh >/dev/null   # the tokenizer target reads llama.cpp's vocabularies
 
+cargo "+$NIGHTLY" fuzz build -O
 for t in gguf request tokenizer; do
   mkdir -p "fuzz/corpus/$t"
   log=$(mktemp)
-  if ! cargo +nightly fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
+  if ! cargo "+$NIGHTLY" fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \
       -max_total_time="$SECS" -max_len=65536 -print_final_stats=1 >"$log" 2>&1; then
     tail -60 "$log"
     echo "fuzz target $t failed; the input is in fuzz/artifacts/$t/" >&2

@@ -4,14 +4,28 @@
 #   2. verifies vendor/ggml against its recorded checksum
 #   3. format and lint gates
 #   4. the whole suite natively (x86_64 or whatever this machine is)
-#   5. the ggml and tiny-model suites for aarch64 and armv7 under qemu-user
+#   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
+#      model loading under AddressSanitizer, then every fuzz target for FUZZ_SECONDS (20) each
+#   6. the ggml and tiny-model suites for aarch64 and armv7 under qemu-user
 #      (skip with LLAMABUS_SKIP_ARM=1 on a machine without the cross toolchains)
-#   6. the systemd unit (systemd-analyze verify, security score <= 2.0) and the .deb packages
+#   7. the systemd unit (systemd-analyze verify, security score <= 2.0) and the .deb packages
 #      for amd64, arm64 and armhf with their contents (skip the arm ones with LLAMABUS_SKIP_ARM=1)
+# Release builds are made once each: the baseline kernel tests, the qemu suites and the
+# packages share them (`cargo test --release` compiles the library and binary with the release
+# profile, and scripts/build-debs.sh packages those same builds).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s\n' "$*"; }
+t_start=$(date +%s)
+t_step=$t_start
+step() {
+  local now
+  now=$(date +%s)
+  [ "$t_step" != "$t_start" ] && printf '    (%d s)\n' $((now - t_step))
+  t_step=$now
+  printf '\n==> %s\n' "$*"
+}
+NIGHTLY=${LLAMABUS_NIGHTLY:-nightly}
 
 step "test data"
 scripts/fetch-test-data.sh
@@ -29,7 +43,7 @@ cargo clippy --all-targets --quiet -- -D warnings
 # agree with the f32 reference.
 step "portable-baseline build and ggml kernel tests"
 cargo build --release --quiet
-cargo test --quiet --test ggml_ops
+cargo test --release --quiet --test ggml_ops
 
 step "systemd unit: verify and security score"
 scripts/check-systemd.sh target/release/llamabus
@@ -40,6 +54,18 @@ step "full suite, native build ($(uname -m))"
 RUSTFLAGS="-C target-cpu=native" cargo test --all-targets
 RUSTFLAGS="-C target-cpu=native" cargo test --doc
 
+if [ "$(uname -m)" = "x86_64" ] && [ "${LLAMABUS_SKIP_FUZZ:-0}" != "1" ]; then
+  # The parser is ours but the bytes reach ggml: run the hostile-file suite and the loader
+  # under ASan, with ggml's C/C++ instrumented too (the cc crate adds -fsanitize=address when
+  # rustc sanitizes the target; only for x86_64 Linux). Own target dir: nightly + ASan flags.
+  step "GGUF hostile files and model loading under AddressSanitizer ($NIGHTLY)"
+  CARGO_TARGET_DIR=target/asan RUSTFLAGS="-Zsanitizer=address" \
+    cargo "+$NIGHTLY" test --quiet --target x86_64-unknown-linux-gnu --test gguf --test model_load
+
+  step "fuzzing: each target for ${FUZZ_SECONDS:-20} s from the committed seeds"
+  LLAMABUS_NIGHTLY=$NIGHTLY scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
+fi
+
 if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
   # The cross suites: ggml kernels against the f32 reference, and the tiny-model graph against
   # the plain-Rust forward pass. qemu is 40-70x slower than native, so only these run there.
@@ -48,7 +74,8 @@ if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
   for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     step "$target tests under qemu-user (runner from .cargo/config.toml)"
     log=$(mktemp)
-    if ! cargo test --target "$target" "${ARM_TESTS[@]}" -- --nocapture >"$log" 2>&1; then
+    # --release: the library and binary built here are the ones the packages ship.
+    if ! cargo test --release --target "$target" "${ARM_TESTS[@]}" -- --nocapture >"$log" 2>&1; then
       cat "$log"; rm -f "$log"; exit 1
     fi
     # Show which SIMD path ran and the per-type errors, so the log proves NEON was used.
@@ -64,4 +91,4 @@ else
   scripts/build-debs.sh amd64
 fi
 
-step "all tests passed"
+step "all tests passed in $(( $(date +%s) - t_start )) s"

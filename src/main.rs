@@ -226,19 +226,18 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
     let tok = model.tokenizer();
     let prompt = if a.chat {
         let msgs = [ChatMessage::new("user", a.prompt.as_str())];
-        let text = match model.chat_template() {
-            Some(t) => t.render(&msgs, true)?,
+        // Special tokens are parsed only in the template's own text, never in the prompt;
+        // the template decides whether it starts with BOS.
+        match model.chat_template() {
+            Some(t) => t.encode(tok, &msgs, true)?,
             None => {
                 eprintln!("llamabus: model has no chat template; using ChatML");
                 let bos = tok.bos().and_then(|t| tok.token_text(t)).unwrap_or("");
                 let eos = tok.eos().and_then(|t| tok.token_text(t)).unwrap_or("");
                 llamabus::tokenizer::chat::ChatTemplate::chatml_fallback(bos, eos)
-                    .render(&msgs, true)?
+                    .encode(tok, &msgs, true)?
             }
-        };
-        // Special tokens are parsed only in the rendered template, whose user content was
-        // passed as data; the template decides whether it starts with BOS.
-        tok.encode(&text, true)
+        }
     } else {
         with_bos(tok, tok.encode(&a.prompt, false))
     };

@@ -1026,6 +1026,57 @@ fn mutations_never_panic() {
     }
 }
 
+/// Vocabulary special ids past the end of the token list: as in llama.cpp, each is ignored with
+/// a warning naming the key, the id and the vocabulary size, and the tokenizer falls back to
+/// the algorithm's default (or none), so no out-of-range id ever reaches a lookup.
+#[test]
+fn vocabulary_special_ids_out_of_range_are_named_and_never_used() {
+    let tokens: Vec<String> = ["<unk>", "<s>", "</s>", "\u{2581}a", "b"]
+        .map(String::from)
+        .to_vec();
+    let n = tokens.len() as u32;
+    let bytes = GgufWriter::new()
+        .kv("general.architecture", Value::String("llama".into()))
+        .kv("tokenizer.ggml.model", Value::String("llama".into()))
+        .kv("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
+        .kv(
+            "tokenizer.ggml.scores",
+            Value::Array(Array::F32(vec![0.0, 0.0, 0.0, -1.0, -2.0])),
+        )
+        .kv(
+            "tokenizer.ggml.token_type",
+            Value::Array(Array::I32(vec![2, 3, 3, 1, 1])),
+        )
+        .kv("tokenizer.ggml.bos_token_id", Value::U32(u32::MAX))
+        .kv("tokenizer.ggml.eos_token_id", Value::U32(n))
+        .kv("tokenizer.ggml.eot_token_id", Value::U32(1 << 20))
+        .to_bytes();
+    let g = Gguf::from_bytes(bytes).unwrap();
+    let tok = llamabus::tokenizer::Tokenizer::from_metadata(g.metadata()).unwrap();
+    let warnings = tok.warnings().join("\n");
+    for (key, id) in [
+        ("bos_token_id", u32::MAX),
+        ("eos_token_id", n),
+        ("eot_token_id", 1 << 20),
+    ] {
+        assert!(
+            warnings.contains(&format!("'tokenizer.ggml.{key}' = {id} (vocab size {n})")),
+            "{key}: {warnings}"
+        );
+    }
+    // SentencePiece's defaults (<s> = 1, </s> = 2) stand in; there is no EOT.
+    assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(1), Some(2), None));
+    for id in [tok.bos(), tok.eos()].into_iter().flatten() {
+        assert!(id < n);
+    }
+    let ids = tok.encode("ab", false);
+    assert!(ids.iter().all(|&id| id < n), "{ids:?}");
+    assert_eq!(tok.decode(&ids), "ab");
+    // Generated ids past the vocabulary decode to nothing rather than indexing out of range.
+    assert_eq!(tok.decode(&[u32::MAX, n, 1 << 20]), "");
+    assert!(!tok.is_eog(u32::MAX));
+}
+
 // ---------------------------------------------------------------------------------------------
 // Real files
 

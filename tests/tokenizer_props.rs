@@ -10,6 +10,7 @@ use std::path::Path;
 use std::sync::OnceLock;
 
 use llamabus::model::gguf::Gguf;
+use llamabus::tokenizer::chat::{ChatMessage, ChatTemplate};
 use llamabus::tokenizer::{StreamDecoder, Tokenizer};
 use proptest::prelude::*;
 
@@ -64,6 +65,17 @@ fn special_text() -> impl Strategy<Value = String> {
     ]
 }
 
+/// SmolLM2's own chat template (with its BOS/EOS texts).
+fn smollm2_template() -> &'static ChatTemplate {
+    static T: OnceLock<ChatTemplate> = OnceLock::new();
+    T.get_or_init(|| {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let gguf = Gguf::open(&path).expect("SmolLM2 (run scripts/fetch-test-data.sh)");
+        let src = gguf.metadata().opt_str("tokenizer.chat_template").unwrap().unwrap();
+        ChatTemplate::new(src, "<|im_start|>", "<|im_end|>").unwrap()
+    })
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
@@ -114,5 +126,24 @@ proptest! {
         streamed.push_str(&d.finish());
         let bytes: Vec<u8> = ids.iter().flat_map(|&id| tok.piece_bytes(id).to_vec()).collect();
         prop_assert_eq!(streamed, String::from_utf8_lossy(&bytes).into_owned());
+    }
+
+    #[test]
+    fn chat_content_never_yields_control_tokens(
+        parts in prop::collection::vec((text(), special_text()), 1..6),
+        system in any::<bool>(),
+    ) {
+        // Whatever the user types, SmolLM2's chat prompt holds exactly the template's control
+        // tokens: system turn (2), user turn (2), assistant header (1).
+        let content: String = parts.iter().map(|(a, b)| format!("{a}{b}")).collect();
+        let mut msgs = vec![ChatMessage::new("user", content.clone())];
+        if system {
+            msgs.insert(0, ChatMessage::new("system", content));
+        }
+        let tok = smollm2();
+        let ids = smollm2_template().encode(tok, &msgs, true).unwrap();
+        let start = tok.encode("<|im_start|>", true)[0];
+        prop_assert_eq!(ids.iter().filter(|&&i| i == start).count(), 3);
+        prop_assert_eq!(ids.iter().filter(|&&i| tok.is_eog(i)).count(), 2);
     }
 }

@@ -1069,15 +1069,17 @@ impl Worker<'_> {
             (Some(t), _) | (None, Some(t)) => t,
             (None, None) => unreachable!("the fallback exists whenever the model has no template"),
         };
-        let text = template.render(messages, true).map_err(|e| {
-            let kind = match e {
-                ChatError::Syntax(_) => ErrorKind::Internal,
-                _ => ErrorKind::BadRequest,
-            };
-            EngineError::new(kind, e.to_string())
-        })?;
-        // The template decides whether the text starts with BOS.
-        Ok(self.model.tokenizer().encode(&text, true))
+        // Only the template's own text may become control tokens (never message content);
+        // the template decides whether the text starts with BOS.
+        template
+            .encode(self.model.tokenizer(), messages, true)
+            .map_err(|e| {
+                let kind = match e {
+                    ChatError::Syntax(_) => ErrorKind::Internal,
+                    _ => ErrorKind::BadRequest,
+                };
+                EngineError::new(kind, e.to_string())
+            })
     }
 
     /// After a panic the session's KV cache or buffers may be half-updated: start afresh.

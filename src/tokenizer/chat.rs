@@ -11,12 +11,15 @@
 //! render runs on a fuel budget (bounds instructions executed) and an output cap (bounds memory).
 
 use std::io::{self, Write};
+use std::ops::Range;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use minijinja::value::{Kwargs, Value, ValueKind};
 use minijinja::{context, Environment, Error, ErrorKind};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use super::Tokenizer;
 
 /// Instructions one render may execute. Real templates spend a few hundred to a few thousand per
 /// message (Gemma 4's is quadratic: ~2,000 messages fit), far beyond any context window we serve,
@@ -55,6 +58,29 @@ pub enum ChatError {
     /// The output grew beyond [`MAX_RENDERED_BYTES`].
     #[error("chat template output exceeded {MAX_RENDERED_BYTES} bytes")]
     OutputTooLarge,
+    /// A message holds control-token text and the template rewrites message content (e.g.
+    /// slices it), so that text cannot be told apart from the template's own tokens.
+    #[error(
+        "message content contains special-token text such as `{0}`, and this model's chat \
+         template alters message content, so it cannot be kept as plain text; remove it"
+    )]
+    SpecialTextInAlteredContent(String),
+}
+
+/// Private-use code points (plane 16) from which [`ChatTemplate::render_marked`] picks the
+/// pair that delimits a content placeholder (`open index close`): the first pair that occurs
+/// neither in the render nor in any message.
+const MARK_FIRST: u32 = 0x10_0000;
+const MARK_TRIES: u32 = 64;
+
+/// A rendered conversation and where the message contents ended up in it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rendered {
+    /// Exactly what [`ChatTemplate::render`] returns.
+    pub text: String,
+    /// Byte ranges of `text` that are message content (client data), in order; `None` when
+    /// the template transforms content beyond recognition (see `render_marked`).
+    pub content: Option<Vec<Range<usize>>>,
 }
 
 /// One conversation turn.
@@ -132,6 +158,98 @@ impl ChatTemplate {
             Ok(_) => String::from_utf8(out.buf).map_err(|e| ChatError::Render(e.to_string())),
             Err(_) if out.overflowed => Err(ChatError::OutputTooLarge),
             Err(e) => Err(classify(&e)),
+        }
+    }
+}
+
+impl ChatTemplate {
+    /// Renders `messages` and finds the message contents in the output: the template is
+    /// rendered a second time with each content replaced by a unique placeholder, and the
+    /// placeholders are substituted back (as given, then trimmed, since templates such as
+    /// Llama 3's `| trim` content). When that reproduces the real render exactly, the
+    /// substituted ranges are the contents; otherwise `content` is `None`.
+    pub fn render_marked(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Rendered, ChatError> {
+        let text = self.render(messages, add_generation_prompt)?;
+        let content = self.locate_contents(&text, messages, add_generation_prompt);
+        Ok(Rendered { text, content })
+    }
+
+    fn locate_contents(
+        &self,
+        text: &str,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Option<Vec<Range<usize>>> {
+        let unused = |c: &char| !text.contains(*c) && !messages.iter().any(|m| m.content.contains(*c));
+        let (open, close) = (0..MARK_TRIES)
+            .filter_map(|i| {
+                let open = char::from_u32(MARK_FIRST + 2 * i)?;
+                let close = char::from_u32(MARK_FIRST + 2 * i + 1)?;
+                (unused(&open) && unused(&close)).then_some((open, close))
+            })
+            .next()?;
+        let marked: Vec<ChatMessage> = messages
+            .iter()
+            .enumerate()
+            .map(|(i, m)| ChatMessage::new(m.role.clone(), format!("{open}{i}{close}")))
+            .collect();
+        let marked = self.render(&marked, add_generation_prompt).ok()?;
+        [false, true].into_iter().find_map(|trim| {
+            let content = |i: usize| {
+                let c = messages[i].content.as_str();
+                if trim {
+                    c.trim()
+                } else {
+                    c
+                }
+            };
+            let mut out = String::with_capacity(text.len());
+            let mut spans = Vec::new();
+            let mut rest = marked.as_str();
+            while let Some(start) = rest.find(open) {
+                out.push_str(&rest[..start]);
+                let after = &rest[start + open.len_utf8()..];
+                let end = after.find(close)?;
+                let i: usize = after[..end].parse().ok()?;
+                if i >= messages.len() {
+                    return None;
+                }
+                let c = content(i);
+                spans.push(out.len()..out.len() + c.len());
+                out.push_str(c);
+                rest = &after[end + close.len_utf8()..];
+            }
+            out.push_str(rest);
+            (out == text).then_some(spans)
+        })
+    }
+
+    /// Renders `messages` and tokenizes the result so that only the template's own text can
+    /// produce control tokens: `<|im_end|>` typed inside a message stays plain text and cannot
+    /// end the turn. llama.cpp tokenizes the whole render with special parsing on, so there a
+    /// message can inject them; for every conversation without such text the ids are the same
+    /// as llama.cpp's. A template that alters content (so the contents cannot be located) is
+    /// still served unless some content holds control-token text, which is then refused.
+    pub fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<Vec<u32>, ChatError> {
+        let r = self.render_marked(messages, add_generation_prompt)?;
+        match &r.content {
+            Some(spans) => Ok(tokenizer.encode_with_plain_spans(&r.text, spans)),
+            None => match messages
+                .iter()
+                .find_map(|m| tokenizer.find_control_text(&m.content))
+            {
+                Some(t) => Err(ChatError::SpecialTextInAlteredContent(t.to_owned())),
+                None => Ok(tokenizer.encode(&r.text, true)),
+            },
         }
     }
 }

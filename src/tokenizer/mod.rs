@@ -332,8 +332,35 @@ impl Tokenizer {
     /// tokens. Use it ONLY on chat-template output, never on user content, so clients cannot
     /// inject control tokens. User-defined tokens are matched either way, as in llama.cpp.
     pub fn encode(&self, text: &str, parse_special: bool) -> Vec<u32> {
+        let gate = if parse_special {
+            SpecialGate::Parse { plain: &[] }
+        } else {
+            SpecialGate::Off
+        };
+        self.encode_fragments(text, self.partition(text, gate))
+    }
+
+    /// Tokenizes chat-template output: control-token text is parsed as in
+    /// `encode(text, true)`, except where an occurrence overlaps one of the `plain` byte ranges
+    /// (the message contents), which stays plain text. The text is otherwise tokenized as one
+    /// piece, so where no content holds control-token text the ids equal
+    /// `encode(text, true)` (llama.cpp's result). See [`chat::ChatTemplate::encode`].
+    pub fn encode_with_plain_spans(&self, text: &str, plain: &[Range<usize>]) -> Vec<u32> {
+        self.encode_fragments(text, self.partition(text, SpecialGate::Parse { plain }))
+    }
+
+    /// The text of a control token that occurs in `text` (which `encode(text, true)` would
+    /// turn into that token), if any.
+    pub fn find_control_text(&self, text: &str) -> Option<&str> {
+        self.vocab.special_cache().iter().find_map(|&id| {
+            let t = self.vocab.text(id)?;
+            (self.vocab.attr(id) & (attr::CONTROL | attr::UNKNOWN) != 0 && text.contains(t))
+                .then_some(t)
+        })
+    }
+
+    fn encode_fragments(&self, text: &str, fragments: Vec<Fragment>) -> Vec<u32> {
         let mut out = Vec::with_capacity(text.len() / 3 + 1);
-        let fragments = self.partition(text, parse_special);
         match &self.engine {
             Engine::Bpe(bpe) => {
                 for f in fragments {
@@ -373,7 +400,7 @@ impl Tokenizer {
 
     /// llama.cpp's `tokenizer_st_partition`: cut special-token text out of `text`, longest
     /// token first, honouring the tokens' LSTRIP/RSTRIP attributes.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+    fn partition(&self, text: &str, gate: SpecialGate<'_>) -> Vec<Fragment> {
         let mut frags = Vec::new();
         if text.is_empty() {
             return frags;
@@ -381,9 +408,12 @@ impl Tokenizer {
         frags.push(Fragment::Text(0..text.len()));
         for &id in self.vocab.special_cache() {
             let a = self.vocab.attr(id);
-            if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
-                continue;
-            }
+            let gated = a & (attr::CONTROL | attr::UNKNOWN) != 0;
+            let plain: &[Range<usize>] = match gate {
+                SpecialGate::Off if gated => continue,
+                SpecialGate::Parse { plain } if gated => plain,
+                _ => &[],
+            };
             let Some(tok) = self.vocab.text(id) else {
                 continue;
             };
@@ -397,8 +427,14 @@ impl Tokenizer {
                     continue;
                 };
                 let mut pos = r.start;
-                while let Some(found) = text[pos..r.end].find(tok) {
-                    let m = pos + found;
+                // `search` runs ahead of `pos` past occurrences that must stay plain text.
+                let mut search = r.start;
+                while let Some(found) = text[search..r.end].find(tok) {
+                    let m = search + found;
+                    if plain.iter().any(|p| m < p.end && p.start < m + tok.len()) {
+                        search = m + tok.chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
                     let mut left_end = m;
                     if a & attr::LSTRIP != 0 {
                         while left_end > pos && is_c_space(text.as_bytes()[left_end - 1]) {
@@ -415,6 +451,7 @@ impl Tokenizer {
                             pos += 1;
                         }
                     }
+                    search = pos;
                 }
                 if pos < r.end {
                     next.push(Fragment::Text(pos..r.end));
@@ -505,6 +542,15 @@ impl Tokenizer {
     pub fn warnings(&self) -> &[String] {
         &self.warnings
     }
+}
+
+/// Which control tokens [`Tokenizer::partition`] cuts out of the text.
+#[derive(Clone, Copy)]
+enum SpecialGate<'a> {
+    /// None: control-token text is plain text.
+    Off,
+    /// Every occurrence, except those overlapping a `plain` byte range.
+    Parse { plain: &'a [Range<usize>] },
 }
 
 /// A piece of the input after special-token partitioning.

@@ -102,6 +102,11 @@ impl Mosquitto {
         (m, files.unwrap())
     }
 
+    /// mosquitto with `conf` (e.g. `max_packet_size 262144\n`) added to its configuration.
+    pub fn start_with_conf(conf: &str) -> Mosquitto {
+        Mosquitto::start_with(|_| conf.to_owned())
+    }
+
     fn start_with(listener_conf: impl FnOnce(&Path) -> String) -> Mosquitto {
         assert!(
             Path::new(MOSQUITTO).exists(),
