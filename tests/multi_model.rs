@@ -157,7 +157,7 @@ async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
     assert_eq!((&a["parallel"], &b["parallel"]), (&json!(1), &json!(2)));
     for m in [a, b] {
         assert_eq!(m["context"], 256);
-        assert_eq!(m["quantization"], "Q8_0");
+        assert_eq!(m["quantization"], "q8_0");
         assert_eq!(m["architecture"], "llama");
         assert!(m["parameters"].as_u64().unwrap() > 0);
         assert_eq!(m["queue"]["capacity"], 8);
@@ -381,7 +381,7 @@ fn config_errors_name_the_problem() {
     // Duplicate names, also when one comes from the file name.
     let err = load(&format!("{}{}", e("x", &a), e("x", &b))).unwrap_err();
     assert!(
-        err.starts_with("mm.toml:4: models[1].name: duplicate model name `x` (also models[0])"),
+        err.starts_with("mm.toml:5: models[1].name: duplicate model name `x` (also models[0])"),
         "{err}"
     );
     let err = load(&format!(
