@@ -13,9 +13,7 @@ use common::tiny::{write_tiny_model, TinySpec, TinyTokenizer};
 use llamabus::ggml::Type;
 use llamabus::mqtt::wire::{self, Encoding, Request, Response};
 use llamabus::service::config::{self, Overrides};
-use mqtt_support::{
-    run_cmd, Mosquitto, NotifySocket, ServeProcess, TempDir, TestClient,
-};
+use mqtt_support::{run_cmd, Mosquitto, NotifySocket, ServeProcess, TempDir, TestClient};
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
 use serde_json::{json, Value};
 
@@ -143,7 +141,10 @@ async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
     let cfg = daemon_config(
         &mosq.url(),
         "",
-        &[entry("alpha", &alpha, ""), entry("beta", &beta, "parallel = 2")],
+        &[
+            entry("alpha", &alpha, ""),
+            entry("beta", &beta, "parallel = 2"),
+        ],
     );
     let _serve = ServeProcess::start(BIN, &cfg, &[]);
 
@@ -153,7 +154,10 @@ async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
     let (a, b) = (&s["models"][0], &s["models"][1]);
     assert_eq!(a["file"], "alpha.gguf");
     assert_eq!(b["file"], "beta.gguf");
-    assert_eq!((&a["default"], &b["default"]), (&json!(true), &json!(false)));
+    assert_eq!(
+        (&a["default"], &b["default"]),
+        (&json!(true), &json!(false))
+    );
     assert_eq!((&a["parallel"], &b["parallel"]), (&json!(1), &json!(2)));
     for m in [a, b] {
         assert_eq!(m["context"], 256);
@@ -278,10 +282,16 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     ));
     assert!(msg.contains("reload refused"), "{msg}");
     assert!(msg.contains("not enough memory: need"), "{msg}");
-    assert!(msg.contains("have 1 MiB ([limits] memory_limit_mb = 1)"), "{msg}");
+    assert!(
+        msg.contains("have 1 MiB ([limits] memory_limit_mb = 1)"),
+        "{msg}"
+    );
     let e = ask_model(&mut c, "r3", Some("gamma")).await;
     assert_eq!(e["error"]["code"], "unknown_model", "{e}");
-    assert_eq!(ask_model(&mut c, "r4", Some("alpha")).await["text"], ra["text"]);
+    assert_eq!(
+        ask_model(&mut c, "r4", Some("alpha")).await["text"],
+        ra["text"]
+    );
 
     // 2. gamma added, beta changed to a file that fails to load, alpha unchanged: gamma
     //    serves, beta keeps its running engine, alpha's engine (and its counters) stay.
@@ -295,15 +305,24 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
         ],
     ));
     assert!(msg.contains("reloaded in part"), "{msg}");
-    assert!(msg.contains("model beta") && msg.contains("the running one stays"), "{msg}");
+    assert!(
+        msg.contains("model beta") && msg.contains("the running one stays"),
+        "{msg}"
+    );
     let s = status_where(mosq.port, |v| model_names(v).len() == 3).await;
     assert_eq!(model_names(&s), ["alpha", "beta", "gamma"]);
     assert_eq!(s["models"][0]["served"], 2, "alpha kept its engine: {s}");
-    assert_eq!(s["models"][1]["file"], "beta.gguf", "beta kept its file: {s}");
+    assert_eq!(
+        s["models"][1]["file"], "beta.gguf",
+        "beta kept its file: {s}"
+    );
     let rg = ask_model(&mut c, "r5", Some("gamma")).await;
     assert_eq!(rg["model"], "gamma");
     assert_ne!(rg["text"], ra["text"]);
-    assert_eq!(ask_model(&mut c, "r6", Some("beta")).await["text"], rb["text"]);
+    assert_eq!(
+        ask_model(&mut c, "r6", Some("beta")).await["text"],
+        rb["text"]
+    );
     pub_311(mosq.port, "llamabus/model/gamma/prompt/p3", "hello there");
     let m = c.recv_where(60, |m| m.topic == "llamabus/reply/p3").await;
     assert_eq!(m.text(), rg["text"].as_str().unwrap());
@@ -312,9 +331,15 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     let msg = reload(daemon_config(
         &mosq.url(),
         "",
-        &[entry("alpha", &alpha, ""), entry("gamma", &gamma, "default = true")],
+        &[
+            entry("alpha", &alpha, ""),
+            entry("gamma", &gamma, "default = true"),
+        ],
     ));
-    assert!(msg.contains("configuration reloaded; serving models alpha, gamma"), "{msg}");
+    assert!(
+        msg.contains("configuration reloaded; serving models alpha, gamma"),
+        "{msg}"
+    );
     let e = ask_model(&mut c, "r7", Some("beta")).await;
     assert_eq!(e["error"]["code"], "unknown_model", "{e}");
     let rd = ask_model(&mut c, "r8", None).await;
@@ -330,7 +355,10 @@ fn the_memory_guard_refuses_to_start_with_the_numbers_and_no_ready() {
     let cfg = daemon_config(
         &mosq.url(),
         "memory_limit_mb = 1",
-        &[entry("alpha", &alpha, ""), entry("beta", &beta, "parallel = 4")],
+        &[
+            entry("alpha", &alpha, ""),
+            entry("beta", &beta, "parallel = 4"),
+        ],
     );
     let path = dir.write("config.toml", &cfg);
     let notify = NotifySocket::new();
@@ -376,7 +404,12 @@ fn config_errors_name_the_problem() {
     let dir = TempDir::new("mm-cfg");
     let a = tiny_model(&dir.0, "a", 1);
     let b = tiny_model(&dir.0, "b", 2);
-    let e = |name: &str, p: &Path| format!("[[models]]\nname = \"{name}\"\npath = \"{}\"\n", p.display());
+    let e = |name: &str, p: &Path| {
+        format!(
+            "[[models]]\nname = \"{name}\"\npath = \"{}\"\n",
+            p.display()
+        )
+    };
 
     // Duplicate names, also when one comes from the file name.
     let err = load(&format!("{}{}", e("x", &a), e("x", &b))).unwrap_err();
@@ -393,7 +426,12 @@ fn config_errors_name_the_problem() {
     assert!(err.contains("duplicate model name `a`"), "{err}");
 
     // [model] and [[models]] together.
-    let err = load(&format!("[model]\npath = \"{}\"\n{}", a.display(), e("b", &b))).unwrap_err();
+    let err = load(&format!(
+        "[model]\npath = \"{}\"\n{}",
+        a.display(),
+        e("b", &b)
+    ))
+    .unwrap_err();
     assert!(
         err.starts_with("mm.toml:1: model: [model] and [[models]] (mm.toml:3) cannot both be set"),
         "{err}"
@@ -415,8 +453,15 @@ fn config_errors_name_the_problem() {
         err.starts_with("mm.toml:8: models[1].default: models[0] is already the default"),
         "{err}"
     );
-    let err = load(&format!("[model]\npath = \"{}\"\ndefault = true\n", a.display())).unwrap_err();
-    assert!(err.contains("model.default: only [[models]] entries"), "{err}");
+    let err = load(&format!(
+        "[model]\npath = \"{}\"\ndefault = true\n",
+        a.display()
+    ))
+    .unwrap_err();
+    assert!(
+        err.contains("model.default: only [[models]] entries"),
+        "{err}"
+    );
     let err = load(&format!("{}{}parallel = 0\n", e("a", &a), e("b", &b))).unwrap_err();
     assert!(
         err.starts_with("mm.toml:7: models[1].parallel: 0 is outside 1..=64"),

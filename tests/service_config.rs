@@ -323,9 +323,8 @@ fn the_shipped_default_config_is_valid() {
 #[test]
 fn a_models_list_merges_as_one_value_and_prints_back() {
     let m = model();
-    let entry = |name: &str, extra: &str| {
-        format!("[[models]]\nname = \"{name}\"\npath = \"{m}\"\n{extra}")
-    };
+    let entry =
+        |name: &str, extra: &str| format!("[[models]]\nname = \"{name}\"\npath = \"{m}\"\n{extra}");
     let main = format!(
         "[limits]\nmemory_limit_mb = 300\n{}{}",
         entry("a", "threads = 1\n"),
@@ -346,7 +345,10 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
     // check-config prints the list, the default marked, and the result reads back the same.
     let (code, out, stderr) = check_config(&[path.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(out.contains("[[models]]") && !out.contains("[model]"), "{out}");
+    assert!(
+        out.contains("[[models]]") && !out.contains("[model]"),
+        "{out}"
+    );
     assert!(out.contains("memory_limit_mb = 300"), "{out}");
     let printed = d.write("printed.toml", &out);
     let again = load_sources(&sources(&printed, &[], Overrides::default())).unwrap();
@@ -380,5 +382,8 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
         ..Overrides::default()
     };
     let e = err(&sources(&path, &[], flags));
-    assert!(e.starts_with("--model: model: [model] and [[models]]"), "{e}");
+    assert!(
+        e.starts_with("--model: model: [model] and [[models]]"),
+        "{e}"
+    );
 }

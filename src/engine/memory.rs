@@ -427,7 +427,10 @@ mod tests {
         let hp = smollm2_like();
         // 30 layers × 2048 cells × (192 + 192) × 2 bytes = 45 MiB.
         assert_eq!(kv_cache_bytes(&hp, 2048, 1), 30 * 2048 * 384 * 2);
-        assert_eq!(kv_cache_bytes(&hp, 2048, 4), 4 * kv_cache_bytes(&hp, 2048, 1));
+        assert_eq!(
+            kv_cache_bytes(&hp, 2048, 4),
+            4 * kv_cache_bytes(&hp, 2048, 1)
+        );
         let c = compute_bytes(&hp, 2048, 1);
         assert!((10 * MIB..64 * MIB).contains(&c), "{}", mib(c));
     }
@@ -472,7 +475,8 @@ mod tests {
         // Linux always has /proc/meminfo; the cgroup part depends on the machine.
         let a = available();
         assert!(
-            a.iter().any(|a| a.source.starts_with("MemAvailable") && a.bytes > 0),
+            a.iter()
+                .any(|a| a.source.starts_with("MemAvailable") && a.bytes > 0),
             "{a:?}"
         );
     }

@@ -86,11 +86,12 @@ impl Models {
         warn_oversubscribed(settings);
         let mut engines = Vec::with_capacity(settings.models.len());
         for m in &settings.models {
-            let engine = Engine::start(settings.engine_config_for(m), on_status.clone())
-                .map_err(|error| ModelsError::Start {
+            let engine = Engine::start(settings.engine_config_for(m), on_status.clone()).map_err(
+                |error| ModelsError::Start {
                     model: m.name.clone(),
                     error: Box::new(error),
-                })?;
+                },
+            )?;
             engines.push(engine);
         }
         Ok(Models::new(settings, engines))
@@ -179,15 +180,17 @@ impl Models {
 
     /// Counters over all models: (in flight, queued, queue capacity, served, failed).
     pub fn totals(&self) -> (usize, usize, usize, u64, u64) {
-        self.engines().map(Engine::stats).fold((0, 0, 0, 0, 0), |t, s| {
-            (
-                t.0 + s.in_flight,
-                t.1 + s.queue_depth,
-                t.2 + s.queue_capacity,
-                t.3 + s.served,
-                t.4 + s.failed,
-            )
-        })
+        self.engines()
+            .map(Engine::stats)
+            .fold((0, 0, 0, 0, 0), |t, s| {
+                (
+                    t.0 + s.in_flight,
+                    t.1 + s.queue_depth,
+                    t.2 + s.queue_capacity,
+                    t.3 + s.served,
+                    t.4 + s.failed,
+                )
+            })
     }
 
     /// The end of a reload: the models of `new` with the engines `loaded` for them (by name),
@@ -304,7 +307,9 @@ pub fn plan_reload(old: &Settings, new: &Settings) -> ReloadPlan {
     for m in &new.models {
         let cfg = new.engine_config_for(m);
         match old.models.iter().find(|o| o.name == m.name) {
-            Some(o) if o.parallel == m.parallel && !old.engine_config_for(o).needs_new_engine(&cfg) => {
+            Some(o)
+                if o.parallel == m.parallel && !old.engine_config_for(o).needs_new_engine(&cfg) =>
+            {
                 plan.retune.push((m.name.clone(), cfg.tunables()));
             }
             _ => plan.load.push(cfg),
@@ -346,7 +351,11 @@ pub fn guard_start(settings: &Settings) -> Result<(), MemoryError> {
     info!(
         "memory guard: the models need {} ({}); available {}",
         memory::mib(total),
-        needs.iter().map(Need::to_string).collect::<Vec<_>>().join("; "),
+        needs
+            .iter()
+            .map(Need::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
         limits
             .iter()
             .map(|a| format!("{} ({})", memory::mib(a.bytes), a.source))
@@ -408,5 +417,55 @@ fn warn_oversubscribed(settings: &Settings) {
             "the models' threads add up to {threads} on {cores} cores: their engines compete \
              when several are busy at once; set `threads` per model to share the cores"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::service::config::{from_str, Overrides};
+    use std::path::Path;
+
+    /// Settings with one `[[models]]` entry per `(name, extra keys)`; the model file is any
+    /// existing file (nothing is loaded).
+    fn settings(models: &[(&str, &str)]) -> Settings {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+        let text: String = models
+            .iter()
+            .map(|(n, extra)| format!("[[models]]\nname = \"{n}\"\npath = \"{path}\"\n{extra}\n"))
+            .collect();
+        from_str(&text, Path::new("t.toml"), &Overrides::default()).unwrap()
+    }
+
+    fn names(cfgs: &[EngineConfig]) -> Vec<&str> {
+        cfgs.iter().map(|c| c.model_name.as_str()).collect()
+    }
+
+    #[test]
+    fn a_reload_plan_is_made_model_by_model() {
+        let old = settings(&[
+            ("a", "threads = 1"),
+            ("b", "threads = 1"),
+            ("c", "threads = 1"),
+        ]);
+        let new = settings(&[
+            // Sampling only: the running engine takes it.
+            ("a", "threads = 1\n[models.sampling]\ntemperature = 0.1"),
+            // Context and parallel need a new engine.
+            ("b", "threads = 1\ncontext = 4096"),
+            ("c", "threads = 1\nparallel = 2"),
+            ("d", "threads = 1"),
+        ]);
+        let plan = plan_reload(&old, &new);
+        assert_eq!(names(&plan.load), ["b", "c", "d"]);
+        assert_eq!(plan.retune.len(), 1);
+        assert_eq!(plan.retune[0].0, "a");
+        assert_eq!(plan.retune[0].1.default_sampling.temperature, 0.1);
+        assert!(plan.removed.is_empty());
+
+        let fewer = settings(&[("c", "threads = 1")]);
+        let plan = plan_reload(&old, &fewer);
+        assert!(plan.load.is_empty());
+        assert_eq!(plan.removed, ["a", "b"]);
     }
 }

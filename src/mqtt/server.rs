@@ -185,7 +185,9 @@ pub async fn serve_service(
     let models = match models.expect("the engine start task panicked") {
         Ok(m) => m,
         Err(ModelsError::Memory(e)) => return Err(e.into()),
-        Err(ModelsError::Start { model, error }) => return Err(ServeError::Engine { model, error }),
+        Err(ModelsError::Start { model, error }) => {
+            return Err(ServeError::Engine { model, error })
+        }
     };
     run_service(settings, models, shutdown, svc).await
 }
@@ -986,7 +988,10 @@ impl Loop {
             Err(why) => return self.reload_refused(&why),
         };
         let applied = self.models.apply_reload(&self.settings, settings, loaded);
-        if let Err(e) = applied.models.retune(&models::plan_reload(&self.settings, &applied.settings)) {
+        if let Err(e) = applied
+            .models
+            .retune(&models::plan_reload(&self.settings, &applied.settings))
+        {
             warn!("reload: {e}");
         }
         let (old_names, new_names) = (self.models.names(), applied.models.names());
