@@ -352,13 +352,14 @@ fn the_memory_guard_refuses_to_start_with_the_numbers_and_no_ready() {
     let dir = TempDir::new("mm-guard");
     let alpha = tiny_model(&dir.0, "alpha", 1);
     let beta = tiny_model(&dir.0, "beta", 2);
+    // beta takes every core, so the two models' threads exceed them: a warning.
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let beta_entry =
+        entry("beta", &beta, "parallel = 4").replace("threads = 1", &format!("threads = {cores}"));
     let cfg = daemon_config(
         &mosq.url(),
         "memory_limit_mb = 1",
-        &[
-            entry("alpha", &alpha, ""),
-            entry("beta", &beta, "parallel = 4"),
-        ],
+        &[entry("alpha", &alpha, ""), beta_entry],
     );
     let path = dir.write("config.toml", &cfg);
     let notify = NotifySocket::new();
@@ -379,6 +380,8 @@ fn the_memory_guard_refuses_to_start_with_the_numbers_and_no_ready() {
     );
     assert!(err.contains("alpha: ") && err.contains("beta: "), "{err}");
     assert!(err.contains("KV cache"), "{err}");
+    let warning = format!("threads add up to {} on {cores} cores", cores + 1);
+    assert!(err.contains(&warning), "{err}");
     let sent: Vec<String> = notify
         .during(Duration::from_millis(200))
         .into_iter()
@@ -393,6 +396,22 @@ fn the_memory_guard_refuses_to_start_with_the_numbers_and_no_ready() {
     let s = rt.block_on(status_where(mosq.port, |v| model_names(v).len() == 2));
     assert_eq!(s["models"][1]["parallel"], 4);
     drop(serve);
+
+    // `complete` checks against the machine itself: a KV cache of 2^30 cells (512 GiB for this
+    // model) fits no machine's MemAvailable or cgroup.
+    let (code, _, err) = run_cmd(
+        Command::new(BIN)
+            .args(["complete", "--ctx", "1073741824", "--model"])
+            .arg(&alpha)
+            .arg("hi"),
+        Duration::from_secs(60),
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not enough memory: need "), "{err}");
+    assert!(
+        err.contains("(MemAvailable in /proc/meminfo)") || err.contains("(cgroup /sys/fs/cgroup"),
+        "{err}"
+    );
 }
 
 fn load(text: &str) -> Result<config::Settings, String> {

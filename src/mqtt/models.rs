@@ -82,8 +82,8 @@ impl Models {
         settings: &Settings,
         on_status: impl Fn(&str) + Clone + Send + 'static,
     ) -> Result<Models, ModelsError> {
-        guard_start(settings)?;
         warn_oversubscribed(settings);
+        guard_start(settings)?;
         let mut engines = Vec::with_capacity(settings.models.len());
         for m in &settings.models {
             let engine = Engine::start(settings.engine_config_for(m), on_status.clone()).map_err(

@@ -923,7 +923,6 @@ fn build(
     // [model] or [[models]]
     let model_limits = ModelLimits {
         max_prompt_tokens,
-        positive: &positive,
         err: &err,
     };
     let (models, default_model) = match (f.model, f.models) {
@@ -991,7 +990,6 @@ fn build(
 /// Builds and checks model entries; `key` is `model` or `models[i]`, for error messages.
 struct ModelLimits<'a> {
     max_prompt_tokens: u32,
-    positive: &'a dyn Fn(&str, Option<u32>, u32) -> Result<u32, ConfigError>,
     err: &'a dyn Fn(&str, String) -> ConfigError,
 }
 
@@ -1076,7 +1074,10 @@ impl ModelLimits<'_> {
             Some(n) => n as usize,
             None => std::thread::available_parallelism().map_or(1, |n| n.get()),
         };
-        let context = (self.positive)(&format!("{key}.context"), md.context, 2048)? as usize;
+        let context = match md.context.unwrap_or(2048) {
+            0 => return Err(err("context", "must be at least 1".into())),
+            n => n as usize,
+        };
         if self.max_prompt_tokens as usize >= context {
             return Err((self.err)(
                 "limits.max_prompt_tokens",
