@@ -337,7 +337,7 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
         ],
     ));
     assert!(
-        msg.contains("configuration reloaded; serving models alpha, gamma"),
+        msg.contains("configuration reloaded; serving alpha, gamma"),
         "{msg}"
     );
     let e = ask_model(&mut c, "r7", Some("beta")).await;

@@ -962,8 +962,12 @@ impl Loop {
         let plan = models::plan_reload(&old, &new);
         if !plan.load.is_empty() || !plan.removed.is_empty() {
             let names: Vec<&str> = plan.load.iter().map(|c| c.model_name.as_str()).collect();
-            self.notifier
-                .status(&format!("reloading: loading {}", names.join(", ")));
+            let what = match names.as_slice() {
+                [] => "nothing (models removed)".to_owned(),
+                [one] => format!("model {one}"),
+                all => format!("models {}", all.join(", ")),
+            };
+            self.notifier.status(&format!("reloading: loading {what}"));
             // The memory guard reads model headers: off the event loop, like the loads.
             let checked = new.clone();
             let task = tokio::task::spawn_blocking(move || {
@@ -1026,7 +1030,7 @@ impl Loop {
 
     fn reloaded(&mut self, failures: &[String]) {
         let s = &self.settings;
-        let serving = models_phrase(&self.models);
+        let serving = self.models.names().join(", ");
         if failures.is_empty() {
             info!("configuration reloaded from {}", s.source);
             self.notifier
