@@ -222,6 +222,10 @@ fn default_threads() -> usize {
 }
 
 fn complete(a: CompleteArgs) -> anyhow::Result<()> {
+    use llamabus::engine::memory;
+    // Refuse with the numbers rather than be OOM-killed mid-load (no budget key here).
+    let need = memory::need("complete", &a.model, a.ctx, 1)?;
+    memory::check(&[need], &memory::available())?;
     let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
     let tok = model.tokenizer();
     let prompt = if a.chat {
@@ -411,10 +415,15 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let sources = config::Sources::from_process(a.config, overrides(a.overrides));
     let settings = config::load_sources(&sources)?;
     logging::apply_config_level(settings.log_level);
+    let paths: Vec<String> = settings
+        .models
+        .iter()
+        .map(|m| format!("{} ({})", m.name, m.path.display()))
+        .collect();
     log::info!(
         "llamabus {} serving {} as node {} (config: {})",
         env!("CARGO_PKG_VERSION"),
-        settings.model().path.display(),
+        paths.join(", "),
         settings.node,
         settings.source
     );

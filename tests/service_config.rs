@@ -319,3 +319,71 @@ fn the_shipped_default_config_is_valid() {
         "{err}"
     );
 }
+
+#[test]
+fn a_models_list_merges_as_one_value_and_prints_back() {
+    let m = model();
+    let entry =
+        |name: &str, extra: &str| format!("[[models]]\nname = \"{name}\"\npath = \"{m}\"\n{extra}");
+    let main = format!(
+        "[limits]\nmemory_limit_mb = 300\n{}{}",
+        entry("a", "threads = 1\n"),
+        entry(
+            "b",
+            "threads = 1\nparallel = 2\ndefault = true\n[models.sampling]\ntop_k = 7\n"
+        )
+    );
+    let (d, path) = layout(&main, &[]);
+    let s = load_sources(&sources(&path, &[], Overrides::default())).unwrap();
+    assert_eq!(s.models.len(), 2);
+    assert_eq!(s.model().name, "b");
+    assert_eq!(s.model().parallel, 2);
+    assert_eq!(s.model().sampling.top_k, 7);
+    assert_eq!(s.models[0].sampling.top_k, 40);
+    assert_eq!(s.limits.memory_limit, Some(300 << 20));
+
+    // check-config prints the list, the default marked, and the result reads back the same.
+    let (code, out, stderr) = check_config(&[path.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        out.contains("[[models]]") && !out.contains("[model]"),
+        "{out}"
+    );
+    assert!(out.contains("memory_limit_mb = 300"), "{out}");
+    let printed = d.write("printed.toml", &out);
+    let again = load_sources(&sources(&printed, &[], Overrides::default())).unwrap();
+    assert_eq!(again.models, s.models);
+    assert_eq!(again.default_model, 1);
+
+    // A drop-in's list replaces the main file's, and its errors point into the drop-in.
+    d.write("config.d/10-one.toml", &entry("c", "threads = 0\n"));
+    let e = err(&sources(&path, &[], Overrides::default()));
+    assert!(
+        e.contains("config.d/10-one.toml:4: models[0].threads: must be at least 1"),
+        "{e}"
+    );
+    d.write("config.d/10-one.toml", &entry("c", ""));
+    let s = load_sources(&sources(&path, &[], Overrides::default())).unwrap();
+    let names: Vec<&str> = s.models.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["c"]);
+
+    // [model] from the environment or --model beside a [[models]] list: refused, naming both.
+    let e = err(&sources(
+        &path,
+        &[("LLAMABUS_MODEL_CONTEXT", "512")],
+        Overrides::default(),
+    ));
+    assert!(
+        e.starts_with("environment LLAMABUS_MODEL_CONTEXT: model: [model] and [[models]]"),
+        "{e}"
+    );
+    let flags = Overrides {
+        model: Some(model_path()),
+        ..Overrides::default()
+    };
+    let e = err(&sources(&path, &[], flags));
+    assert!(
+        e.starts_with("--model: model: [model] and [[models]]"),
+        "{e}"
+    );
+}

@@ -4,6 +4,7 @@
 //! one token per step through the sampler, streaming UTF-8-safe text to a callback until EOS,
 //! a stop string, `max_tokens`, or cancellation.
 
+pub mod memory;
 pub mod worker;
 
 use std::time::{Duration, Instant};

@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod client;
 pub mod conn;
+pub mod models;
 pub mod server;
 pub mod topics;
 pub mod wire;

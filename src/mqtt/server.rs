@@ -16,6 +16,9 @@
 //!   filters go through `$share/{group}/`; cancels are never shared, since only the daemon
 //!   running a job can cancel it. Subscriptions are renewed after every ConnAck (clean start:
 //!   the broker's session is never relied on).
+//! * Several models ([`Models`]): each also has `{prefix}/model/{model}/prompt/+` (and its
+//!   postcard form), for MQTT 3.1.1 clients that cannot send a JSON `model`; the plain topics
+//!   go to the JSON `model`, else the default model.
 //! * Reply routing: the MQTT 5 Response Topic (Correlation Data echoed) > the JSON `reply_to` >
 //!   `{prefix}/reply/{device}`. A reply topic outside `allowed_reply_prefixes`, with a wildcard
 //!   or starting with `$` is refused with `reply_topic_denied`, sent to the default reply topic.
@@ -48,6 +51,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput, StartError};
 use crate::mqtt::conn::{self, Backoff};
+use crate::mqtt::models::{self, Models, ModelsError};
 use crate::mqtt::topics::{self, Incoming, Topics};
 use crate::mqtt::wire::{
     self, Chunk, Encoding, ErrorBody, ErrorCode, ErrorReply, Reply, Request, Response, Timings,
@@ -86,6 +90,8 @@ pub enum ServeError {
         model: String,
         error: Box<crate::engine::worker::StartError>,
     },
+    #[error(transparent)]
+    Memory(#[from] crate::engine::memory::MemoryError),
     #[error("no embedded broker in this build (feature `embedded-broker`): set mqtt.broker")]
     NoEmbeddedBroker,
 }
@@ -158,17 +164,16 @@ pub async fn serve_service(
     if matches!(settings.mqtt.broker, BrokerSettings::Embedded { .. }) {
         return Err(ServeError::NoEmbeddedBroker);
     }
-    let cfg = settings.engine_config();
-    let model = settings.model().name.clone();
     let notifier = svc.notifier.clone();
+    let to_load = settings.clone();
     let load = tokio::task::spawn_blocking(move || {
-        crate::engine::worker::Engine::start(cfg, move |s| {
+        Models::start(&to_load, move |s: &str| {
             info!("{s}");
             notifier.status(s);
         })
     });
     tokio::pin!(shutdown);
-    let engine = tokio::select! {
+    let models = tokio::select! {
         r = load => r,
         _ = svc.notifier.clone().load_guard() => unreachable!("the load guard never ends"),
         _ = &mut shutdown => {
@@ -177,13 +182,14 @@ pub async fn serve_service(
             return Ok(());
         }
     };
-    let engine = engine
-        .expect("the engine start task panicked")
-        .map_err(|error| ServeError::Engine {
-            model,
-            error: Box::new(error),
-        })?;
-    run_service(settings, engine, shutdown, svc).await
+    let models = match models.expect("the engine start task panicked") {
+        Ok(m) => m,
+        Err(ModelsError::Memory(e)) => return Err(e.into()),
+        Err(ModelsError::Start { model, error }) => {
+            return Err(ServeError::Engine { model, error })
+        }
+    };
+    run_service(settings, models, shutdown, svc).await
 }
 
 /// Serves prompts with `engine` until `shutdown` completes, then stops taking prompts, lets
@@ -194,19 +200,30 @@ pub async fn run(
     engine: Engine,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
-    run_service(settings, engine, shutdown, Service::none()).await
+    let models = Models::new(&settings, vec![engine]);
+    run_service(settings, models, shutdown, Service::none()).await
+}
+
+/// [`run`] with several models ([`Models::start`]).
+pub async fn run_models(
+    settings: Settings,
+    models: Models,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ServeError> {
+    run_service(settings, models, shutdown, Service::none()).await
 }
 
 /// [`run`] with the [`Service`] hooks.
 pub async fn run_service(
     settings: Settings,
-    engine: Engine,
+    models: Models,
     shutdown: impl Future<Output = ()>,
     svc: Service,
 ) -> Result<(), ServeError> {
     let settings = Arc::new(settings);
     let notifier = svc.notifier;
-    let topics = Topics::new(&settings.mqtt.prefix, settings.mqtt.share_group.as_deref());
+    let mut topics = Topics::new(&settings.mqtt.prefix, settings.mqtt.share_group.as_deref());
+    topics.set_models(&models.names());
     let status_topic = topics.status(&settings.node);
     let mut options = conn::daemon_options(&settings.mqtt).map_err(ServeError::Tls)?;
     options.set_last_will(LastWill::new(
@@ -231,10 +248,10 @@ pub async fn run_service(
     );
     let broker = broker_name(&settings);
     notifier.ready(&format!(
-        "model {} loaded; connecting to {broker}",
-        settings.model().name
+        "{} loaded; connecting to {broker}",
+        models_phrase(&models)
     ));
-    let (engines, engine_rx) = watch::channel(engine.clone());
+    let (engines, engine_rx) = watch::channel(models.clone());
     let link = Arc::new(AtomicU8::new(LINK_CONNECTING));
     let status_now = Arc::new(Notify::new());
     let status = tokio::spawn(status_task(StatusCtx {
@@ -250,10 +267,10 @@ pub async fn run_service(
     let watchdog = tokio::spawn(
         notifier
             .clone()
-            .watchdog_task(move || engine_rx.borrow().last_heartbeat()),
+            .watchdog_task(move || engine_rx.borrow().oldest_heartbeat()),
     );
     if let Some((after, stall)) = svc.stall_after_ready {
-        let e = engine.clone();
+        let e = models.default_engine().clone();
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             warn!("debug hook: stalling the inference thread for {stall:?}");
@@ -263,7 +280,7 @@ pub async fn run_service(
     let mut control = svc.control;
     let mut lp = Loop {
         settings: settings.clone(),
-        engine,
+        models,
         engines,
         retiring: Vec::new(),
         pending: None,
@@ -284,14 +301,12 @@ pub async fn run_service(
 
     let result = lp.serve(shutdown, &mut control.reload).await;
     let drain = lp.settings.limits.shutdown_drain;
-    let stats = lp.engine.stats();
+    let (in_flight, queue_depth, ..) = lp.models.totals();
     info!(
-        "shutting down: no new prompts; draining {} running and {} queued for up to {drain:?}",
-        stats.in_flight, stats.queue_depth
+        "shutting down: no new prompts; draining {in_flight} running and {queue_depth} queued for up to {drain:?}"
     );
     notifier.stopping(&format!(
-        "draining {} running and {} queued requests (up to {drain:?})",
-        stats.in_flight, stats.queue_depth
+        "draining {in_flight} running and {queue_depth} queued requests (up to {drain:?})"
     ));
 
     // 1. Stop taking prompts. Prompts already delivered are still answered (the engine
@@ -302,11 +317,17 @@ pub async fn run_service(
     if let Some((_, task)) = lp.pending.take() {
         task.abort();
     }
-    let eng = lp.engine.clone();
+    let current: Vec<JoinHandle<()>> = lp
+        .models
+        .engines()
+        .cloned()
+        .map(|eng| tokio::task::spawn_blocking(move || eng.shutdown(drain)))
+        .collect();
     let mut retiring = std::mem::take(&mut lp.retiring);
     let engines_done = async move {
-        let current = tokio::task::spawn_blocking(move || eng.shutdown(drain));
-        let _ = current.await;
+        for c in current {
+            let _ = c.await;
+        }
         for r in retiring.drain(..) {
             let _ = r.await;
         }
@@ -338,6 +359,14 @@ pub async fn run_service(
     info!("stopped");
     notifier.status("stopped");
     result
+}
+
+/// `model X` or `models X, Y`, for status lines.
+fn models_phrase(models: &Models) -> String {
+    match models.names().as_slice() {
+        [one] => format!("model {one}"),
+        names => format!("models {}", names.join(", ")),
+    }
 }
 
 fn broker_name(s: &Settings) -> String {
@@ -645,25 +674,21 @@ fn offline_status(node: &str) -> Vec<u8> {
         .into_bytes()
 }
 
-/// The status document; `uptime_s` is left out so that changes can be compared.
-fn status_doc(node: &str, engine: &Engine) -> serde_json::Value {
-    let s = engine.stats();
-    let m = &s.model;
+/// The status document; `uptime_s` is left out so that changes can be compared. Every model
+/// has its own entry (queue and counters included); the top-level counters are the sums, and
+/// `last_tokens_per_s` is the default model's.
+fn status_doc(node: &str, models: &Models) -> serde_json::Value {
+    let (in_flight, depth, capacity, served, failed) = models.totals();
+    let s = models.default_engine().stats();
     json!({
         "node": node,
         "version": env!("CARGO_PKG_VERSION"),
         "state": "online",
-        "models": [{
-            "name": m.name,
-            "architecture": m.architecture,
-            "parameters": m.n_params,
-            "quantization": m.quantization,
-            "context": m.n_ctx,
-        }],
-        "queue": {"depth": s.queue_depth, "capacity": s.queue_capacity},
-        "in_flight": s.in_flight,
-        "served": s.served,
-        "failed": s.failed,
+        "models": models.status_entries(),
+        "queue": {"depth": depth, "capacity": capacity},
+        "in_flight": in_flight,
+        "served": served,
+        "failed": failed,
         "last_tokens_per_s": (s.last_tokens_per_s * 10.0).round() / 10.0,
     })
 }
@@ -671,8 +696,8 @@ fn status_doc(node: &str, engine: &Engine) -> serde_json::Value {
 /// What the status task reads.
 struct StatusCtx {
     client: AsyncClient,
-    /// The engine serving now (replaced by reloads).
-    engine: watch::Receiver<Engine>,
+    /// The engines serving now (replaced by reloads).
+    engine: watch::Receiver<Models>,
     settings: Arc<Settings>,
     topic: String,
     now: Arc<Notify>,
@@ -681,19 +706,18 @@ struct StatusCtx {
     broker: String,
 }
 
-/// The systemd `STATUS=` line: the broker link, the model, the queue, the counters.
-fn status_line(link: u8, broker: &str, engine: &Engine) -> String {
-    let s = engine.stats();
+/// The systemd `STATUS=` line: the broker link, the models, the queues, the counters.
+fn status_line(link: u8, broker: &str, models: &Models) -> String {
+    let (in_flight, depth, capacity, served, failed) = models.totals();
+    let names = models.names().join(", ");
     match link {
         LINK_UP => format!(
-            "serving {} on {broker}: {} running, queue {}/{}, {} served, {} failed",
-            s.model.name, s.in_flight, s.queue_depth, s.queue_capacity, s.served, s.failed
+            "serving {names} on {broker}: {in_flight} running, queue {depth}/{capacity}, {served} served, {failed} failed"
         ),
-        LINK_RETRYING => format!(
-            "broker {broker} disconnected – retrying ({} loaded, {} served)",
-            s.model.name, s.served
-        ),
-        _ => format!("connecting to {broker} ({} loaded)", s.model.name),
+        LINK_RETRYING => {
+            format!("broker {broker} disconnected – retrying ({names} loaded, {served} served)")
+        }
+        _ => format!("connecting to {broker} ({names} loaded)"),
     }
 }
 
@@ -745,14 +769,17 @@ async fn status_task(c: StatusCtx) {
 // ---------------------------------------------------------------------------------------------
 // The event-loop task
 
-/// A model load started by a reload, with the settings it belongs to.
-type PendingEngine = (Box<Settings>, JoinHandle<Result<Engine, StartError>>);
+/// The engines loaded for a reload (or why they were not), each with its model name.
+type Loaded = Result<Vec<(String, Result<Engine, StartError>)>, String>;
+/// Model loads started by a reload, with the settings they belong to.
+type PendingEngine = (Box<Settings>, JoinHandle<Loaded>);
 
 struct Loop {
     settings: Arc<Settings>,
-    engine: Engine,
-    /// Tells the status and watchdog tasks which engine serves.
-    engines: watch::Sender<Engine>,
+    /// The engines serving now, one per model.
+    models: Models,
+    /// Tells the status and watchdog tasks which engines serve.
+    engines: watch::Sender<Models>,
     /// Engines replaced by a reload, draining their jobs.
     retiring: Vec<JoinHandle<()>>,
     /// A reload waiting for its new model.
@@ -793,7 +820,7 @@ impl Loop {
                 Some(()) = reload.recv() => self.reload(),
                 loaded = pending => {
                     let (settings, _) = self.pending.take().expect("polled above");
-                    let loaded = loaded.unwrap_or(Err(StartError::Panicked));
+                    let loaded = loaded.unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
                     self.swap_engine(*settings, loaded);
                 }
                 ev = self.eventloop.poll() => {
@@ -907,9 +934,9 @@ impl Loop {
     }
 
     /// SIGHUP: reads every configuration source again. Limits and sampling defaults apply at
-    /// once; a changed model loads beside the running one, which serves until the new one is
-    /// ready ([`Loop::swap_engine`]); `[mqtt]` and `[node]` need a restart. An invalid new
-    /// configuration is refused and the running one kept.
+    /// once; changed and added models load beside the running ones, which serve until the new
+    /// ones are ready ([`Loop::swap_engine`]); `[mqtt]` and `[node]` need a restart. An invalid
+    /// new configuration, or one the memory guard refuses, is refused and the running one kept.
     fn reload(&mut self) {
         let Some(reloader) = self.reloader.as_mut() else {
             warn!("reload: this daemon was not started from a configuration; nothing to reload");
@@ -932,49 +959,89 @@ impl Loop {
             new.mqtt = old.mqtt.clone();
             new.node = old.node.clone();
         }
-        let cfg = new.engine_config();
-        if old.engine_config().needs_new_engine(&cfg) {
-            info!(
-                "reload: loading model {} from {} beside the running one",
-                cfg.model_name,
-                cfg.model_path.display()
-            );
-            self.notifier
-                .status(&format!("reloading: loading model {}", cfg.model_name));
-            let task = tokio::task::spawn_blocking(move || Engine::start(cfg, |s| info!("{s}")));
+        let plan = models::plan_reload(&old, &new);
+        if !plan.load.is_empty() || !plan.removed.is_empty() {
+            let names: Vec<&str> = plan.load.iter().map(|c| c.model_name.as_str()).collect();
+            let what = match names.as_slice() {
+                [] => "nothing (models removed)".to_owned(),
+                [one] => format!("model {one}"),
+                all => format!("models {}", all.join(", ")),
+            };
+            self.notifier.status(&format!("reloading: loading {what}"));
+            // The memory guard reads model headers: off the event loop, like the loads.
+            let checked = new.clone();
+            let task = tokio::task::spawn_blocking(move || {
+                models::guard_reload(&old, &checked, &plan).map_err(|e| e.to_string())?;
+                Ok(models::load(plan.load))
+            });
             self.pending = Some((Box::new(new), task));
             return;
         }
-        if let Err(e) = self.engine.retune(cfg.tunables()) {
-            return self.reload_refused(&e.to_string());
+        if let Err(e) = self.models.retune(&plan) {
+            return self.reload_refused(&e);
         }
         self.settings = Arc::new(new);
-        self.reloaded();
+        self.reloaded(&[]);
     }
 
-    /// The end of a reload that loaded a new model: serve with it and let the old one drain.
-    fn swap_engine(&mut self, settings: Settings, loaded: Result<Engine, StartError>) {
-        let engine = match loaded {
-            Ok(e) => e,
-            Err(e) => return self.reload_refused(&format!("model {}: {e}", settings.model().name)),
+    /// The end of a reload that loaded models: serve with them and let the replaced ones
+    /// drain; a model whose load failed keeps its running engine.
+    fn swap_engine(&mut self, settings: Settings, loaded: Loaded) {
+        let loaded = match loaded {
+            Ok(l) => l,
+            Err(why) => return self.reload_refused(&why),
         };
-        let old = std::mem::replace(&mut self.engine, engine.clone());
-        self.engines.send_replace(engine);
+        let applied = self.models.apply_reload(&self.settings, settings, loaded);
+        if let Err(e) = applied
+            .models
+            .retune(&models::plan_reload(&self.settings, &applied.settings))
+        {
+            warn!("reload: {e}");
+        }
+        let (old_names, new_names) = (self.models.names(), applied.models.names());
+        let gone: Vec<String> = old_names
+            .iter()
+            .filter(|n| !new_names.contains(n))
+            .flat_map(|n| self.topics.model_subscriptions(n))
+            .collect();
+        let added: Vec<String> = new_names
+            .iter()
+            .filter(|n| !old_names.contains(n))
+            .flat_map(|n| self.topics.model_subscriptions(n))
+            .collect();
+        self.topics.set_models(&new_names);
+        if !gone.is_empty() {
+            let _ = self.tx.send(Msg::Unsubscribe(gone));
+        }
+        if !added.is_empty() {
+            let _ = self.tx.send(Msg::Subscribe(added));
+        }
+        self.models = applied.models;
+        self.engines.send_replace(self.models.clone());
         let drain = self.settings.limits.shutdown_drain;
-        self.retiring
-            .push(tokio::task::spawn_blocking(move || old.shutdown(drain)));
+        for old in applied.retired {
+            self.retiring
+                .push(tokio::task::spawn_blocking(move || old.shutdown(drain)));
+        }
         self.retiring.retain(|t| !t.is_finished());
-        self.settings = Arc::new(settings);
-        self.reloaded();
+        self.settings = Arc::new(applied.settings);
+        self.reloaded(&applied.failures);
     }
 
-    fn reloaded(&mut self) {
+    fn reloaded(&mut self, failures: &[String]) {
         let s = &self.settings;
-        info!("configuration reloaded from {}", s.source);
-        self.notifier.ready(&format!(
-            "configuration reloaded; serving {}",
-            s.model().name
-        ));
+        let serving = self.models.names().join(", ");
+        if failures.is_empty() {
+            info!("configuration reloaded from {}", s.source);
+            self.notifier
+                .ready(&format!("configuration reloaded; serving {serving}"));
+        } else {
+            let why = failures.join("; ");
+            error!("configuration reloaded from {} in part: {why}", s.source);
+            self.notifier.ready(&format!(
+                "configuration reloaded in part ({why}); serving {serving}"
+            ));
+        }
         self.status_now.notify_one();
     }
 
@@ -992,7 +1059,11 @@ impl Loop {
         };
         let topic = topic.to_owned();
         match self.topics.classify(&topic) {
-            Some(Incoming::Prompt { device, postcard }) => self.on_prompt(device, postcard, p),
+            Some(Incoming::Prompt {
+                device,
+                postcard,
+                model,
+            }) => self.on_prompt(device, postcard, p, model),
             Some(Incoming::Cancel { device }) => self.on_cancel(device, &p.payload),
             None => debug!("ignoring a message on {topic}"),
         }
@@ -1027,7 +1098,7 @@ impl Loop {
         }));
     }
 
-    fn on_prompt(&mut self, device: &str, postcard: bool, p: Publish) {
+    fn on_prompt(&mut self, device: &str, postcard: bool, p: Publish, topic_model: Option<&str>) {
         let received = Instant::now();
         let s = &self.settings;
         let allowed = &s.mqtt.allowed_reply_prefixes;
@@ -1088,13 +1159,10 @@ impl Loop {
                 route.topic = rt.clone();
             }
         }
-        let model = &s.model().name;
-        if let Some(m) = &req.model {
-            if m != model {
-                let msg = format!("no model named `{m}` here; this node serves `{model}`");
-                return self.refuse(&route, ErrorCode::UnknownModel, msg);
-            }
-        }
+        let engine = match self.models.select(topic_model, req.model.as_deref()) {
+            Ok(e) => e.clone(),
+            Err((code, msg)) => return self.refuse(&route, code, msg),
+        };
         let deadline = [
             pprops
                 .message_expiry_interval
@@ -1105,9 +1173,10 @@ impl Loop {
         .into_iter()
         .flatten()
         .min();
-        self.submit(device, route, req, enc, deadline, received);
+        self.submit(device, route, req, enc, deadline, received, &engine);
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn submit(
         &mut self,
         device: &str,
@@ -1116,6 +1185,7 @@ impl Loop {
         enc: Encoding,
         deadline: Option<Instant>,
         received: Instant,
+        engine: &Engine,
     ) {
         let input = match (enc, req.prompt, req.messages) {
             (Encoding::Text, Some(text), _) => PromptInput::Text(text),
@@ -1135,7 +1205,7 @@ impl Loop {
         let job_id = self.next_job;
         self.next_job += 1;
         let tx = self.tx.clone();
-        let mut job = self.engine.job(
+        let mut job = engine.job(
             job_id,
             input,
             Box::new(move |ev| {
@@ -1179,7 +1249,7 @@ impl Loop {
             route.id, route.topic
         );
         let _ = self.tx.send(Msg::Route(job_id, route));
-        if let Err(rejected) = self.engine.submit(job) {
+        if let Err(rejected) = engine.submit(job) {
             // Answered like any other failure, by the publisher (which logs it).
             let _ = self
                 .tx

@@ -4,6 +4,8 @@
 //! |---|---|
 //! | Requests (text/JSON; postcard by MQTT 5 content type) | `{prefix}/prompt/{device}` |
 //! | Requests in postcard for MQTT 3.1.1 clients | `{prefix}/pc/prompt/{device}` |
+//! | Requests to one model (MQTT 3.1.1 clients have no other way to choose) | `{prefix}/model/{model}/prompt/{device}` |
+//! | The same in postcard | `{prefix}/model/{model}/pc/prompt/{device}` |
 //! | Default replies | `{prefix}/reply/{device}` |
 //! | Cancel (payload: the request id) | `{prefix}/cancel/{device}` |
 //! | Node status (retained) | `{prefix}/status/{node}` |
@@ -104,8 +106,13 @@ pub fn check_reply_topic(topic: &str, allowed: &[String]) -> Result<(), ReplyTop
 /// What kind of message arrived, from its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// A request on `{prefix}/prompt/{device}`; `postcard` when it came on the postcard form.
-    Prompt { device: &'a str, postcard: bool },
+    /// A request on `{prefix}/prompt/{device}`, or on `{prefix}/model/{model}/prompt/{device}`
+    /// (`model` set); `postcard` when it came on the postcard form.
+    Prompt {
+        device: &'a str,
+        postcard: bool,
+        model: Option<&'a str>,
+    },
     /// `{prefix}/cancel/{device}`.
     Cancel { device: &'a str },
 }
@@ -115,6 +122,8 @@ pub enum Incoming<'a> {
 pub struct Topics {
     prefix: String,
     share_group: Option<String>,
+    /// The served models, each subscribed on its own topic.
+    models: Vec<String>,
 }
 
 impl Topics {
@@ -122,7 +131,13 @@ impl Topics {
         Topics {
             prefix: prefix.to_owned(),
             share_group: share_group.map(str::to_owned),
+            models: Vec::new(),
         }
+    }
+
+    /// Sets the served models (at start and after a reload).
+    pub fn set_models(&mut self, names: &[&str]) {
+        self.models = names.iter().map(|n| (*n).to_owned()).collect();
     }
 
     pub fn prefix(&self) -> &str {
@@ -130,23 +145,41 @@ impl Topics {
     }
 
     /// The filters to subscribe to: prompts (both forms, through `$share/{group}/` when a
-    /// share group is set) and cancels (never shared: every daemon must see a cancel, since
+    /// share group is set), then cancels (never shared: every daemon must see a cancel, since
     /// only the one running the job knows it).
     pub fn subscriptions(&self) -> Vec<String> {
-        let share = |f: String| match &self.share_group {
-            Some(g) => format!("$share/{g}/{f}"),
-            None => f,
-        };
+        let mut all = self.prompt_subscriptions();
+        all.push(format!("{}/cancel/+", self.prefix));
+        all
+    }
+
+    /// The prompt filters only (unsubscribed first on shutdown): the common ones, then each
+    /// model's. A model is subscribed by name, not by wildcard, so that in a share group the
+    /// broker hands a model's requests only to the boards that serve it.
+    pub fn prompt_subscriptions(&self) -> Vec<String> {
+        let mut all = vec![
+            self.shared(format!("{}/prompt/+", self.prefix)),
+            self.shared(format!("{}/pc/prompt/+", self.prefix)),
+        ];
+        for m in &self.models {
+            all.extend(self.model_subscriptions(m));
+        }
+        all
+    }
+
+    /// The prompt filters of one model.
+    pub fn model_subscriptions(&self, model: &str) -> Vec<String> {
         vec![
-            share(format!("{}/prompt/+", self.prefix)),
-            share(format!("{}/pc/prompt/+", self.prefix)),
-            format!("{}/cancel/+", self.prefix),
+            self.shared(format!("{}/model/{model}/prompt/+", self.prefix)),
+            self.shared(format!("{}/model/{model}/pc/prompt/+", self.prefix)),
         ]
     }
 
-    /// The prompt filters only (unsubscribed first on shutdown).
-    pub fn prompt_subscriptions(&self) -> Vec<String> {
-        self.subscriptions().into_iter().take(2).collect()
+    fn shared(&self, filter: String) -> String {
+        match &self.share_group {
+            Some(g) => format!("$share/{g}/{filter}"),
+            None => filter,
+        }
     }
 
     pub fn prompt(&self, device: &str) -> String {
@@ -155,6 +188,14 @@ impl Topics {
 
     pub fn postcard_prompt(&self, device: &str) -> String {
         format!("{}/pc/prompt/{device}", self.prefix)
+    }
+
+    pub fn model_prompt(&self, model: &str, device: &str) -> String {
+        format!("{}/model/{model}/prompt/{device}", self.prefix)
+    }
+
+    pub fn model_postcard_prompt(&self, model: &str, device: &str) -> String {
+        format!("{}/model/{model}/pc/prompt/{device}", self.prefix)
     }
 
     pub fn reply(&self, device: &str) -> String {
@@ -175,17 +216,31 @@ impl Topics {
             .strip_prefix(self.prefix.as_str())?
             .strip_prefix('/')?;
         let level = |s: &'a str| is_topic_level(s).then_some(s);
+        // `model/{model}/` then the same forms as without it. Any model name is classified;
+        // whether it is served is the caller's question (`unknown_model`).
+        let (model, rest) = match rest.strip_prefix("model/") {
+            Some(r) => {
+                let (m, r) = r.split_once('/')?;
+                (Some(level(m)?), r)
+            }
+            None => (None, rest),
+        };
         if let Some(d) = rest.strip_prefix("prompt/") {
             return level(d).map(|device| Incoming::Prompt {
                 device,
                 postcard: false,
+                model,
             });
         }
         if let Some(d) = rest.strip_prefix("pc/prompt/") {
             return level(d).map(|device| Incoming::Prompt {
                 device,
                 postcard: true,
+                model,
             });
+        }
+        if model.is_some() {
+            return None;
         }
         if let Some(d) = rest.strip_prefix("cancel/") {
             return level(d).map(|device| Incoming::Cancel { device });
@@ -240,16 +295,38 @@ mod tests {
             t.classify("lb/x/prompt/dev"),
             Some(Incoming::Prompt {
                 device: "dev",
-                postcard: false
+                postcard: false,
+                model: None
             })
         );
         assert_eq!(
             t.classify("lb/x/pc/prompt/d"),
             Some(Incoming::Prompt {
                 device: "d",
-                postcard: true
+                postcard: true,
+                model: None
             })
         );
+        assert_eq!(
+            t.classify("lb/x/model/tiny/prompt/d"),
+            Some(Incoming::Prompt {
+                device: "d",
+                postcard: false,
+                model: Some("tiny")
+            })
+        );
+        assert_eq!(
+            t.classify("lb/x/model/tiny/pc/prompt/d"),
+            Some(Incoming::Prompt {
+                device: "d",
+                postcard: true,
+                model: Some("tiny")
+            })
+        );
+        assert_eq!(t.classify("lb/x/model/tiny/cancel/d"), None);
+        assert_eq!(t.classify("lb/x/model//prompt/d"), None);
+        assert_eq!(t.classify("lb/x/model/tiny/prompt/d/e"), None);
+        assert_eq!(t.classify("lb/x/model/tiny"), None);
         assert_eq!(
             t.classify("lb/x/cancel/d"),
             Some(Incoming::Cancel { device: "d" })
@@ -264,5 +341,20 @@ mod tests {
                 "lb/x/cancel/+"
             ]
         );
+        let mut t = Topics::new("lb", None);
+        t.set_models(&["a", "b"]);
+        assert_eq!(
+            t.subscriptions(),
+            vec![
+                "lb/prompt/+",
+                "lb/pc/prompt/+",
+                "lb/model/a/prompt/+",
+                "lb/model/a/pc/prompt/+",
+                "lb/model/b/prompt/+",
+                "lb/model/b/pc/prompt/+",
+                "lb/cancel/+"
+            ]
+        );
+        assert_eq!(t.model_prompt("a", "d"), "lb/model/a/prompt/d");
     }
 }

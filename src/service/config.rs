@@ -11,6 +11,13 @@
 //!    other `LLAMABUS_*` variables (build knobs) are not configuration and are ignored;
 //! 5. command-line flags (`--model`, `--broker`, `--prefix`).
 //!
+//! Models: one `[model]` table, or a `[[models]]` list of the same keys (plus `default`) to
+//! serve several at once; both at once is an error. In the list the first entry is the default
+//! model (plain-text requests and requests without `model`) unless one entry says
+//! `default = true`. Names must be unique and one topic level, since they appear in
+//! `{prefix}/model/{name}/prompt/{device}`. A drop-in that sets `[[models]]` replaces the whole
+//! list (arrays are values); the environment cannot set list entries.
+//!
 //! Each layer is checked alone before merging, so unknown keys and mistyped values are reported
 //! with the file and line (or the variable, or the flag) that set them. Errors found after
 //! merging name the layer that set the key last, e.g.
@@ -47,12 +54,14 @@
 //! default_max_tokens = 128
 //! queue_capacity = 8
 //! shutdown_drain_s = 10
+//! memory_limit_mb = 900                 # memory guard budget for all models; default: none
 //!
 //! [model]
 //! path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! name = "smollm2"                      # default: the file stem
 //! threads = 4                           # default: every core
 //! context = 2048
+//! parallel = 1                          # sequences decoded together (KV cache × parallel)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
 //! [model.sampling]
 //! temperature = 0.8
@@ -61,6 +70,18 @@
 //! min_p = 0.05
 //! repeat_penalty = 1.0
 //! seed = 42
+//!
+//! # or, for several models, instead of [model]:
+//! [[models]]
+//! name = "tiny"
+//! path = "models/tiny.gguf"
+//! threads = 1
+//! [[models]]
+//! name = "chat"
+//! path = "models/chat.gguf"
+//! default = true                        # default: the first entry
+//! [models.sampling]
+//! temperature = 0.7
 //!
 //! [log]
 //! level = "info"                        # error | warn | info | debug | trace | off; RUST_LOG wins
@@ -128,8 +149,8 @@ struct FileConfig {
     mqtt: MqttFile,
     #[serde(default)]
     limits: LimitsFile,
-    #[serde(default)]
-    model: ModelFile,
+    model: Option<ModelFile>,
+    models: Option<Vec<ModelFile>>,
     #[serde(default)]
     log: LogFile,
 }
@@ -174,6 +195,7 @@ struct LimitsFile {
     default_max_tokens: Option<u32>,
     queue_capacity: Option<u32>,
     shutdown_drain_s: Option<u64>,
+    memory_limit_mb: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -183,7 +205,10 @@ struct ModelFile {
     path: Option<PathBuf>,
     threads: Option<u32>,
     context: Option<u32>,
+    parallel: Option<u32>,
     mode: Option<String>,
+    /// `[[models]]` only: this entry is the default model.
+    default: Option<bool>,
     #[serde(default)]
     sampling: SamplingFile,
 }
@@ -330,15 +355,24 @@ pub struct Limits {
     pub queue_capacity: u32,
     /// On shutdown, how long running and queued jobs may still finish.
     pub shutdown_drain: Duration,
+    /// `memory_limit_mb` in bytes: a budget for all models together, checked by the memory
+    /// guard besides the machine's and the cgroup's limits ([`crate::engine::memory`]).
+    pub memory_limit: Option<u64>,
 }
 
-/// One model (the `[model]` section). A later `[[models]]` list holds several of these.
-#[derive(Clone, Debug)]
+/// Largest `parallel` accepted: sequences decoded together by one model.
+pub const MAX_PARALLEL: u32 = 64;
+
+/// One model: the `[model]` section or one `[[models]]` entry.
+#[derive(Clone, Debug, PartialEq)]
 pub struct ModelSettings {
     pub name: String,
     pub path: PathBuf,
     pub threads: usize,
     pub context: usize,
+    /// Sequences decoded together (continuous batching); the KV cache holds `context` cells
+    /// for each.
+    pub parallel: usize,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
 }
@@ -353,19 +387,26 @@ pub struct Settings {
     pub node: String,
     pub mqtt: MqttSettings,
     pub limits: Limits,
-    /// The served models; exactly one for now, the first is the default.
+    /// The served models, in configuration order; at least one, names unique.
     pub models: Vec<ModelSettings>,
+    /// Index in `models` of the default model.
+    pub default_model: usize,
 }
 
 impl Settings {
-    /// The default (first) model.
+    /// The default model.
     pub fn model(&self) -> &ModelSettings {
-        &self.models[0]
+        &self.models[self.default_model]
     }
 
     /// The engine configuration for the default model.
     pub fn engine_config(&self) -> EngineConfig {
-        let m = self.model();
+        self.engine_config_for(self.model())
+    }
+
+    /// The engine configuration for `m` (one of `models`) with the shared limits.
+    pub fn engine_config_for(&self, m: &ModelSettings) -> EngineConfig {
+        // `m.parallel` goes to `EngineConfig::parallel` once the batching engine has it.
         let mut c = EngineConfig::new(m.name.clone(), m.path.clone());
         c.n_ctx = m.context;
         c.n_threads = m.threads;
@@ -462,16 +503,19 @@ struct Origins {
 
 impl Origins {
     /// The origin of `key`, else of the nearest table above it that a layer set, else of a key
-    /// below it (`model.sampling` → `model.sampling.temperature`).
+    /// below it (`model.sampling` → `model.sampling.temperature`). List entries are
+    /// `models[1]`, their keys `models[1].threads`.
     fn of(&self, key: &str) -> String {
         let mut k = key;
         loop {
             if let Some(o) = self.by_key.get(k) {
                 return o.clone();
             }
-            match k.rsplit_once('.') {
-                Some((parent, _)) => k = parent,
-                None => break,
+            let entry = k.strip_suffix(']').and_then(|e| e.rsplit_once('['));
+            match (entry, k.rsplit_once('.')) {
+                (Some((list, _)), _) => k = list,
+                (None, Some((parent, _))) => k = parent,
+                (None, None) => break,
             }
         }
         let below = format!("{key}.");
@@ -587,8 +631,23 @@ fn record_lines(
         let at = k.span().start.min(text.len());
         let line = text[..at].matches('\n').count() + 1;
         out.insert(key.clone(), format!("{file}:{line}"));
-        if let toml::de::DeValue::Table(t) = v.get_ref() {
-            record_lines(t, &key, text, file, out);
+        match v.get_ref() {
+            toml::de::DeValue::Table(t) => record_lines(t, &key, text, file, out),
+            toml::de::DeValue::Array(items) => {
+                // A list replaces an earlier layer's: forget where its old entries were.
+                let entries = format!("{key}[");
+                out.retain(|k, _| !k.starts_with(&entries));
+                for (i, item) in items.iter().enumerate() {
+                    if let toml::de::DeValue::Table(t) = item.get_ref() {
+                        let at = item.span().start.min(text.len());
+                        let line = text[..at].matches('\n').count() + 1;
+                        let entry = format!("{key}[{i}]");
+                        out.insert(entry.clone(), format!("{file}:{line}"));
+                        record_lines(t, &entry, text, file, out);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 }
@@ -855,71 +914,45 @@ fn build(
         ));
     }
     let shutdown_drain = Duration::from_secs(l.shutdown_drain_s.unwrap_or(10));
+    let memory_limit = match l.memory_limit_mb {
+        Some(0) => return Err(err("limits.memory_limit_mb", "must be at least 1".into())),
+        Some(mb) => Some(mb.saturating_mul(1 << 20)),
+        None => None,
+    };
 
-    // [model]
-    let md = f.model;
-    let path = match md.path {
-        Some(p) => p,
-        None => {
+    // [model] or [[models]]
+    let model_limits = ModelLimits {
+        max_prompt_tokens,
+        err: &err,
+    };
+    let (models, default_model) = match (f.model, f.models) {
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "model",
+                format!(
+                    "[model] and [[models]] ({}) cannot both be set: with several models, \
+                     give each its own [[models]] entry",
+                    origins.of("models")
+                ),
+            ))
+        }
+        (None, None) => {
             return Err(err(
                 "model.path",
                 "required: set [model] path or pass --model".into(),
             ))
         }
-    };
-    if !path.is_file() {
-        return Err(err(
-            "model.path",
-            format!("{} is not a readable file", path.display()),
-        ));
-    }
-    let name = match md.name {
-        Some(n) => n,
-        None => path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "default".into()),
-    };
-    if name.is_empty() || name.len() > crate::mqtt::wire::MAX_MODEL_BYTES {
-        return Err(err("model.name", "must be 1 to 128 bytes".into()));
-    }
-    let threads = match md.threads {
-        Some(0) => return Err(err("model.threads", "must be at least 1".into())),
-        Some(n) => n as usize,
-        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-    };
-    let context = positive("model.context", md.context, 2048)? as usize;
-    if max_prompt_tokens as usize >= context {
-        return Err(err(
-            "limits.max_prompt_tokens",
-            format!("{max_prompt_tokens} leaves no room to generate in model.context ({context})"),
-        ));
-    }
-    let mode = match md.mode.as_deref() {
-        None | Some("auto") => PromptMode::Auto,
-        Some("chat") => PromptMode::Chat,
-        Some("complete") => PromptMode::Complete,
-        Some(other) => {
-            return Err(err(
-                "model.mode",
-                format!("`{other}`: expected \"chat\", \"complete\" or \"auto\""),
-            ))
+        (Some(md), None) => {
+            if md.default.is_some() {
+                return Err(err(
+                    "model.default",
+                    "only [[models]] entries take `default`".into(),
+                ));
+            }
+            (vec![model_limits.build(md, "model")?], 0)
         }
+        (None, Some(list)) => model_limits.build_list(list)?,
     };
-    let s = md.sampling;
-    let d = SamplingParams::default();
-    let sampling = SamplingParams {
-        temperature: s.temperature.unwrap_or(d.temperature),
-        top_k: s.top_k.unwrap_or(d.top_k),
-        top_p: s.top_p.unwrap_or(d.top_p),
-        min_p: s.min_p.unwrap_or(d.min_p),
-        repeat_penalty: s.repeat_penalty.unwrap_or(d.repeat_penalty),
-        seed: s.seed.unwrap_or(d.seed),
-        ..d
-    };
-    sampling
-        .validate()
-        .map_err(|e| err("model.sampling", e.to_string()))?;
 
     Ok(Settings {
         source,
@@ -947,16 +980,157 @@ fn build(
             default_max_tokens,
             queue_capacity,
             shutdown_drain,
+            memory_limit,
         },
-        models: vec![ModelSettings {
+        models,
+        default_model,
+    })
+}
+
+/// Builds and checks model entries; `key` is `model` or `models[i]`, for error messages.
+struct ModelLimits<'a> {
+    max_prompt_tokens: u32,
+    err: &'a dyn Fn(&str, String) -> ConfigError,
+}
+
+impl ModelLimits<'_> {
+    /// The `[[models]]` list: every entry, unique names, and the index of the default.
+    fn build_list(&self, list: Vec<ModelFile>) -> Result<(Vec<ModelSettings>, usize), ConfigError> {
+        let err = self.err;
+        if list.is_empty() {
+            return Err(err(
+                "models",
+                "the list is empty: add at least one [[models]] entry with a path".into(),
+            ));
+        }
+        let mut models: Vec<ModelSettings> = Vec::with_capacity(list.len());
+        let mut default_model = None;
+        for (i, md) in list.into_iter().enumerate() {
+            let key = format!("models[{i}]");
+            if md.default == Some(true) {
+                if let Some(d) = default_model {
+                    return Err(err(
+                        &format!("{key}.default"),
+                        format!("models[{d}] is already the default; mark one model only"),
+                    ));
+                }
+                default_model = Some(i);
+            }
+            let m = self.build(md, &key)?;
+            if let Some(j) = models.iter().position(|o| o.name == m.name) {
+                return Err(err(
+                    &format!("{key}.name"),
+                    format!(
+                        "duplicate model name `{}` (also models[{j}]); set a unique `name`",
+                        m.name
+                    ),
+                ));
+            }
+            models.push(m);
+        }
+        Ok((models, default_model.unwrap_or(0)))
+    }
+
+    /// One model entry.
+    fn build(&self, md: ModelFile, key: &str) -> Result<ModelSettings, ConfigError> {
+        let err = |k: &str, why: String| (self.err)(&format!("{key}.{k}"), why);
+        let path = match md.path {
+            Some(p) => p,
+            None if key == "model" => {
+                return Err(err(
+                    "path",
+                    "required: set [model] path or pass --model".into(),
+                ))
+            }
+            None => {
+                return Err(err(
+                    "path",
+                    "required: every [[models]] entry needs a path".into(),
+                ))
+            }
+        };
+        if !path.is_file() {
+            return Err(err(
+                "path",
+                format!("{} is not a readable file", path.display()),
+            ));
+        }
+        let name = match md.name {
+            Some(n) => n,
+            None => path
+                .file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "default".into()),
+        };
+        // Names are topic levels: `{prefix}/model/{name}/prompt/{device}`.
+        if name.len() > crate::mqtt::wire::MAX_MODEL_BYTES || !topics::is_topic_level(&name) {
+            return Err(err(
+                "name",
+                format!("`{name}` must be 1 to 128 bytes and one topic level (no '/', '+', '#')"),
+            ));
+        }
+        let threads = match md.threads {
+            Some(0) => return Err(err("threads", "must be at least 1".into())),
+            Some(n) => n as usize,
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        };
+        let context = match md.context.unwrap_or(2048) {
+            0 => return Err(err("context", "must be at least 1".into())),
+            n => n as usize,
+        };
+        if self.max_prompt_tokens as usize >= context {
+            return Err((self.err)(
+                "limits.max_prompt_tokens",
+                format!(
+                    "{} leaves no room to generate in {key}.context ({context})",
+                    self.max_prompt_tokens
+                ),
+            ));
+        }
+        let parallel = match md.parallel.unwrap_or(1) {
+            n @ 1..=MAX_PARALLEL => n as usize,
+            n => {
+                return Err(err(
+                    "parallel",
+                    format!("{n} is outside 1..={MAX_PARALLEL}"),
+                ))
+            }
+        };
+        let mode = match md.mode.as_deref() {
+            None | Some("auto") => PromptMode::Auto,
+            Some("chat") => PromptMode::Chat,
+            Some("complete") => PromptMode::Complete,
+            Some(other) => {
+                return Err(err(
+                    "mode",
+                    format!("`{other}`: expected \"chat\", \"complete\" or \"auto\""),
+                ))
+            }
+        };
+        let s = md.sampling;
+        let d = SamplingParams::default();
+        let sampling = SamplingParams {
+            temperature: s.temperature.unwrap_or(d.temperature),
+            top_k: s.top_k.unwrap_or(d.top_k),
+            top_p: s.top_p.unwrap_or(d.top_p),
+            min_p: s.min_p.unwrap_or(d.min_p),
+            repeat_penalty: s.repeat_penalty.unwrap_or(d.repeat_penalty),
+            seed: s.seed.unwrap_or(d.seed),
+            ..d
+        };
+        sampling
+            .validate()
+            .map_err(|e| err("sampling", e.to_string()))?;
+        Ok(ModelSettings {
             name,
             path,
             threads,
             context,
+            parallel,
             mode,
             sampling,
-        }],
-    })
+        })
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -988,12 +1162,46 @@ impl Settings {
             BrokerSettings::Embedded { listen } => (None, s(&listen.to_string())),
         };
         let l = &self.limits;
-        let md = self.model();
-        let sp = &md.sampling;
-        let mode = match md.mode {
-            PromptMode::Auto => "auto",
-            PromptMode::Chat => "chat",
-            PromptMode::Complete => "complete",
+        let model = |md: &ModelSettings, default: Option<bool>| {
+            let sp = &md.sampling;
+            let mode = match md.mode {
+                PromptMode::Auto => "auto",
+                PromptMode::Chat => "chat",
+                PromptMode::Complete => "complete",
+            };
+            table([
+                ("name", s(&md.name)),
+                ("path", p(&md.path)),
+                ("threads", int(md.threads as u64)),
+                ("context", int(md.context as u64)),
+                ("parallel", int(md.parallel as u64)),
+                ("mode", s(mode)),
+                ("default", default.map(V::Boolean)),
+                (
+                    "sampling",
+                    Some(table([
+                        ("temperature", float(sp.temperature)),
+                        ("top_k", int(sp.top_k.into())),
+                        ("top_p", float(sp.top_p)),
+                        ("min_p", float(sp.min_p)),
+                        ("repeat_penalty", float(sp.repeat_penalty)),
+                        ("seed", int(sp.seed)),
+                    ])),
+                ),
+            ])
+        };
+        // One model prints as [model], several as [[models]] with the default marked.
+        let (single, list) = match self.models.as_slice() {
+            [only] => (Some(model(only, None)), None),
+            all => (
+                None,
+                Some(V::Array(
+                    all.iter()
+                        .enumerate()
+                        .map(|(i, m)| model(m, Some(i == self.default_model)))
+                        .collect(),
+                )),
+            ),
         };
         let doc = table([
             ("node", Some(table([("name", s(&self.node))]))),
@@ -1033,29 +1241,11 @@ impl Settings {
                     ("default_max_tokens", int(l.default_max_tokens.into())),
                     ("queue_capacity", int(l.queue_capacity.into())),
                     ("shutdown_drain_s", int(l.shutdown_drain.as_secs())),
+                    ("memory_limit_mb", l.memory_limit.and_then(|b| int(b >> 20))),
                 ])),
             ),
-            (
-                "model",
-                Some(table([
-                    ("name", s(&md.name)),
-                    ("path", p(&md.path)),
-                    ("threads", int(md.threads as u64)),
-                    ("context", int(md.context as u64)),
-                    ("mode", s(mode)),
-                    (
-                        "sampling",
-                        Some(table([
-                            ("temperature", float(sp.temperature)),
-                            ("top_k", int(sp.top_k.into())),
-                            ("top_p", float(sp.top_p)),
-                            ("min_p", float(sp.min_p)),
-                            ("repeat_penalty", float(sp.repeat_penalty)),
-                            ("seed", int(sp.seed)),
-                        ])),
-                    ),
-                ])),
-            ),
+            ("model", single),
+            ("models", list),
             (
                 "log",
                 Some(table([(
