@@ -39,8 +39,16 @@ pub fn broker_address(broker: &BrokerSettings) -> (String, u16, bool) {
     }
 }
 
-/// MQTT 5 options for the daemon: client id, keep-alive, clean start (subscriptions are
-/// renewed after every ConnAck instead), credentials, TLS and the packet limit.
+/// MQTT 5 options for the daemon: client id, keep-alive, a persistent session, manual acks,
+/// credentials, TLS and the packet limit.
+///
+/// At-least-once (README "Delivery guarantees"): `clean_start = false` with a Session Expiry
+/// Interval makes the broker keep our subscriptions and queue QoS 1 requests while we are
+/// away, and resend the unacknowledged ones (same packet id, DUP set) when we return. With
+/// manual acks rumqttc leaves the PUBACK of a request to us, sent once its reply is out
+/// (`server`). rumqttc keeps its own unacknowledged publishes across a reconnect and resends
+/// them when the broker reports the session present (it drops them when not, and drops
+/// PUBACKs still queued when the connection broke, so the broker redelivers those requests).
 ///
 /// rumqttc's v5 client takes its *incoming* limit from the Maximum Packet Size we announce in
 /// CONNECT (set here explicitly; its default is 10 KiB) and its *outgoing* limit from the
@@ -50,7 +58,11 @@ pub fn daemon_options(m: &MqttSettings) -> Result<MqttOptions, TlsError> {
     let (host, port, tls) = broker_address(&m.broker);
     let mut o = MqttOptions::new(m.client_id.clone(), host, port);
     o.set_keep_alive(m.keep_alive);
-    o.set_clean_start(true);
+    o.set_clean_start(false);
+    o.set_session_expiry_interval(Some(
+        u32::try_from(m.session_expiry.as_secs()).unwrap_or(u32::MAX),
+    ));
+    o.set_manual_acks(true);
     o.set_max_packet_size(Some(m.max_packet_bytes));
     o.set_connection_timeout(10);
     if let Some(user) = &m.username {

@@ -14,8 +14,13 @@
 //! * Requests arrive on `{prefix}/prompt/+` (and `{prefix}/pc/prompt/+`, whose payloads are
 //!   postcard) with QoS 1; cancels on `{prefix}/cancel/+`. With `share_group` the prompt
 //!   filters go through `$share/{group}/`; cancels are never shared, since only the daemon
-//!   running a job can cancel it. Subscriptions are renewed after every ConnAck (clean start:
-//!   the broker's session is never relied on).
+//!   running a job can cancel it. Subscriptions are renewed after every ConnAck (cheap, and
+//!   needed when the broker lost our session).
+//! * At-least-once (README "Delivery guarantees"): a persistent session and manual acks. A
+//!   QoS 1 request is acknowledged only after its final reply (or its error reply) was handed
+//!   to rumqttc, behind that reply on the same ordered channel; anything else is acknowledged
+//!   at once. Duplicates by `(device, id)` are answered from [`dedup`] (no second generation).
+//!   Once shutdown starts, new requests are left unacknowledged for the broker to redeliver.
 //! * Several models ([`Models`]): each also has `{prefix}/model/{model}/prompt/+` (and its
 //!   postcard form), for MQTT 3.1.1 clients that cannot send a JSON `model`; the plain topics
 //!   go to the JSON `model`, else the default model.
@@ -33,7 +38,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -51,6 +56,7 @@ use tokio::task::JoinHandle;
 
 use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput, StartError};
 use crate::mqtt::conn::{self, Backoff};
+use crate::mqtt::dedup::{self, DedupStore, Seen};
 use crate::mqtt::models::{self, Models, ModelsError};
 use crate::mqtt::topics::{self, Incoming, Topics};
 use crate::mqtt::wire::{
@@ -237,12 +243,17 @@ pub async fn run_service(
     let (tx, rx) = mpsc::unbounded_channel::<Msg>();
     let out_limit = Arc::new(AtomicU32::new(settings.mqtt.max_packet_bytes));
     let cancels: Cancels = Arc::new(Mutex::new(HashMap::new()));
+    let dedup = Arc::new(Mutex::new(open_dedup(&settings)));
+    let epoch = Arc::new(AtomicU64::new(0));
     let publisher = tokio::spawn(
         Publisher {
             client: client.clone(),
             routes: HashMap::new(),
             cancels: cancels.clone(),
             out_limit: out_limit.clone(),
+            dedup: dedup.clone(),
+            epoch: epoch.clone(),
+            to_ack: Vec::new(),
         }
         .run(rx),
     );
@@ -297,6 +308,9 @@ pub async fn run_service(
         backoff: Backoff::new(),
         broker,
         connected: false,
+        dedup,
+        epoch,
+        draining: false,
     };
 
     let result = lp.serve(shutdown, &mut control.reload).await;
@@ -310,8 +324,13 @@ pub async fn run_service(
     ));
 
     // 1. Stop taking prompts. Prompts already delivered are still answered (the engine
-    //    refuses them as `cancelled` once it shuts down).
-    let _ = tx.send(Msg::Unsubscribe(lp.topics.prompt_subscriptions()));
+    //    refuses them as `cancelled` once it shuts down); later ones are left unacknowledged,
+    //    so the broker keeps them in our session and redelivers them after the restart. Only
+    //    in a share group do we unsubscribe, so that the other boards take the traffic.
+    lp.draining = true;
+    if lp.settings.mqtt.share_group.is_some() {
+        let _ = tx.send(Msg::Unsubscribe(lp.topics.prompt_subscriptions()));
+    }
     // 2. Let the engines finish (bounded by the drain time) while the loop keeps publishing;
     //    a model load started by a reload is abandoned.
     if let Some((_, task)) = lp.pending.take() {
@@ -369,6 +388,23 @@ fn models_phrase(models: &Models) -> String {
     }
 }
 
+/// The dedup window, persisted in `state_dir` when one is configured (a store that cannot be
+/// opened is a warning: the daemon serves with a window in memory).
+fn open_dedup(s: &Settings) -> DedupStore {
+    let m = &s.mqtt;
+    let Some(dir) = &m.state_dir else {
+        return DedupStore::new(m.dedup_window, m.dedup_capacity);
+    };
+    let (store, err) = DedupStore::open(m.dedup_window, m.dedup_capacity, dir, dedup::now_ms());
+    if let Some(e) = err {
+        warn!(
+            "reply store: {e}; keeping replies in memory only (a duplicate arriving after a \
+             restart is generated again)"
+        );
+    }
+    store
+}
+
 fn broker_name(s: &Settings) -> String {
     match &s.mqtt.broker {
         BrokerSettings::External(u) => u.to_string(),
@@ -392,6 +428,17 @@ struct Outgoing {
     props: PublishProperties,
 }
 
+/// The acknowledgement a QoS 1 request is owed: its packet id, on the connection it arrived on.
+#[derive(Debug, Clone, Copy)]
+struct Ack {
+    qos: QoS,
+    pkid: u16,
+    /// The connection (counted by [`Loop::handle`]) that delivered it. After a reconnect the
+    /// packet id may name another message, so a stale ack is not sent: the broker redelivers
+    /// the request in the resumed session, and the redelivery is acked instead.
+    epoch: u64,
+}
+
 /// Where and how to answer one job.
 #[derive(Debug)]
 struct Route {
@@ -405,6 +452,10 @@ struct Route {
     stream: bool,
     next_seq: u32,
     cancel_key: Option<(String, String)>,
+    /// Sent once the final reply is out: the request's, and those of duplicates merged in.
+    acks: Vec<Ack>,
+    /// `(device, id)` in the dedup window while the job runs.
+    dedup_key: Option<dedup::Key>,
 }
 
 enum Msg {
@@ -413,6 +464,10 @@ enum Msg {
     /// An engine event of a routed job.
     Event(u64, JobEvent),
     Publish(Outgoing),
+    /// Acknowledges requests whose replies were sent before this message.
+    Ack(Vec<Ack>),
+    /// A duplicate of a running job: acknowledged when the job's reply is out.
+    Merge(u64, Ack),
     Subscribe(Vec<String>),
     Unsubscribe(Vec<String>),
     /// Answered once everything sent before it was handed to rumqttc.
@@ -469,6 +524,11 @@ struct Publisher {
     routes: HashMap<u64, Route>,
     cancels: Cancels,
     out_limit: Arc<AtomicU32>,
+    dedup: Arc<Mutex<DedupStore>>,
+    /// The current connection (see [`Ack::epoch`]).
+    epoch: Arc<AtomicU64>,
+    /// Acks owed once the publishes of the current event are handed over.
+    to_ack: Vec<Ack>,
 }
 
 impl Publisher {
@@ -482,8 +542,21 @@ impl Publisher {
                     for out in self.on_event(job, event) {
                         self.publish(out).await;
                     }
+                    for ack in std::mem::take(&mut self.to_ack) {
+                        self.ack(ack).await;
+                    }
                 }
                 Msg::Publish(out) => self.publish(out).await,
+                Msg::Ack(acks) => {
+                    for ack in acks {
+                        self.ack(ack).await;
+                    }
+                }
+                Msg::Merge(job, ack) => match self.routes.get_mut(&job) {
+                    Some(route) => route.acks.push(ack),
+                    // It ended just before: its reply is already out.
+                    None => self.ack(ack).await,
+                },
                 Msg::Subscribe(filters) => {
                     let filters: Vec<Filter> = filters
                         .into_iter()
@@ -515,6 +588,30 @@ impl Publisher {
             .await
         {
             error!("publish to {topic}: {e}");
+        }
+    }
+
+    /// Sends a PUBACK into rumqttc's request channel, behind every publish made before it.
+    ///
+    /// Why not wait for the reply's own PUBACK: the channel and the TCP stream are ordered, so
+    /// the broker has read the reply's PUBLISH before it reads the request's PUBACK; if the
+    /// connection breaks in between, rumqttc drops the queued PUBACK and resends the reply in
+    /// the resumed session, and the broker redelivers the request, which the dedup window
+    /// answers. Waiting for the reply's PUBACK would add no safety (the broker acknowledges
+    /// before it has delivered or persisted either way) and would need packet-id bookkeeping
+    /// that rumqttc does not expose.
+    async fn ack(&self, ack: Ack) {
+        if ack.epoch != self.epoch.load(Ordering::Acquire) {
+            debug!(
+                "not acknowledging packet {} of an earlier connection: the broker redelivers it",
+                ack.pkid
+            );
+            return;
+        }
+        let mut p = Publish::new("", ack.qos, Vec::new(), None);
+        p.pkid = ack.pkid;
+        if let Err(e) = self.client.ack(&p).await {
+            error!("acknowledge packet {}: {e}", ack.pkid);
         }
     }
 
@@ -563,7 +660,7 @@ impl Publisher {
                 outs
             }
             JobEvent::Done(o) => {
-                let route = self.finish(job);
+                let mut route = self.finish(job);
                 // Counts and timings only: prompts and answers are user data, never logged.
                 info!(
                     request_id = route.id.as_deref().unwrap_or(""),
@@ -580,11 +677,14 @@ impl Publisher {
                     o.tokens_per_s,
                     o.finish_reason
                 );
-                let payload = final_reply(&route, o, budget);
+                let (payload, reply) = final_reply(&route, o, budget);
+                self.settle(&mut route, job, reply);
                 vec![out(&route, payload)]
             }
             JobEvent::Failed(e) => {
-                let route = self.finish(job);
+                let mut route = self.finish(job);
+                // Not kept: a retry after `busy`, `expired` or a failure runs again.
+                self.settle(&mut route, job, None);
                 let code = error_code(e.kind);
                 log_refusal(&route, code, &e.message);
                 let reply = Response::Error(ErrorReply {
@@ -597,6 +697,20 @@ impl Publisher {
                 vec![out(&route, wire::encode_response(&reply, route.enc))]
             }
         }
+    }
+
+    /// The end of a job in the dedup window (the reply kept for duplicates, if any) and its
+    /// acks, sent after the final reply.
+    fn settle(&mut self, route: &mut Route, job: u64, reply: Option<Response>) {
+        if let Some(key) = &route.dedup_key {
+            self.dedup.lock().unwrap_or_else(|e| e.into_inner()).finish(
+                key,
+                job,
+                reply,
+                dedup::now_ms(),
+            );
+        }
+        self.to_ack.append(&mut route.acks);
     }
 
     /// Forgets a finished job: its route and its cancel flag.
@@ -624,9 +738,10 @@ fn log_refusal(route: &Route, code: ErrorCode, message: &str) {
     );
 }
 
-/// The final reply payload; if it would exceed the packet budget (the config check makes that
-/// rare), an `internal` error instead, so the broker never drops the connection.
-fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> Vec<u8> {
+/// The final reply payload, and the reply to keep for duplicates; if it would exceed the
+/// packet budget (the config check makes that rare), an `internal` error instead (not kept),
+/// so the broker never drops the connection.
+fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> (Vec<u8>, Option<Response>) {
     let reply = Response::Reply(Reply {
         id: route.id.clone(),
         model: o.model,
@@ -646,7 +761,7 @@ fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> Vec<u8> {
     });
     let payload = wire::encode_response(&reply, route.enc);
     if payload.len() <= budget {
-        return payload;
+        return (payload, Some(reply));
     }
     error!(
         "reply of {} bytes exceeds the packet budget of {budget} bytes",
@@ -662,7 +777,7 @@ fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> Vec<u8> {
             ),
         },
     });
-    wire::encode_response(&e, route.enc)
+    (wire::encode_response(&e, route.enc), None)
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -798,6 +913,11 @@ struct Loop {
     backoff: Backoff,
     broker: String,
     connected: bool,
+    dedup: Arc<Mutex<DedupStore>>,
+    /// Counts connections: bumped on every ConnAck and every connection loss.
+    epoch: Arc<AtomicU64>,
+    /// Shutting down: new requests are left for the broker to redeliver.
+    draining: bool,
 }
 
 impl Loop {
@@ -870,6 +990,13 @@ impl Loop {
     fn handle(&mut self, ev: Result<Event, rumqttc::v5::ConnectionError>) -> Option<Duration> {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                self.epoch.fetch_add(1, Ordering::AcqRel);
+                if !ack.session_present {
+                    info!(
+                        "{}: new session (no requests were queued for us, or the broker lost them)",
+                        self.broker
+                    );
+                }
                 self.backoff.reset();
                 self.connected = true;
                 self.link.store(LINK_UP, Ordering::Relaxed);
@@ -926,6 +1053,7 @@ impl Loop {
                     );
                 }
                 self.connected = false;
+                self.epoch.fetch_add(1, Ordering::AcqRel);
                 self.link.store(LINK_RETRYING, Ordering::Relaxed);
                 return Some(wait);
             }
@@ -1058,14 +1186,40 @@ impl Loop {
             return;
         };
         let topic = topic.to_owned();
+        let ack = self.ack_of(&p);
         match self.topics.classify(&topic) {
+            Some(Incoming::Prompt { .. }) if self.draining => {
+                debug!("shutting down: leaving a request on {topic} for the broker to redeliver");
+            }
             Some(Incoming::Prompt {
                 device,
                 postcard,
                 model,
-            }) => self.on_prompt(device, postcard, p, model),
-            Some(Incoming::Cancel { device }) => self.on_cancel(device, &p.payload),
-            None => debug!("ignoring a message on {topic}"),
+            }) => self.on_prompt(device, postcard, p, model, ack),
+            Some(Incoming::Cancel { device }) => {
+                self.on_cancel(device, &p.payload);
+                self.ack_now(ack);
+            }
+            None => {
+                debug!("ignoring a message on {topic}");
+                self.ack_now(ack);
+            }
+        }
+    }
+
+    /// The ack a QoS 1 (or 2) message is owed; none for QoS 0.
+    fn ack_of(&self, p: &Publish) -> Option<Ack> {
+        (p.qos != QoS::AtMostOnce).then(|| Ack {
+            qos: p.qos,
+            pkid: p.pkid,
+            epoch: self.epoch.load(Ordering::Acquire),
+        })
+    }
+
+    /// Acks through the publisher, behind anything it is publishing.
+    fn ack_now(&self, ack: Option<Ack>) {
+        if let Some(a) = ack {
+            let _ = self.tx.send(Msg::Ack(vec![a]));
         }
     }
 
@@ -1096,9 +1250,63 @@ impl Loop {
             payload: wire::encode_response(&reply, route.enc),
             props: props(route.enc, route.correlation.clone()),
         }));
+        if !route.acks.is_empty() {
+            let _ = self.tx.send(Msg::Ack(route.acks.clone()));
+        }
     }
 
-    fn on_prompt(&mut self, device: &str, postcard: bool, p: Publish, topic_model: Option<&str>) {
+    /// A request whose `(device, id)` is in the dedup window: `true` when it was handled (a
+    /// finished one gets its stored reply again, a running one is merged into its job).
+    fn duplicate(&self, route: &Route) -> bool {
+        let Some(id) = &route.id else { return false };
+        let key = (route.device.clone(), id.clone());
+        let seen = self
+            .dedup
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .check(&key, dedup::now_ms());
+        match seen {
+            Seen::New => false,
+            Seen::InFlight(job) => {
+                info!(
+                    "request {id:?} from {} is a duplicate of running job {job}: one answer",
+                    route.device
+                );
+                if let Some(&ack) = route.acks.first() {
+                    let _ = self.tx.send(Msg::Merge(job, ack));
+                }
+                true
+            }
+            Seen::Finished(mut reply) => {
+                info!(
+                    "request {id:?} from {} was answered already: sending the stored reply to {}",
+                    route.device, route.topic
+                );
+                if let Response::Reply(r) = &mut reply {
+                    // The stored reply, as this duplicate asked for it.
+                    r.done = route.stream.then_some(true);
+                }
+                let _ = self.tx.send(Msg::Publish(Outgoing {
+                    topic: route.topic.clone(),
+                    qos: route.qos,
+                    retain: false,
+                    payload: wire::encode_response(&reply, route.enc),
+                    props: props(route.enc, route.correlation.clone()),
+                }));
+                let _ = self.tx.send(Msg::Ack(route.acks.clone()));
+                true
+            }
+        }
+    }
+
+    fn on_prompt(
+        &mut self,
+        device: &str,
+        postcard: bool,
+        p: Publish,
+        topic_model: Option<&str>,
+        ack: Option<Ack>,
+    ) {
         let received = Instant::now();
         let s = &self.settings;
         let allowed = &s.mqtt.allowed_reply_prefixes;
@@ -1121,6 +1329,8 @@ impl Loop {
             stream: false,
             next_seq: 0,
             cancel_key: None,
+            acks: ack.into_iter().collect(),
+            dedup_key: None,
         };
         let too_big = p.payload.len() > s.limits.max_payload_bytes as usize;
 
@@ -1158,6 +1368,9 @@ impl Loop {
                 }
                 route.topic = rt.clone();
             }
+        }
+        if self.duplicate(&route) {
+            return;
         }
         let engine = match self.models.select(topic_model, req.model.as_deref()) {
             Ok(e) => e.clone(),
@@ -1242,6 +1455,11 @@ impl Loop {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), (job_id, job.cancel.clone()));
+            self.dedup
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .start(key.clone(), job_id);
+            route.dedup_key = Some(key.clone());
             route.cancel_key = Some(key);
         }
         debug!(

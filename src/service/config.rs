@@ -46,6 +46,10 @@
 //! allowed_reply_prefixes = ["llamabus/reply/#"]  # default: ["{prefix}/reply/#"]
 //! max_packet_bytes = 262144
 //! status_interval_s = 30
+//! session_expiry_s = 86400              # the broker keeps our session (queued requests) this long
+//! dedup_window_s = 600                  # duplicates of a request within this time are not rerun
+//! dedup_capacity = 1024                 # at most this many stored replies
+//! state_dir = "/var/lib/llamabus"       # stored replies survive restarts; default: memory only
 //!
 //! [limits]
 //! max_payload_bytes = 65536
@@ -184,6 +188,10 @@ struct MqttFile {
     allowed_reply_prefixes: Option<Vec<String>>,
     max_packet_bytes: Option<u32>,
     status_interval_s: Option<u64>,
+    session_expiry_s: Option<u64>,
+    dedup_window_s: Option<u64>,
+    dedup_capacity: Option<u64>,
+    state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -342,6 +350,15 @@ pub struct MqttSettings {
     /// Largest MQTT packet the daemon accepts and sends.
     pub max_packet_bytes: u32,
     pub status_interval: Duration,
+    /// MQTT 5 Session Expiry Interval: how long the broker keeps our subscriptions and the
+    /// requests queued for us while we are away.
+    pub session_expiry: Duration,
+    /// How long a finished request's reply is kept to answer duplicates.
+    pub dedup_window: Duration,
+    /// At most this many stored replies.
+    pub dedup_capacity: usize,
+    /// Where stored replies persist across restarts; `None`: memory only.
+    pub state_dir: Option<PathBuf>,
 }
 
 /// The validated `[limits]` section.
@@ -878,6 +895,30 @@ fn build(
             format!("{status_interval_s} is outside 1..=86400"),
         ));
     }
+    // 0 ends the session with each connection (requests sent while away are lost);
+    // u32::MAX means "never expires" in MQTT 5.
+    let session_expiry_s = m.session_expiry_s.unwrap_or(86_400);
+    if session_expiry_s > u64::from(u32::MAX) {
+        return Err(err(
+            "mqtt.session_expiry_s",
+            format!("{session_expiry_s} is outside 0..={}", u32::MAX),
+        ));
+    }
+    let dedup_window_s = m.dedup_window_s.unwrap_or(600);
+    if dedup_window_s > 7 * 86_400 {
+        return Err(err(
+            "mqtt.dedup_window_s",
+            format!("{dedup_window_s} is outside 0..=604800"),
+        ));
+    }
+    let dedup_capacity = m.dedup_capacity.unwrap_or(1024);
+    if !(1..=1_000_000).contains(&dedup_capacity) {
+        return Err(err(
+            "mqtt.dedup_capacity",
+            format!("{dedup_capacity} is outside 1..=1000000"),
+        ));
+    }
+    let dedup_capacity = dedup_capacity as usize;
 
     // [limits]
     let l = f.limits;
@@ -972,6 +1013,10 @@ fn build(
             allowed_reply_prefixes,
             max_packet_bytes,
             status_interval: Duration::from_secs(status_interval_s),
+            session_expiry: Duration::from_secs(session_expiry_s),
+            dedup_window: Duration::from_secs(dedup_window_s),
+            dedup_capacity,
+            state_dir: m.state_dir,
         },
         limits: Limits {
             max_payload_bytes,
@@ -1230,6 +1275,10 @@ impl Settings {
                     ),
                     ("max_packet_bytes", int(m.max_packet_bytes.into())),
                     ("status_interval_s", int(m.status_interval.as_secs())),
+                    ("session_expiry_s", int(m.session_expiry.as_secs())),
+                    ("dedup_window_s", int(m.dedup_window.as_secs())),
+                    ("dedup_capacity", int(m.dedup_capacity as u64)),
+                    ("state_dir", m.state_dir.as_deref().and_then(p)),
                 ])),
             ),
             (
@@ -1332,6 +1381,12 @@ mod tests {
             ),
             ("[mqtt]\nmax_packet_bytes = 100", "mqtt.max_packet_bytes"),
             ("[mqtt]\nkeep_alive_s = 1", "mqtt.keep_alive_s"),
+            (
+                "[mqtt]\nsession_expiry_s = 4294967296",
+                "mqtt.session_expiry_s",
+            ),
+            ("[mqtt]\ndedup_window_s = 999999", "mqtt.dedup_window_s"),
+            ("[mqtt]\ndedup_capacity = 0", "mqtt.dedup_capacity"),
             ("[limits]\nqueue_capacity = 0", "limits.queue_capacity"),
             (
                 "[limits]\ndefault_max_tokens = 2000",

@@ -147,6 +147,33 @@ impl Mosquitto {
         wait_for_port(self.port, Duration::from_secs(10));
     }
 
+    /// mosquitto that keeps sessions and queued messages across a restart, even a SIGKILL:
+    /// the database is saved after every change (`autosave_on_changes` with a count of 1).
+    pub fn start_persistent() -> Mosquitto {
+        Mosquitto::start_with(|dir| {
+            let db = dir.join("db");
+            std::fs::create_dir_all(&db).unwrap();
+            // mosquitto started as root drops to its own user before writing.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o777)).unwrap();
+            format!(
+                "persistence true\npersistence_location {}/\nautosave_on_changes true\n\
+                 autosave_interval 1\n",
+                db.display()
+            )
+        })
+    }
+
+    /// Sends `sig` (e.g. `STOP`, `CONT`) to the broker process.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("mosquitto runs").id();
+        let (code, _, err) = run_cmd(
+            Command::new("kill").args([&format!("-{sig}"), &pid.to_string()]),
+            Duration::from_secs(5),
+        );
+        assert_eq!(code, Some(0), "kill -{sig}: {err}");
+    }
+
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
@@ -425,7 +452,21 @@ pub struct TestClient {
 impl TestClient {
     pub async fn connect(port: u16, filters: &[&str]) -> TestClient {
         let id = format!("test-{}", llamabus::mqtt::conn::random_hex(6));
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
+        TestClient::connect_with(MqttOptions::new(id, "127.0.0.1", port), filters).await
+    }
+
+    /// A client with a persistent session (`clean_start = false`, one hour): the broker
+    /// queues its messages while it (or the broker, with persistence) is restarting.
+    pub async fn connect_persistent(port: u16, client_id: &str, filters: &[&str]) -> TestClient {
+        let mut o = MqttOptions::new(client_id, "127.0.0.1", port);
+        o.set_clean_start(false);
+        o.set_session_expiry_interval(Some(3600));
+        TestClient::connect_with(o, filters).await
+    }
+
+    /// Connects with `o` (packet limit and keep-alive set here) and subscribes to `filters`
+    /// after every ConnAck.
+    pub async fn connect_with(mut o: MqttOptions, filters: &[&str]) -> TestClient {
         o.set_max_packet_size(Some(1 << 20));
         o.set_keep_alive(Duration::from_secs(30));
         let (client, mut el) = AsyncClient::new(o, 64);
@@ -758,7 +799,23 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(bin: &str, config: &str, env: &[(&str, String)]) -> ServeProcess {
+        ServeProcess::start_in(TempDir::new("svc"), bin, config, env, Stdio::inherit())
+    }
+
+    /// [`ServeProcess::start`] with stderr (the log) going to `{dir}/serve.log`, read with
+    /// [`ServeProcess::log`].
+    pub fn start_logged(bin: &str, config: &str, env: &[(&str, String)]) -> ServeProcess {
         let dir = TempDir::new("svc");
+        let log = std::fs::File::create(dir.0.join("serve.log")).unwrap();
+        ServeProcess::start_in(dir, bin, config, env, Stdio::from(log))
+    }
+
+    /// The log written so far (see [`ServeProcess::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.0.join("serve.log")).unwrap_or_default()
+    }
+
+    fn start_in(dir: TempDir, bin: &str, config: &str, env: &[(&str, String)], err: Stdio) -> Self {
         let cfg = dir.write("config.toml", config);
         let mut cmd = Command::new(bin);
         cmd.arg("serve")
@@ -769,7 +826,7 @@ impl ServeProcess {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("llamabus serve");
+        let child = cmd.stderr(err).spawn().expect("llamabus serve");
         ServeProcess {
             child,
             config: cfg,

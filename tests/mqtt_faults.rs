@@ -1,0 +1,457 @@
+//! Fault tests of at-least-once delivery (README "Delivery guarantees"), each against a real
+//! mosquitto on loopback and the real `llamabus serve` binary with SmolLM2 (greedy, 1 thread):
+//! the broker killed mid-generation, the daemon killed mid-request, requests sent while the
+//! daemon is down, a broker stalled past the keep-alive, and model-file trouble at start and at
+//! reload. Each test prints a `figures:` line: requests sent / answered / duplicated / lost
+//! (an answer is a final reply or an error reply; stream chunks are not counted).
+
+mod mqtt_support;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use mqtt_support::*;
+use rumqttc::v5::mqttbytes::v5::PublishProperties;
+use serde_json::{json, Value};
+
+const BIN: &str = env!("CARGO_BIN_EXE_llamabus");
+
+/// A chat request SmolLM2 answers at length, streamed, so that its first chunk proves that
+/// generation is under way (SmolLM2 on one thread needs seconds for `max_tokens`).
+fn story(id: &str, max_tokens: u32) -> Value {
+    json!({
+        "id": id,
+        "messages": [{"role": "user", "content": "Write a very long story about a dragon who learns to bake bread."}],
+        "stream": true,
+        "max_tokens": max_tokens,
+    })
+}
+
+fn short(id: &str) -> Value {
+    json!({"id": id, "prompt": "The capital of France is", "max_tokens": 4})
+}
+
+async fn send(c: &TestClient, device: &str, body: &Value) {
+    c.publish(
+        &format!("llamabus/prompt/{device}"),
+        body.to_string(),
+        PublishProperties::default(),
+    )
+    .await;
+}
+
+/// A service config (see [`service_config`]) with extra `[mqtt]` keys.
+fn config(mosq: &Mosquitto, node: &str, mqtt: &str, limits: &str) -> String {
+    service_config(&mosq.url(), node, limits, "").replacen(
+        "[mqtt]\n",
+        &format!("[mqtt]\n{mqtt}\n"),
+        1,
+    )
+}
+
+/// Starts `llamabus serve` (log captured) and waits for its retained `online` status.
+async fn serve(mosq: &Mosquitto, node: &str, cfg: &str) -> ServeProcess {
+    let p = ServeProcess::start_logged(BIN, cfg, &[("LLAMABUS_LOG", "info".to_owned())]);
+    wait_status(mosq.port, "llamabus", node, "online").await;
+    p
+}
+
+/// Final replies (chunks skipped) by id, collected until every id in `ids` has one (or
+/// `limit` passes), then for `linger` more to catch duplicates.
+async fn finals(
+    c: &mut TestClient,
+    ids: &[&str],
+    limit: Duration,
+    linger: Duration,
+) -> HashMap<String, Vec<Value>> {
+    let mut out: HashMap<String, Vec<Value>> = HashMap::new();
+    let deadline = Instant::now() + limit;
+    let mut until = deadline;
+    loop {
+        let left = until.saturating_duration_since(Instant::now());
+        let Some(m) = c.try_recv(left.as_millis() as u64).await else {
+            break;
+        };
+        let v = m.json();
+        if v.get("delta").is_some() {
+            continue;
+        }
+        let id = v["id"].as_str().unwrap_or("").to_owned();
+        out.entry(id).or_default().push(v);
+        if until == deadline && ids.iter().all(|i| out.contains_key(*i)) {
+            until = Instant::now() + linger;
+        }
+    }
+    out
+}
+
+/// Requests sent / answered / duplicated / lost for `ids`.
+#[derive(Debug, PartialEq)]
+struct Figures {
+    sent: usize,
+    answered: usize,
+    duplicated: usize,
+    lost: usize,
+}
+
+fn figures(test: &str, ids: &[&str], got: &HashMap<String, Vec<Value>>) -> Figures {
+    let answered = ids.iter().filter(|i| got.contains_key(**i)).count();
+    let duplicated = ids
+        .iter()
+        .map(|i| got.get(*i).map_or(0, |v| v.len().saturating_sub(1)))
+        .sum();
+    let f = Figures {
+        sent: ids.len(),
+        answered,
+        duplicated,
+        lost: ids.len() - answered,
+    };
+    println!(
+        "figures: {test}: sent {} / answered {} / duplicated {} / lost {}",
+        f.sent, f.answered, f.duplicated, f.lost
+    );
+    f
+}
+
+/// A real answer (not an error) of `v`.
+fn assert_answer(v: &Value) {
+    assert!(
+        v["text"].as_str().is_some_and(|t| !t.is_empty()),
+        "not an answer: {v}"
+    );
+}
+
+/// Waits until the daemon's log satisfies `pred`, or panics with the log after `limit`.
+fn wait_log(p: &ServeProcess, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
+    let t0 = Instant::now();
+    loop {
+        let log = p.log();
+        if pred(&log) {
+            return log;
+        }
+        assert!(t0.elapsed() < limit, "no {what} within {limit:?}:\n{log}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_killed_mid_generation_loses_nothing() {
+    let mut mosq = Mosquitto::start_persistent();
+    let p = serve(&mosq, "bk", &config(&mosq, "bk", "", "")).await;
+    let mut c = TestClient::connect_persistent(mosq.port, "fault-bk", &["llamabus/reply/#"]).await;
+    send(&c, "d", &story("long", 200)).await;
+    let first = c.recv(60).await.json();
+    assert_eq!(first["id"], "long");
+    assert!(first["delta"].is_string(), "generating: {first}");
+
+    // SIGKILL mid-generation; requests sent meanwhile wait in the client, then in the broker.
+    mosq.restart();
+    let queued = ["q1", "q2", "q3"];
+    for id in queued {
+        send(&c, "d", &short(id)).await;
+    }
+    let ids = ["long", "q1", "q2", "q3"];
+    let got = finals(
+        &mut c,
+        &ids,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await;
+    let f = figures("broker killed mid-generation", &ids, &got);
+    for id in ids {
+        assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
+    }
+    assert_eq!(f.lost, 0);
+    let reason = &got["long"][0]["finish_reason"];
+    assert!(reason == "length" || reason == "stop", "{reason}");
+    let log = p.log();
+    assert!(
+        log.contains("lost") && log.matches("subscribing to").count() >= 2,
+        "reconnected and subscribed again:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemon_killed_mid_request_answers_once_after_restart() {
+    let mosq = Mosquitto::start();
+    let state = TempDir::new("state");
+    let cfg = config(
+        &mosq,
+        "dk",
+        &format!("state_dir = \"{}\"", state.0.display()),
+        "",
+    );
+    let p = serve(&mosq, "dk", &cfg).await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    send(&c, "d", &story("long", 120)).await;
+    let first = c.recv(60).await.json();
+    assert_eq!(first["id"], "long");
+    assert!(first["delta"].is_string(), "generating: {first}");
+    drop(p); // SIGKILL: the request is neither answered nor acknowledged
+    send(&c, "d", &short("while-down")).await;
+
+    let p = serve(&mosq, "dk", &cfg).await;
+    let ids = ["long", "while-down"];
+    let got = finals(
+        &mut c,
+        &ids,
+        Duration::from_secs(120),
+        Duration::from_secs(3),
+    )
+    .await;
+    let f = figures("daemon SIGKILLed mid-request", &ids, &got);
+    assert_eq!(
+        f,
+        Figures {
+            sent: 2,
+            answered: 2,
+            duplicated: 0,
+            lost: 0
+        },
+        "{got:?}"
+    );
+    let long = got["long"][0].clone();
+    assert_answer(&long);
+
+    // Killed again: a retry of `long` (same device and id) after the restart gets the stored
+    // reply from the state directory, not a second generation.
+    drop(p);
+    let p = serve(&mosq, "dk", &cfg).await;
+    send(&c, "d", &story("long", 120)).await;
+    let again = finals(
+        &mut c,
+        &["long"],
+        Duration::from_secs(60),
+        Duration::from_secs(2),
+    )
+    .await;
+    figures("retry after a second restart", &["long"], &again);
+    assert_eq!(again["long"].len(), 1, "{again:?}");
+    assert_eq!(again["long"][0]["text"], long["text"]);
+    assert_eq!(again["long"][0]["usage"], long["usage"]);
+    let log = p.log();
+    assert!(
+        log.contains("was answered already") && !log.contains("answered on"),
+        "no generation for the retry:\n{log}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
+    let mosq = Mosquitto::start();
+    let cfg = config(&mosq, "down", "", "");
+    let mut p = serve(&mosq, "down", &cfg).await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // A clean stop keeps the subscription in the broker's session.
+    p.signal("TERM");
+    assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0));
+    let ids = ["a", "b", "c", "d"];
+    for id in ids {
+        send(&c, "d", &short(id)).await;
+    }
+    // Plain text has no id: answered, but it cannot be deduplicated.
+    c.publish(
+        "llamabus/prompt/plain",
+        b"Hello".to_vec(),
+        PublishProperties::default(),
+    )
+    .await;
+    let _p = serve(&mosq, "down", &cfg).await;
+    let got = finals(
+        &mut c,
+        &ids,
+        Duration::from_secs(120),
+        Duration::from_secs(2),
+    )
+    .await;
+    let f = figures("published while the daemon was down", &ids, &got);
+    for id in ids {
+        assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
+    }
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_stalled_past_the_keep_alive_is_detected_and_recovered_from() {
+    let mosq = Mosquitto::start();
+    let p = serve(
+        &mosq,
+        "stall",
+        &config(&mosq, "stall", "keep_alive_s = 5", ""),
+    )
+    .await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    send(&c, "d", &short("before")).await;
+    let got = finals(&mut c, &["before"], Duration::from_secs(60), Duration::ZERO).await;
+    assert_answer(&got["before"][0]);
+
+    mosq.signal("STOP");
+    // Sent into the stalled broker: processed once it resumes.
+    send(&c, "d", &short("during")).await;
+    let t0 = Instant::now();
+    wait_log(&p, Duration::from_secs(60), "detected loss", |l| {
+        l.contains("connection to") && l.contains("lost")
+    });
+    let detected = t0.elapsed();
+    mosq.signal("CONT");
+    let subscribed = |l: &str| l.matches("subscribing to").count() >= 2;
+    wait_log(&p, Duration::from_secs(90), "reconnect", subscribed);
+    send(&c, "d", &short("after")).await;
+    let ids = ["before", "during", "after"];
+    let mut all = got;
+    all.extend(
+        finals(
+            &mut c,
+            &ids[1..],
+            Duration::from_secs(90),
+            Duration::from_secs(2),
+        )
+        .await,
+    );
+    println!(
+        "figures: broker SIGSTOPped: dead link detected after {:.1} s (keep-alive 5 s)",
+        detected.as_secs_f64()
+    );
+    let f = figures("broker SIGSTOPped past the keep-alive", &ids, &all);
+    for id in ids {
+        assert_answer(&all.get(id).unwrap_or_else(|| panic!("{id} lost: {all:?}"))[0]);
+    }
+    assert_eq!(f.lost, 0);
+}
+
+// ---- model trouble ----
+
+/// Whether this process runs as root (then file modes do not stop reads).
+fn running_as_root() -> bool {
+    let (code, out, _) = run_cmd(Command::new("id").arg("-u"), Duration::from_secs(5));
+    code == Some(0) && out.trim() == "0"
+}
+
+/// A copy of the first half of the model at `to`.
+fn truncated_copy(to: &Path) {
+    let bytes = std::fs::read(model_path()).unwrap();
+    std::fs::write(to, &bytes[..bytes.len() / 2]).unwrap();
+}
+
+/// Starts the daemon with `model` under a test NOTIFY_SOCKET: it must exit non-zero without
+/// READY=1 and log an error naming `model` and containing `why`.
+fn refuses_to_start(mosq: &Mosquitto, case: &str, model: &Path, why: &str) {
+    let n = NotifySocket::new();
+    let cfg = config(mosq, "bad", "", "").replace(
+        &model_path().display().to_string(),
+        &model.display().to_string(),
+    );
+    let env = [
+        ("NOTIFY_SOCKET", n.path.display().to_string()),
+        ("LLAMABUS_LOG", "info".to_owned()),
+    ];
+    let mut p = ServeProcess::start_logged(BIN, &cfg, &env);
+    let status = p.wait_exit(Duration::from_secs(60));
+    let seen = n.during(Duration::from_millis(300));
+    let log = p.log();
+    println!("{case}: exit {status:?}; log: {}", log.trim());
+    assert!(!status.success(), "{case}: {status:?}");
+    assert!(
+        !seen.iter().any(|m| m.1.lines().any(|l| l == "READY=1")),
+        "{case}: READY=1 sent: {seen:?}"
+    );
+    let named = log
+        .lines()
+        .any(|l| l.contains(&*model.display().to_string()) && l.contains(why));
+    assert!(
+        named,
+        "{case}: no error naming the file and `{why}`:\n{log}"
+    );
+}
+
+#[test]
+fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
+    let mosq = Mosquitto::start();
+    let dir = TempDir::new("badmodel");
+    refuses_to_start(
+        &mosq,
+        "missing",
+        &dir.0.join("absent.gguf"),
+        "not a readable file",
+    );
+
+    let cut = dir.0.join("truncated.gguf");
+    truncated_copy(&cut);
+    refuses_to_start(&mosq, "truncated", &cut, "");
+
+    let locked = dir.0.join("locked.gguf");
+    std::fs::copy(model_path(), &locked).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
+    if running_as_root() {
+        println!("unreadable: skipped: running as root, where mode 000 does not stop reads");
+    } else {
+        refuses_to_start(&mosq, "unreadable", &locked, "");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() {
+    let mosq = Mosquitto::start();
+    let dir = TempDir::new("reload");
+    let model: PathBuf = dir.0.join("model.gguf");
+    std::fs::copy(model_path(), &model).unwrap();
+    let cfg_for = |threads: u32| {
+        config(&mosq, "rl", "", "")
+            .replace(
+                &model_path().display().to_string(),
+                &model.display().to_string(),
+            )
+            .replace("threads = 1", &format!("threads = {threads}"))
+    };
+    let n = NotifySocket::new();
+    let env = [
+        ("NOTIFY_SOCKET", n.path.display().to_string()),
+        ("LLAMABUS_LOG", "info".to_owned()),
+    ];
+    let p = ServeProcess::start_logged(BIN, &cfg_for(1), &env);
+    n.until(Duration::from_secs(60), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    wait_status(mosq.port, "llamabus", "rl", "online").await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+
+    // The file is replaced by a truncated copy (renamed over it, as package managers do), and
+    // a reload that needs a new engine (another thread count) tries to load it.
+    let cut = dir.0.join("cut.gguf");
+    truncated_copy(&cut);
+    std::fs::rename(&cut, &model).unwrap();
+    std::fs::write(&p.config, cfg_for(2)).unwrap();
+    p.signal("HUP");
+    let seen = n.until(Duration::from_secs(60), |m| {
+        m.lines().any(|l| l == "READY=1")
+    });
+    let line = seen
+        .last()
+        .and_then(|m| m.1.lines().find_map(|l| l.strip_prefix("STATUS=")))
+        .unwrap_or("")
+        .to_owned();
+    assert!(
+        line.starts_with("reload refused") && line.contains("model.gguf"),
+        "{line}"
+    );
+    let log = p.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("reload refused") && l.contains(&*model.display().to_string())),
+        "{log}"
+    );
+    send(&c, "d", &short("after-reload")).await;
+    let got = finals(
+        &mut c,
+        &["after-reload"],
+        Duration::from_secs(60),
+        Duration::ZERO,
+    )
+    .await;
+    figures("truncated model at reload", &["after-reload"], &got);
+    assert_answer(&got["after-reload"][0]);
+}
