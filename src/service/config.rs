@@ -53,6 +53,8 @@
 //! name = "smollm2"                      # default: the file stem
 //! threads = 4                           # default: every core
 //! context = 2048
+//! parallel = 1                          # jobs decoded together (continuous batching)
+//! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! mode = "auto"                         # "chat" | "complete" | "auto"
 //! [model.sampling]
 //! temperature = 0.8
@@ -183,6 +185,8 @@ struct ModelFile {
     path: Option<PathBuf>,
     threads: Option<u32>,
     context: Option<u32>,
+    parallel: Option<u32>,
+    prefix_cache: Option<bool>,
     mode: Option<String>,
     #[serde(default)]
     sampling: SamplingFile,
@@ -339,6 +343,10 @@ pub struct ModelSettings {
     pub path: PathBuf,
     pub threads: usize,
     pub context: usize,
+    /// Jobs decoded together (`EngineConfig::parallel`).
+    pub parallel: usize,
+    /// `EngineConfig::prefix_cache`.
+    pub prefix_cache: bool,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
 }
@@ -369,6 +377,8 @@ impl Settings {
         let mut c = EngineConfig::new(m.name.clone(), m.path.clone());
         c.n_ctx = m.context;
         c.n_threads = m.threads;
+        c.parallel = m.parallel;
+        c.prefix_cache = m.prefix_cache;
         c.queue_capacity = self.limits.queue_capacity as usize;
         c.max_tokens_cap = self.limits.max_tokens_cap;
         c.default_max_tokens = self.limits.default_max_tokens;
@@ -889,6 +899,7 @@ fn build(
         None => std::thread::available_parallelism().map_or(1, |n| n.get()),
     };
     let context = positive("model.context", md.context, 2048)? as usize;
+    let parallel = positive("model.parallel", md.parallel, 1)? as usize;
     if max_prompt_tokens as usize >= context {
         return Err(err(
             "limits.max_prompt_tokens",
@@ -953,6 +964,8 @@ fn build(
             path,
             threads,
             context,
+            parallel,
+            prefix_cache: md.prefix_cache.unwrap_or(true),
             mode,
             sampling,
         }],
@@ -1042,6 +1055,8 @@ impl Settings {
                     ("path", p(&md.path)),
                     ("threads", int(md.threads as u64)),
                     ("context", int(md.context as u64)),
+                    ("parallel", int(md.parallel as u64)),
+                    ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
                     ("mode", s(mode)),
                     (
                         "sampling",
