@@ -106,15 +106,9 @@ pub fn mib(n: u64) -> String {
 }
 
 /// KV cache bytes: f16 keys and values of every layer for `n_ctx` cells per sequence and
-/// `parallel` sequences (llama.cpp's `n_layer × n_ctx × (n_embd_k_gqa + n_embd_v_gqa) × 2`).
-/// The one place to change when the cache layout changes.
+/// `parallel` sequences, as the engine allocates them (`EngineConfig::kv_cells`).
 pub fn kv_cache_bytes(hp: &HParams, n_ctx: usize, parallel: usize) -> u64 {
-    let cells = (n_ctx as u64).saturating_mul(parallel as u64);
-    let row = 2 * u64::from(hp.n_embd_kv()); // K and V
-    u64::from(hp.n_layer)
-        .saturating_mul(cells)
-        .saturating_mul(row)
-        .saturating_mul(2) // f16
+    crate::model::kv_cache_bytes(hp, n_ctx.saturating_mul(parallel))
 }
 
 /// Compute-buffer estimate: the activations ggml's graph allocator keeps live within one

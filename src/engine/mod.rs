@@ -5,6 +5,7 @@
 //! a stop string, `max_tokens`, or cancellation.
 
 pub mod memory;
+pub mod sched;
 pub mod worker;
 
 use std::time::{Duration, Instant};
@@ -12,7 +13,7 @@ use std::time::{Duration, Instant};
 use crate::model::session::MAX_UBATCH;
 use crate::model::{ModelError, SeqId, Session};
 use crate::sampler::{FinishReason, Sampler, SamplerError, SamplingParams, StopMatcher};
-use crate::tokenizer::StreamDecoder;
+use crate::tokenizer::{StreamDecoder, Tokenizer};
 
 /// One generation request, already tokenized.
 #[derive(Clone, Debug)]
@@ -56,7 +57,7 @@ impl Generation {
     }
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+pub(crate) fn rate(n: usize, d: Duration) -> f64 {
     if d.is_zero() {
         0.0
     } else {
@@ -83,6 +84,118 @@ pub enum GenerateError {
     },
 }
 
+/// One sequence's token-by-token state: sampler, stop strings, UTF-8 stream decoder and the
+/// token history. [`generate`] drives one on its own; the worker's scheduler drives several
+/// side by side, each fed the logits of its own batch row.
+#[derive(Debug)]
+pub struct Stepper<'t> {
+    tokenizer: &'t Tokenizer,
+    sampler: Sampler,
+    stops: StopMatcher,
+    decoder: StreamDecoder<'t>,
+    history: Vec<u32>,
+    max_tokens: usize,
+    tokens: Vec<u32>,
+    text: String,
+    finish: Option<FinishReason>,
+}
+
+impl<'t> Stepper<'t> {
+    /// State for `req` (its prompt seeds the repetition-penalty history).
+    pub fn new(tokenizer: &'t Tokenizer, req: &GenerateRequest) -> Result<Self, GenerateError> {
+        Ok(Stepper {
+            tokenizer,
+            sampler: Sampler::new(req.sampling.clone(), tokenizer.n_vocab())?,
+            stops: StopMatcher::new(req.stop.clone()),
+            decoder: StreamDecoder::new(tokenizer),
+            history: req.prompt.clone(),
+            max_tokens: req.max_tokens,
+            tokens: Vec::new(),
+            text: String::new(),
+            finish: (req.max_tokens == 0).then_some(FinishReason::Length),
+        })
+    }
+
+    /// Samples from `logits` (the row after the last evaluated token), passing new text to
+    /// `on_text`. Returns the token to evaluate next, or `None` once finished (EOS, a stop
+    /// string, `max_tokens`), after which [`Stepper::finish`] gives the result.
+    pub fn step(&mut self, logits: &[f32], mut on_text: impl FnMut(&str)) -> Option<u32> {
+        if self.finish.is_some() {
+            return None;
+        }
+        let token = self.sampler.sample(logits, &self.history);
+        if self.tokenizer.is_eog(token) {
+            self.finish = Some(FinishReason::Stop);
+            return None;
+        }
+        self.tokens.push(token);
+        self.history.push(token);
+        let piece = self.decoder.push(token);
+        let pushed = self.stops.push(&piece);
+        self.emit(&pushed.emit, &mut on_text);
+        if pushed.stopped {
+            self.finish = Some(FinishReason::Stop);
+        } else if self.tokens.len() >= self.max_tokens {
+            self.finish = Some(FinishReason::Length);
+        }
+        self.finish.is_none().then_some(token)
+    }
+
+    /// Ends the sequence early (cancellation); [`Stepper::finish`] then reports it.
+    pub fn cancel(&mut self) {
+        self.finish.get_or_insert(FinishReason::Cancelled);
+    }
+
+    /// Tokens generated so far.
+    pub fn n_tokens(&self) -> usize {
+        self.tokens.len()
+    }
+
+    /// Whether the sequence has ended ([`Stepper::step`] returned `None`, or cancelled).
+    pub fn is_finished(&self) -> bool {
+        self.finish.is_some()
+    }
+
+    /// Flushes held-back text (a partial character, or a stop-string prefix that never
+    /// completed) to `on_text` and returns (tokens, text, finish reason).
+    pub fn finish(mut self, mut on_text: impl FnMut(&str)) -> (Vec<u32>, String, FinishReason) {
+        if !self.stops.is_stopped() {
+            let tail = self.decoder.finish();
+            let pushed = self.stops.push(&tail);
+            self.emit(&pushed.emit, &mut on_text);
+            if !pushed.stopped {
+                let rest = self.stops.finish();
+                self.emit(&rest, &mut on_text);
+            }
+        }
+        let reason = self.finish.unwrap_or(FinishReason::Length);
+        (self.tokens, self.text, reason)
+    }
+
+    fn emit(&mut self, s: &str, on_text: &mut impl FnMut(&str)) {
+        if !s.is_empty() {
+            on_text(s);
+            self.text.push_str(s);
+        }
+    }
+}
+
+/// Checks what [`generate`] and the worker both refuse: an empty prompt, or one that with
+/// `max_tokens` new tokens does not fit `n_ctx`.
+pub fn check_fits(req: &GenerateRequest, n_ctx: usize) -> Result<(), GenerateError> {
+    if req.prompt.is_empty() {
+        return Err(GenerateError::EmptyPrompt);
+    }
+    if req.prompt.len() + req.max_tokens > n_ctx {
+        return Err(GenerateError::TooLong {
+            prompt: req.prompt.len(),
+            max_tokens: req.max_tokens,
+            n_ctx,
+        });
+    }
+    Ok(())
+}
+
 /// Runs `req` on sequence `seq` of `session` (which must be empty for that sequence),
 /// calling `on_text` with each new piece of valid UTF-8 text, and `cancelled` between steps.
 pub fn generate(
@@ -92,85 +205,37 @@ pub fn generate(
     mut on_text: impl FnMut(&str),
     cancelled: impl Fn() -> bool,
 ) -> Result<Generation, GenerateError> {
-    if req.prompt.is_empty() {
-        return Err(GenerateError::EmptyPrompt);
-    }
-    let n_ctx = session.n_ctx();
-    if req.prompt.len() + req.max_tokens > n_ctx {
-        return Err(GenerateError::TooLong {
-            prompt: req.prompt.len(),
-            max_tokens: req.max_tokens,
-            n_ctx,
-        });
-    }
-    let model = session.model();
-    let tokenizer = model.tokenizer();
-    let mut sampler = Sampler::new(req.sampling.clone(), tokenizer.n_vocab())?;
-    let mut stops = StopMatcher::new(req.stop.clone());
-    let mut decoder = StreamDecoder::new(tokenizer);
-    let mut history = req.prompt.clone();
-    let mut out = Generation {
-        tokens: Vec::new(),
-        text: String::new(),
-        finish_reason: FinishReason::Length,
-        prompt_tokens: req.prompt.len(),
-        timings: Timings::default(),
-    };
-    let mut emit = |s: &str, out: &mut Generation| {
-        if !s.is_empty() {
-            on_text(s);
-            out.text.push_str(s);
-        }
-    };
-
+    check_fits(req, session.n_ctx())?;
+    let mut stepper = Stepper::new(session.model().tokenizer(), req)?;
+    let mut timings = Timings::default();
     let t0 = Instant::now();
     // Prompt in micro-batches, checking for cancellation between them, so a long prompt on a
     // slow board can still be cancelled (and the caller's heartbeat keeps moving).
     for chunk in req.prompt.chunks(MAX_UBATCH) {
         if cancelled() {
-            out.finish_reason = FinishReason::Cancelled;
-            out.timings.prompt = t0.elapsed();
-            return Ok(out);
+            stepper.cancel();
+            break;
         }
         session.eval_seq(seq, chunk)?;
     }
-    out.timings.prompt = t0.elapsed();
+    timings.prompt = t0.elapsed();
     let t1 = Instant::now();
-    while out.tokens.len() < req.max_tokens {
+    while stepper.finish.is_none() {
         if cancelled() {
-            out.finish_reason = FinishReason::Cancelled;
+            stepper.cancel();
             break;
         }
-        let token = sampler.sample(session.logits(0), &history);
-        if tokenizer.is_eog(token) {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        out.tokens.push(token);
-        history.push(token);
-        let piece = decoder.push(token);
-        let pushed = stops.push(&piece);
-        emit(&pushed.emit, &mut out);
-        if pushed.stopped {
-            out.finish_reason = FinishReason::Stop;
-            break;
-        }
-        if out.tokens.len() == req.max_tokens {
-            break;
-        }
-        session.eval_seq(seq, &[token])?;
-    }
-    if out.finish_reason != FinishReason::Stop || !stops.is_stopped() {
-        // Flush held-back text: a partial character, or a partial stop-string prefix that
-        // never completed.
-        let tail = decoder.finish();
-        let pushed = stops.push(&tail);
-        emit(&pushed.emit, &mut out);
-        if !pushed.stopped {
-            let rest = stops.finish();
-            emit(&rest, &mut out);
+        if let Some(token) = stepper.step(session.logits(0), &mut on_text) {
+            session.eval_seq(seq, &[token])?;
         }
     }
-    out.timings.generate = t1.elapsed();
-    Ok(out)
+    let (tokens, text, finish_reason) = stepper.finish(&mut on_text);
+    timings.generate = t1.elapsed();
+    Ok(Generation {
+        tokens,
+        text,
+        finish_reason,
+        prompt_tokens: req.prompt.len(),
+        timings,
+    })
 }

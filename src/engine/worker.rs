@@ -6,8 +6,9 @@
 //! 1. [`Engine::submit`] checks what needs no model (max_tokens against the cap, sampling
 //!    parameters, an empty prompt) and enqueues; a full queue is refused at once with
 //!    [`ErrorKind::Busy`] (CONVENTIONS practice 2: the MQTT event loop never waits on us).
-//! 2. The worker takes jobs in arrival order. A job whose deadline has passed gets
-//!    [`ErrorKind::Expired`], one already cancelled [`ErrorKind::Cancelled`], without compute.
+//! 2. The worker admits waiting jobs to free slots, round-robin across [`Job::client`]s and
+//!    in arrival order within one. A waiting job whose deadline passes gets
+//!    [`ErrorKind::Expired`], one cancelled [`ErrorKind::Cancelled`], without compute.
 //! 3. The prompt is rendered and tokenized on the worker; limits are checked
 //!    ([`ErrorKind::TooLong`]); then [`JobEvent::Started`], streamed [`JobEvent::Delta`]s (when
 //!    asked for) and one final [`JobEvent::Done`] or [`JobEvent::Failed`].
@@ -22,32 +23,31 @@
 //! It does not advance *during* one prompt evaluation: the watchdog interval must exceed the
 //! longest prompt evaluation (`max_prompt_tokens` on the slowest board).
 //!
-//! Jobs run one at a time on sequence 0, whose KV cells are cleared after each job. The loop
-//! (`Worker::run`) is the part a continuous-batching scheduler will replace: the session
-//! already decodes multi-sequence batches.
+//! Up to [`EngineConfig::parallel`] jobs run at once, decoded together in one batch per step,
+//! with chunked prompts, per-client fair admission and a prefix cache: see [`super::sched`]
+//! for the scheduling rules.
 
 use std::fmt;
 use std::panic::{self, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::engine::{generate, GenerateError, GenerateRequest};
-use crate::model::{Model, ModelError, SeqId, Session};
+use crate::engine::sched::{FairQueue, SeqTable, Start};
+use crate::engine::{rate, GenerateError, GenerateRequest, Stepper};
+use crate::model::session::MAX_UBATCH;
+use crate::model::{kv_cache_bytes, Batch, HParams, Model, ModelError, SeqId, Session, MAX_SEQS};
 use crate::sampler::{FinishReason, SamplingParams};
 use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
 
 /// Longest the idle worker waits before refreshing its heartbeat.
 pub const IDLE_WAKE: Duration = Duration::from_millis(250);
-
-/// The sequence every job runs on while jobs are served one at a time.
-const SEQ: SeqId = 0;
 
 // ---------------------------------------------------------------------------------------------
 // Configuration
@@ -73,8 +73,20 @@ pub struct EngineConfig {
     pub model_name: String,
     /// The GGUF file.
     pub model_path: PathBuf,
-    /// KV cache cells: prompt plus generated tokens of one job must fit.
+    /// Context of one job: its prompt plus generated tokens must fit.
     pub n_ctx: usize,
+    /// Jobs decoded together (continuous batching slots).
+    pub parallel: usize,
+    /// KV cells shared by all sequences, running and cached; `None` is `n_ctx * parallel`,
+    /// so every slot can hold a full context. Fewer makes jobs wait for cells; more keeps more
+    /// idle prefixes cached. See [`kv_cache_bytes`](fn@kv_cache_bytes) for the memory.
+    pub kv_cells: Option<usize>,
+    /// Keep finished sequences in the KV cache and start new jobs from the longest cached
+    /// prefix of their prompt.
+    pub prefix_cache: bool,
+    /// Tokens per batched step (decode tokens plus prompt chunks): bounds how long one step,
+    /// and so everyone's next token, waits behind a long prompt.
+    pub step_tokens: usize,
     /// Compute threads.
     pub n_threads: usize,
     /// Jobs that may wait behind the running one; a full queue answers [`ErrorKind::Busy`].
@@ -94,13 +106,18 @@ pub struct EngineConfig {
 
 impl EngineConfig {
     /// A configuration with the defaults used when the config file says nothing: 2048 cells,
-    /// every core, 8 queued jobs, at most 1024 new tokens (128 by default), prompts up to 1536
-    /// tokens, llama.cpp's default sampling, [`PromptMode::Auto`].
+    /// one job at a time, the prefix cache on, 256-token steps, every core, 8 queued jobs, at
+    /// most 1024 new tokens (128 by default), prompts up to 1536 tokens, llama.cpp's default
+    /// sampling, [`PromptMode::Auto`].
     pub fn new(model_name: impl Into<String>, model_path: impl Into<PathBuf>) -> EngineConfig {
         EngineConfig {
             model_name: model_name.into(),
             model_path: model_path.into(),
             n_ctx: 2048,
+            parallel: 1,
+            kv_cells: None,
+            prefix_cache: true,
+            step_tokens: 256,
             n_threads: thread::available_parallelism().map_or(1, |n| n.get()),
             queue_capacity: 8,
             max_tokens_cap: 1024,
@@ -118,9 +135,19 @@ impl EngineConfig {
         self.model_name != other.model_name
             || self.model_path != other.model_path
             || self.n_ctx != other.n_ctx
+            || self.parallel != other.parallel
+            || self.kv_cells() != other.kv_cells()
+            || self.prefix_cache != other.prefix_cache
+            || self.step_tokens != other.step_tokens
             || self.n_threads != other.n_threads
             || self.queue_capacity != other.queue_capacity
             || self.default_mode != other.default_mode
+    }
+
+    /// KV cells the session allocates ([`EngineConfig::kv_cells`] resolved).
+    pub fn kv_cells(&self) -> usize {
+        self.kv_cells
+            .unwrap_or_else(|| self.n_ctx.saturating_mul(self.parallel))
     }
 
     /// The fields a running engine can change.
@@ -138,6 +165,31 @@ impl EngineConfig {
         let bad = |key: &'static str, why: String| Err(StartError::Config { key, why });
         if self.n_ctx == 0 {
             return bad("n_ctx", "must be at least 1".into());
+        }
+        if self.parallel == 0 || self.parallel > MAX_SEQS as usize / 2 {
+            return bad(
+                "parallel",
+                format!("{} is outside 1..={}", self.parallel, MAX_SEQS / 2),
+            );
+        }
+        if self.kv_cells() < self.n_ctx {
+            return bad(
+                "kv_cells",
+                format!(
+                    "{} cells cannot hold one context of {}",
+                    self.kv_cells(),
+                    self.n_ctx
+                ),
+            );
+        }
+        if self.step_tokens < self.parallel || self.step_tokens > MAX_UBATCH {
+            return bad(
+                "step_tokens",
+                format!(
+                    "{} is outside {}..={MAX_UBATCH} (parallel..=the largest micro-batch)",
+                    self.step_tokens, self.parallel
+                ),
+            );
         }
         if self.n_threads == 0 {
             return bad("n_threads", "must be at least 1".into());
@@ -165,6 +217,12 @@ impl EngineConfig {
         }
         Ok(())
     }
+}
+
+/// Bytes of the KV cache an engine with `cfg` allocates for a model with `hp` (f16 keys and
+/// values for [`EngineConfig::kv_cells`] cells): what a memory guard adds to the weights.
+pub fn kv_cache_bytes_for(cfg: &EngineConfig, hp: &HParams) -> u64 {
+    kv_cache_bytes(hp, cfg.kv_cells())
 }
 
 /// Limits and defaults a running engine applies to the next job ([`Engine::retune`]), so a
@@ -233,6 +291,8 @@ pub struct Job {
     pub cancel: Arc<AtomicBool>,
     /// Send [`JobEvent::Delta`]s as text is produced.
     pub stream: bool,
+    /// Fairness key (the device): waiting jobs are admitted round-robin across clients.
+    pub client: String,
     pub events: EventSink,
 }
 
@@ -248,6 +308,7 @@ impl fmt::Debug for Job {
             .field("enqueued", &self.enqueued)
             .field("cancel", &self.cancel)
             .field("stream", &self.stream)
+            .field("client", &self.client)
             .finish_non_exhaustive()
     }
 }
@@ -272,8 +333,14 @@ pub enum JobEvent {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct JobOutcome {
     pub text: String,
+    /// The generated token ids (stop/EOS token excluded), for tools and tests.
+    #[serde(skip)]
+    pub tokens: Vec<u32>,
     pub finish_reason: FinishReason,
     pub prompt_tokens: u32,
+    /// Prompt tokens shared from the prefix cache instead of evaluated (included in
+    /// `prompt_tokens`).
+    pub cached_tokens: u32,
     pub completion_tokens: u32,
     pub queue_ms: f64,
     pub prompt_ms: f64,
@@ -363,8 +430,12 @@ pub struct ModelInfo {
     /// `general.file_type` as llama.cpp names it (`Q4_1`, `Q4_K_M`, ...), else the type holding
     /// most weight bytes (`q4_1`).
     pub quantization: String,
-    /// KV cells of the session.
+    /// Context of one job.
     pub n_ctx: usize,
+    /// Jobs decoded together.
+    pub parallel: usize,
+    /// KV cells of the session, shared by the running jobs and the prefix cache.
+    pub kv_cells: usize,
     /// Context the model was trained with.
     pub n_ctx_train: u32,
     pub has_chat_template: bool,
@@ -378,7 +449,7 @@ pub struct EngineStats {
     /// Jobs waiting (not counting the running one).
     pub queue_depth: usize,
     pub queue_capacity: usize,
-    /// Jobs running (0 or 1 for now).
+    /// Jobs running (up to [`ModelInfo::parallel`]).
     pub in_flight: usize,
     /// Jobs that ended with [`JobEvent::Done`].
     pub served: u64,
@@ -388,6 +459,10 @@ pub struct EngineStats {
     pub rejected: u64,
     /// Generation speed of the last job served; 0 before the first.
     pub last_tokens_per_s: f64,
+    /// Prompt tokens of served jobs that were evaluated.
+    pub prompt_tokens_evaluated: u64,
+    /// Prompt tokens of served jobs shared from the prefix cache instead.
+    pub prompt_tokens_cached: u64,
     pub model: ModelInfo,
 }
 
@@ -405,7 +480,7 @@ pub struct Engine {
 #[derive(Debug)]
 struct Inner {
     /// `None` once shutting down.
-    queue: Mutex<Option<SyncSender<Job>>>,
+    queue: Mutex<Option<Sender<Job>>>,
     thread: Mutex<Option<JoinHandle<()>>>,
     worker: ThreadId,
     shared: Arc<Shared>,
@@ -427,6 +502,8 @@ struct Shared {
     rejected: AtomicU64,
     /// `f64` bits.
     last_tps: AtomicU64,
+    prompt_evaluated: AtomicU64,
+    prompt_cached: AtomicU64,
     /// From this time (µs since `epoch`) running jobs stop and queued ones are cancelled.
     cancel_from_us: AtomicU64,
     /// Test hook: the worker sleeps without heartbeats until then (µs since `epoch`).
@@ -446,6 +523,8 @@ impl Shared {
             failed: AtomicU64::new(0),
             rejected: AtomicU64::new(0),
             last_tps: AtomicU64::new(0f64.to_bits()),
+            prompt_evaluated: AtomicU64::new(0),
+            prompt_cached: AtomicU64::new(0),
             cancel_from_us: AtomicU64::new(u64::MAX),
             stall_until_us: AtomicU64::new(0),
             tunables: Mutex::new(tunables),
@@ -498,7 +577,9 @@ impl Engine {
     ) -> Result<Engine, StartError> {
         cfg.validate()?;
         let shared = Arc::new(Shared::new(cfg.tunables()));
-        let (tx, rx) = mpsc::sync_channel::<Job>(cfg.queue_capacity);
+        // Unbounded: `Shared::queued` bounds the queue (the worker moves jobs into its fair
+        // queue at once, so the channel's own capacity would bound nothing).
+        let (tx, rx) = mpsc::channel::<Job>();
         let (ready_tx, ready_rx) = mpsc::channel::<Result<ModelInfo, StartError>>();
         let queue_capacity = cfg.queue_capacity;
         let thread = thread::Builder::new()
@@ -538,7 +619,7 @@ impl Engine {
     }
 
     /// A job with the engine's defaults: default sampling and max_tokens, no stop strings,
-    /// no deadline, not streamed, enqueued now.
+    /// no deadline, not streamed, the anonymous client `""`, enqueued now.
     pub fn job(&self, id: u64, input: PromptInput, events: EventSink) -> Job {
         Job {
             id,
@@ -550,6 +631,7 @@ impl Engine {
             enqueued: Instant::now(),
             cancel: Arc::new(AtomicBool::new(false)),
             stream: false,
+            client: String::new(),
             events,
         }
     }
@@ -578,29 +660,28 @@ impl Engine {
             return refuse(job, e);
         };
         // Counted before sending, so the worker's decrement can never come first.
-        inner.shared.queued.fetch_add(1, Ordering::Relaxed);
-        match tx.try_send(job) {
+        let cap = inner.queue_capacity;
+        let counted = inner
+            .shared
+            .queued
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| {
+                (n < cap).then_some(n + 1)
+            });
+        if counted.is_err() {
+            drop(queue);
+            let e = EngineError::new(
+                ErrorKind::Busy,
+                format!("the queue is full ({cap} waiting); try again later"),
+            );
+            return refuse(job, e);
+        }
+        match tx.send(job) {
             Ok(()) => Ok(()),
-            Err(e) => {
+            Err(mpsc::SendError(job)) => {
                 inner.shared.queued.fetch_sub(1, Ordering::Relaxed);
                 drop(queue);
-                let (job, error) = match e {
-                    TrySendError::Full(job) => (
-                        job,
-                        EngineError::new(
-                            ErrorKind::Busy,
-                            format!(
-                                "the queue is full ({} waiting); try again later",
-                                inner.queue_capacity
-                            ),
-                        ),
-                    ),
-                    TrySendError::Disconnected(job) => (
-                        job,
-                        EngineError::new(ErrorKind::Internal, "the inference thread has stopped"),
-                    ),
-                };
-                refuse(job, error)
+                let e = EngineError::new(ErrorKind::Internal, "the inference thread has stopped");
+                refuse(job, e)
             }
         }
     }
@@ -639,6 +720,8 @@ impl Engine {
             failed: s.failed.load(Ordering::Relaxed),
             rejected: s.rejected.load(Ordering::Relaxed),
             last_tokens_per_s: f64::from_bits(s.last_tps.load(Ordering::Relaxed)),
+            prompt_tokens_evaluated: s.prompt_evaluated.load(Ordering::Relaxed),
+            prompt_tokens_cached: s.prompt_cached.load(Ordering::Relaxed),
             model: self.inner.info.clone(),
         }
     }
@@ -745,7 +828,7 @@ fn worker_main(
         }
     };
     on_status(&format!("warming up {}", cfg.model_name));
-    let session = match warm_up(&model, cfg.n_ctx, cfg.n_threads) {
+    let session = match warm_up(&model, cfg.kv_cells(), cfg.n_threads) {
         Ok(s) => s,
         Err(e) => {
             let _ = ready.send(Err(model_err(e)));
@@ -764,15 +847,24 @@ fn worker_main(
         fallback,
         mode: info.default_mode,
         n_ctx: cfg.n_ctx,
+        kv_cells: cfg.kv_cells(),
         n_threads: cfg.n_threads,
+        parallel: cfg.parallel,
+        prefix_cache: cfg.prefix_cache,
+        step_tokens: cfg.step_tokens,
         model_name: cfg.model_name.clone(),
         shared,
         healthy: true,
+        queue: FairQueue::default(),
+        seqs: SeqTable::default(),
+        running: Vec::new(),
+        batch: Batch::default(),
+        out_rows: Vec::new(),
     };
     worker.shared.beat();
     on_status(&format!(
-        "ready: {} ({}, {} params, {} cells)",
-        info.name, info.quantization, info.n_params, info.n_ctx
+        "ready: {} ({}, {} params, {} cells per job, {} parallel)",
+        info.name, info.quantization, info.n_params, info.n_ctx, info.parallel
     ));
     if ready.send(Ok(info)).is_err() {
         return;
@@ -816,6 +908,8 @@ fn model_info(cfg: &EngineConfig, model: &Model) -> ModelInfo {
         n_params,
         quantization,
         n_ctx: cfg.n_ctx,
+        parallel: cfg.parallel,
+        kv_cells: cfg.kv_cells(),
         n_ctx_train: model.hparams().n_ctx_train,
         has_chat_template,
         default_mode: match cfg.default_mode {
@@ -882,7 +976,7 @@ fn dominant_type(model: &Model) -> String {
         .map_or_else(|| "unknown".to_owned(), |(_, name)| name.to_owned())
 }
 
-/// The inference thread's state: the model, its one session, and the limits.
+/// The inference thread's state: the model, its session, the running jobs and the queue.
 struct Worker<'m> {
     model: &'m Model,
     session: Session<'m>,
@@ -891,37 +985,115 @@ struct Worker<'m> {
     /// Resolved: never [`PromptMode::Auto`].
     mode: PromptMode,
     n_ctx: usize,
+    kv_cells: usize,
     n_threads: usize,
+    parallel: usize,
+    prefix_cache: bool,
+    step_tokens: usize,
     model_name: String,
     shared: Arc<Shared>,
     /// False once the session could not be rebuilt after a panic: the thread then exits, its
     /// heartbeat stops, and the watchdog restarts the service.
     healthy: bool,
+    queue: FairQueue<Job>,
+    seqs: SeqTable,
+    running: Vec<Running<'m>>,
+    batch: Batch,
+    /// Running-job index of each logits row of the last batch.
+    out_rows: Vec<usize>,
 }
 
-impl Worker<'_> {
-    /// Serves jobs in arrival order until every sender is gone (shutdown) or the worker is
-    /// broken. The scheduler for continuous batching replaces this loop.
+/// A job holding a slot: reading its prompt, then generating.
+struct Running<'m> {
+    job: Job,
+    seq: SeqId,
+    prompt: Vec<u32>,
+    /// Prompt tokens in the cache: shared from the prefix cache, then evaluated.
+    n_past: usize,
+    /// Prompt tokens shared from the prefix cache.
+    cached: usize,
+    max_tokens: usize,
+    stepper: Stepper<'m>,
+    /// The token sampled last, to evaluate in the next step.
+    next: Option<u32>,
+    queue_ms: f64,
+    started: Instant,
+    /// When the prompt's logits came out (the first token).
+    first: Option<Instant>,
+    failed: Option<EngineError>,
+}
+
+impl Running<'_> {
+    fn done(&self) -> bool {
+        self.failed.is_some() || self.stepper.is_finished()
+    }
+
+    /// Cells this job may still write: its whole prompt and answer minus what it holds.
+    fn reserve(&self, seqs: &SeqTable) -> usize {
+        (self.prompt.len() + self.max_tokens).saturating_sub(seqs.n_tokens(self.seq))
+    }
+}
+
+impl<'m> Worker<'m> {
+    /// Serves jobs until every sender is gone and all work is done (shutdown) or the worker
+    /// is broken: take in new jobs, admit them to free slots, run one batched step.
     fn run(mut self, rx: Receiver<Job>) {
+        let mut open = true;
         while self.healthy {
             self.stall_if_asked();
-            match rx.recv_timeout(IDLE_WAKE) {
-                Ok(job) => {
-                    self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-                    self.shared.beat();
-                    self.serve(job);
+            if open && self.running.is_empty() && self.queue.is_empty() {
+                match rx.recv_timeout(IDLE_WAKE) {
+                    Ok(job) => self.enqueue(job),
+                    Err(RecvTimeoutError::Timeout) => {
+                        self.shared.beat();
+                        continue;
+                    }
+                    Err(RecvTimeoutError::Disconnected) => open = false,
                 }
-                Err(RecvTimeoutError::Timeout) => self.shared.beat(),
-                Err(RecvTimeoutError::Disconnected) => return,
             }
+            while open {
+                match rx.try_recv() {
+                    Ok(job) => self.enqueue(job),
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => open = false,
+                }
+            }
+            self.shared.beat();
+            self.sweep_queue();
+            self.admit();
+            if self.running.is_empty() {
+                if !open && self.queue.is_empty() {
+                    return;
+                }
+                continue;
+            }
+            self.step();
+            self.retire();
         }
-        // Broken: nothing queued may go unanswered.
-        while let Ok(mut job) = rx.try_recv() {
-            self.shared.queued.fetch_sub(1, Ordering::Relaxed);
-            self.fail(
-                &mut job,
-                EngineError::new(ErrorKind::Internal, "the inference thread failed"),
-            );
+        // Broken: nothing accepted may go unanswered.
+        let broken = || EngineError::new(ErrorKind::Internal, "the inference thread failed");
+        for mut r in std::mem::take(&mut self.running) {
+            self.fail(&mut r.job, broken());
+        }
+        while let Ok(job) = rx.try_recv() {
+            self.enqueue(job);
+        }
+        while let Some(p) = self.queue.pop() {
+            let mut job = p.job;
+            self.dequeued(&mut job, Some(broken()));
+        }
+    }
+
+    fn enqueue(&mut self, job: Job) {
+        let client = job.client.clone();
+        self.queue.push(&client, job);
+    }
+
+    /// A job left the queue: count it, and fail it with `e` if given.
+    fn dequeued(&self, job: &mut Job, e: Option<EngineError>) {
+        self.shared.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(e) = e {
+            self.fail(job, e);
         }
     }
 
@@ -933,55 +1105,66 @@ impl Worker<'_> {
         }
     }
 
-    /// Runs one job to its final event.
-    fn serve(&mut self, mut job: Job) {
-        let queue_ms = ms(job.enqueued.elapsed());
-        if self.shared.cancelling() {
-            let e = EngineError::new(ErrorKind::Cancelled, "the engine is shutting down");
-            return self.fail(&mut job, e);
-        }
-        if job.cancel.load(Ordering::Relaxed) {
-            let e = EngineError::new(ErrorKind::Cancelled, "cancelled before it started");
-            return self.fail(&mut job, e);
-        }
-        if job.deadline.is_some_and(|d| Instant::now() >= d) {
-            let e = EngineError::new(
-                ErrorKind::Expired,
-                format!("the deadline passed after {queue_ms:.0} ms in the queue"),
-            );
-            return self.fail(&mut job, e);
-        }
-
-        self.shared.in_flight.store(1, Ordering::Relaxed);
-        let result = panic::catch_unwind(AssertUnwindSafe(|| self.run_job(&mut job, queue_ms)));
-        let result = match result {
-            Ok(r) => {
-                self.session.clear();
-                r
-            }
-            Err(payload) => {
-                self.rebuild_session();
-                Err(EngineError::new(
-                    ErrorKind::Internal,
-                    format!("inference panicked: {}", panic_message(&*payload)),
-                ))
-            }
+    /// Answers queued jobs that can no longer start: cancelled, expired, or shutting down.
+    fn sweep_queue(&mut self) {
+        let shared = &*self.shared;
+        let now = Instant::now();
+        let gone = |job: &Job| {
+            shared.cancelling()
+                || job.cancel.load(Ordering::Relaxed)
+                || job.deadline.is_some_and(|d| now >= d)
         };
-        self.shared.in_flight.store(0, Ordering::Relaxed);
-        match result {
-            Ok(outcome) => {
-                self.shared.served.fetch_add(1, Ordering::Relaxed);
-                self.shared
-                    .last_tps
-                    .store(outcome.tokens_per_s.to_bits(), Ordering::Relaxed);
-                emit(&mut job, JobEvent::Done(outcome));
-            }
-            Err(e) => self.fail(&mut job, e),
+        for mut job in self.queue.remove_where(gone) {
+            let e = if shared.cancelling() {
+                EngineError::new(ErrorKind::Cancelled, "the engine is shutting down")
+            } else if job.cancel.load(Ordering::Relaxed) {
+                EngineError::new(ErrorKind::Cancelled, "cancelled before it started")
+            } else {
+                let queue_ms = ms(job.enqueued.elapsed());
+                EngineError::new(
+                    ErrorKind::Expired,
+                    format!("the deadline passed after {queue_ms:.0} ms in the queue"),
+                )
+            };
+            self.dequeued(&mut job, Some(e));
         }
     }
 
-    /// Tokenizes, checks limits and generates. Panics are the caller's to catch.
-    fn run_job(&mut self, job: &mut Job, queue_ms: f64) -> Result<JobOutcome, EngineError> {
+    /// Fills free slots from the queue, fairly across clients.
+    fn admit(&mut self) {
+        while self.running.len() < self.parallel {
+            let Some(p) = self.queue.pop() else { return };
+            let prepared = panic::catch_unwind(AssertUnwindSafe(|| self.prepare(&p.job)));
+            let (prompt, max_tokens) = match prepared {
+                Ok(Ok(x)) => x,
+                Ok(Err(e)) => {
+                    let mut job = p.job;
+                    self.dequeued(&mut job, Some(e));
+                    continue;
+                }
+                Err(payload) => {
+                    let mut job = p.job;
+                    let e = EngineError::new(
+                        ErrorKind::Internal,
+                        format!("inference panicked: {}", panic_message(&*payload)),
+                    );
+                    self.dequeued(&mut job, Some(e));
+                    continue;
+                }
+            };
+            let Some(start) = self.place(&prompt, max_tokens) else {
+                // Running jobs hold the cells it needs: it waits for one to finish.
+                self.queue.unpop(p);
+                return;
+            };
+            let mut job = p.job;
+            self.dequeued(&mut job, None);
+            self.begin(job, prompt, max_tokens, start);
+        }
+    }
+
+    /// Tokenizes and checks the limits.
+    fn prepare(&self, job: &Job) -> Result<(Vec<u32>, usize), EngineError> {
         let prompt = self.tokenize(&job.input)?;
         let limits = self.shared.tunables();
         let max_tokens = job.max_tokens.unwrap_or(limits.default_max_tokens) as usize;
@@ -1001,7 +1184,7 @@ impl Worker<'_> {
                 ),
             ));
         }
-        let n_ctx = self.session.n_ctx();
+        let n_ctx = self.n_ctx;
         if prompt.len() + max_tokens > n_ctx {
             return Err(EngineError::new(
                 ErrorKind::TooLong,
@@ -1011,42 +1194,235 @@ impl Worker<'_> {
                 ),
             ));
         }
+        Ok((prompt, max_tokens))
+    }
+
+    /// Creates the job's sequence, sharing the longest cached prefix, and makes room for the
+    /// rest by evicting idle sequences, least recently used first. `None` (nothing changed)
+    /// when running jobs leave too little room.
+    fn place(&mut self, prompt: &[u32], max_tokens: usize) -> Option<Start> {
+        while !self.seqs.has_room() {
+            let victim = self.seqs.lru_idle()?;
+            self.drop_seq(victim);
+        }
+        let start = self.seqs.start(prompt, self.prefix_cache)?;
+        if let Some(from) = start.from {
+            self.session.copy_prefix(from, start.seq, start.reuse);
+        }
+        for id in self.seqs.redundant(start.seq) {
+            self.drop_seq(id);
+        }
+        let need = prompt.len() + max_tokens - start.reuse;
+        loop {
+            let reserved: usize = self.running.iter().map(|r| r.reserve(&self.seqs)).sum();
+            if self.session.used_cells() + reserved + need <= self.kv_cells {
+                return Some(start);
+            }
+            match self.seqs.lru_idle() {
+                Some(victim) => self.drop_seq(victim),
+                None => {
+                    self.drop_seq(start.seq);
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn drop_seq(&mut self, seq: SeqId) {
+        self.session.remove(seq, 0);
+        self.seqs.remove(seq);
+    }
+
+    /// Starts a placed job: `Started`, then it takes part in the next step.
+    fn begin(&mut self, mut job: Job, prompt: Vec<u32>, max_tokens: usize, start: Start) {
         let req = GenerateRequest {
             prompt,
             max_tokens,
             sampling: job.sampling.clone(),
             stop: job.stop.clone(),
         };
-        emit(job, JobEvent::Started { queue_ms });
-        let shared = &*self.shared;
-        let (stream, cancel, events) = (job.stream, &job.cancel, &mut job.events);
-        let gen = generate(
-            &mut self.session,
-            SEQ,
-            &req,
-            |text| {
-                if stream {
-                    events(JobEvent::Delta(text.to_owned()));
-                }
-            },
-            // Called before every sampled token: the heartbeat of a working thread.
-            || {
-                shared.beat();
-                cancel.load(Ordering::Relaxed) || shared.cancelling()
-            },
-        )
-        .map_err(generate_error)?;
-        Ok(JobOutcome {
-            completion_tokens: gen.tokens.len() as u32,
-            prompt_tokens: gen.prompt_tokens as u32,
+        let stepper = match Stepper::new(self.model.tokenizer(), &req) {
+            Ok(s) => s,
+            Err(e) => {
+                self.drop_seq(start.seq);
+                return self.fail(&mut job, generate_error(e));
+            }
+        };
+        let queue_ms = ms(job.enqueued.elapsed());
+        self.shared
+            .in_flight
+            .store(self.running.len() + 1, Ordering::Relaxed);
+        emit(&mut job, JobEvent::Started { queue_ms });
+        self.running.push(Running {
+            job,
+            seq: start.seq,
+            prompt: req.prompt,
+            n_past: start.reuse,
+            cached: start.reuse,
+            max_tokens,
+            stepper,
+            next: None,
             queue_ms,
-            prompt_ms: ms(gen.timings.prompt),
-            generate_ms: ms(gen.timings.generate),
-            tokens_per_s: gen.generate_tps(),
-            model: self.model_name.clone(),
-            finish_reason: gen.finish_reason,
-            text: gen.text,
-        })
+            started: Instant::now(),
+            first: None,
+            failed: None,
+        });
+    }
+
+    /// One batched step: a token for every generating job, then prompt chunks within the
+    /// step's budget, all in one decode; then each job samples from its row.
+    fn step(&mut self) {
+        let shared = &*self.shared;
+        for r in &mut self.running {
+            if r.job.cancel.load(Ordering::Relaxed) || shared.cancelling() {
+                r.stepper.cancel();
+            }
+        }
+        self.retire();
+        if self.running.is_empty() {
+            return;
+        }
+        self.build_batch();
+        self.shared.beat();
+        let decoded = panic::catch_unwind(AssertUnwindSafe(|| self.session.decode(&self.batch)));
+        match decoded {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                let e = generate_error(GenerateError::Model(e));
+                for r in &mut self.running {
+                    r.failed = Some(e.clone());
+                }
+                return;
+            }
+            Err(payload) => return self.crashed(&*payload),
+        }
+        for i in 0..self.batch.len() {
+            let (seq, token) = (self.batch.seq[i], self.batch.tokens[i]);
+            self.seqs.extend(seq, &[token]);
+        }
+        let now = Instant::now();
+        for (row, &ri) in self.out_rows.iter().enumerate() {
+            let r = &mut self.running[ri];
+            r.first.get_or_insert(now);
+            let (events, stream, failed) = (&mut r.job.events, r.job.stream, &mut r.failed);
+            r.next = r.stepper.step(self.session.logits(row), |text| {
+                if stream && failed.is_none() {
+                    deliver(events, text, failed);
+                }
+            });
+        }
+    }
+
+    /// Fills `self.batch` (and `out_rows`) for the next step.
+    fn build_batch(&mut self) {
+        self.batch.clear();
+        self.out_rows.clear();
+        for (i, r) in self.running.iter().enumerate() {
+            if let Some(t) = r.next {
+                let pos = self.seqs.n_tokens(r.seq) as i32;
+                self.batch.push(t, pos, r.seq, true);
+                self.out_rows.push(i);
+            }
+        }
+        let mut budget = self.step_tokens.saturating_sub(self.batch.len()).max(1);
+        for (i, r) in self.running.iter_mut().enumerate() {
+            if budget == 0 {
+                break;
+            }
+            if r.next.is_some() || r.n_past == r.prompt.len() {
+                continue;
+            }
+            let end = (r.n_past + budget).min(r.prompt.len());
+            for (p, &t) in r.prompt.iter().enumerate().take(end).skip(r.n_past) {
+                let last = p + 1 == r.prompt.len();
+                self.batch.push(t, p as i32, r.seq, last);
+                if last {
+                    self.out_rows.push(i);
+                }
+            }
+            budget -= end - r.n_past;
+            r.n_past = end;
+        }
+    }
+
+    /// Ends the jobs that are done: `Done` or `Failed`, their sequences kept idle (prefix
+    /// cache) or dropped.
+    fn retire(&mut self) {
+        let mut i = 0;
+        while i < self.running.len() {
+            if !self.running[i].done() {
+                i += 1;
+                continue;
+            }
+            let mut r = self.running.remove(i);
+            self.shared
+                .in_flight
+                .store(self.running.len(), Ordering::Relaxed);
+            if let Some(e) = r.failed.take() {
+                self.drop_seq(r.seq);
+                self.fail(&mut r.job, e);
+                continue;
+            }
+            let (events, stream, failed) = (&mut r.job.events, r.job.stream, &mut r.failed);
+            let (tokens, text, finish_reason) = r.stepper.finish(|text| {
+                if stream && failed.is_none() {
+                    deliver(events, text, failed);
+                }
+            });
+            if let Some(e) = r.failed.take() {
+                self.drop_seq(r.seq);
+                self.fail(&mut r.job, e);
+                continue;
+            }
+            if self.prefix_cache {
+                self.seqs.park(r.seq);
+            } else {
+                self.drop_seq(r.seq);
+            }
+            let now = Instant::now();
+            let first = r.first.unwrap_or(now);
+            let generate = now - first;
+            let outcome = JobOutcome {
+                completion_tokens: tokens.len() as u32,
+                prompt_tokens: r.prompt.len() as u32,
+                cached_tokens: r.cached as u32,
+                queue_ms: r.queue_ms,
+                prompt_ms: ms(first - r.started),
+                generate_ms: ms(generate),
+                tokens_per_s: rate(tokens.len().saturating_sub(1), generate),
+                model: self.model_name.clone(),
+                finish_reason,
+                text,
+                tokens,
+            };
+            let shared = &self.shared;
+            shared.served.fetch_add(1, Ordering::Relaxed);
+            shared
+                .prompt_cached
+                .fetch_add(r.cached as u64, Ordering::Relaxed);
+            shared
+                .prompt_evaluated
+                .fetch_add((r.n_past - r.cached) as u64, Ordering::Relaxed);
+            shared
+                .last_tps
+                .store(outcome.tokens_per_s.to_bits(), Ordering::Relaxed);
+            emit(&mut r.job, JobEvent::Done(outcome));
+        }
+    }
+
+    /// A panic inside a decode: the KV cache or buffers may be half-updated, so every running
+    /// job fails and the session starts afresh.
+    fn crashed(&mut self, payload: &(dyn std::any::Any + Send)) {
+        let e = EngineError::new(
+            ErrorKind::Internal,
+            format!("inference panicked: {}", panic_message(payload)),
+        );
+        for mut r in std::mem::take(&mut self.running) {
+            self.fail(&mut r.job, e.clone());
+        }
+        self.shared.in_flight.store(0, Ordering::Relaxed);
+        self.seqs.clear();
+        self.rebuild_session();
     }
 
     /// The prompt's tokens. Special-token text is parsed only in template output, never in
@@ -1084,7 +1460,7 @@ impl Worker<'_> {
 
     /// After a panic the session's KV cache or buffers may be half-updated: start afresh.
     fn rebuild_session(&mut self) {
-        match Session::new(self.model, self.n_ctx, self.n_threads) {
+        match Session::new(self.model, self.kv_cells, self.n_threads) {
             Ok(s) => self.session = s,
             Err(_) => self.healthy = false,
         }
@@ -1093,6 +1469,20 @@ impl Worker<'_> {
     fn fail(&self, job: &mut Job, e: EngineError) {
         self.shared.failed.fetch_add(1, Ordering::Relaxed);
         emit(job, JobEvent::Failed(e));
+    }
+}
+
+/// Streams `text` to a job's sink; a panic there fails that job (only) as
+/// [`ErrorKind::Internal`] and silences its stream.
+fn deliver(events: &mut EventSink, text: &str, failed: &mut Option<EngineError>) {
+    let sent = panic::catch_unwind(AssertUnwindSafe(|| {
+        events(JobEvent::Delta(text.to_owned()))
+    }));
+    if let Err(payload) = sent {
+        *failed = Some(EngineError::new(
+            ErrorKind::Internal,
+            format!("inference panicked: {}", panic_message(&*payload)),
+        ));
     }
 }
 

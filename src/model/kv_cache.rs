@@ -5,17 +5,49 @@
 //! tokens of several sequences: each token is written to a free cell (`ggml_set_rows` with the
 //! cell indices), and the attention mask lets a token see exactly the cells of its own sequence
 //! at positions up to its own. That is what continuous batching and prefix sharing build on.
+//!
+//! A cell may belong to several sequences at once (a set of up to [`MAX_SEQS`] ids): a
+//! sequence that starts with another's tokens shares their cells ([`KvCache::copy_prefix`],
+//! llama.cpp's `seq_cp`) instead of recomputing them, and a cell is free once no sequence
+//! holds it.
 
 use crate::ggml::{AllocatedContext, Context, CpuBackend, Tensor, Type};
 use crate::model::{HParams, ModelError};
 
-/// Identifies a sequence (one conversation / request) within a cache.
+/// Identifies a sequence (one conversation / request) within a cache: `0..MAX_SEQS`.
 pub type SeqId = u32;
 
-#[derive(Clone, Copy, Debug, Default)]
-struct Cell {
-    /// (sequence, position) of the token stored here; None when free.
-    used: Option<(SeqId, i32)>,
+/// Sequences one cache can tell apart (the width of a cell's sequence set).
+pub const MAX_SEQS: SeqId = 64;
+
+/// What a cell holds: the position of its token and the set of sequences sharing it
+/// (bit `s` for sequence `s`); free when the set is empty.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Cell {
+    pos: i32,
+    seqs: u64,
+}
+
+impl Cell {
+    fn is_free(self) -> bool {
+        self.seqs == 0
+    }
+
+    fn has(self, seq: SeqId) -> bool {
+        self.seqs & bit(seq) != 0
+    }
+}
+
+fn bit(seq: SeqId) -> u64 {
+    debug_assert!(seq < MAX_SEQS);
+    1u64 << seq
+}
+
+/// Bytes of the f16 keys and values of `cells` cells for `hp`'s layers: what
+/// [`KvCache::new`] allocates (alignment padding aside).
+pub fn kv_cache_bytes(hp: &HParams, cells: usize) -> u64 {
+    let per_cell = 2 * u64::from(hp.n_layer) * u64::from(hp.n_embd_kv()) * 2;
+    per_cell.saturating_mul(cells as u64)
 }
 
 /// f16 keys and values for `size` cells.
@@ -63,7 +95,7 @@ impl KvCache {
 
     /// Cells in use.
     pub fn used(&self) -> usize {
-        self.cells.iter().filter(|c| c.used.is_some()).count()
+        self.cells.iter().filter(|c| !c.is_free()).count()
     }
 
     /// (K, V) tensors of layer `il`, each [n_embd_kv, size].
@@ -84,7 +116,7 @@ impl KvCache {
             self.cells
                 .iter()
                 .enumerate()
-                .filter(|(_, c)| c.used.is_none())
+                .filter(|(_, c)| c.is_free())
                 .map(|(i, _)| i)
                 .take(n),
         );
@@ -97,15 +129,28 @@ impl KvCache {
     /// Records that `slots[i]` now holds token `i` of sequence `seqs[i]` at `pos[i]`.
     pub fn commit(&mut self, slots: &[usize], seqs: &[SeqId], pos: &[i32]) {
         for ((&s, &q), &p) in slots.iter().zip(seqs).zip(pos) {
-            self.cells[s].used = Some((q, p));
+            self.cells[s] = Cell {
+                pos: p,
+                seqs: bit(q),
+            };
         }
     }
 
-    /// Frees every cell of `seq` at position >= `from`.
+    /// Takes `seq` out of every cell at position >= `from`; cells no sequence holds are free.
     pub fn remove(&mut self, seq: SeqId, from: i32) {
         for c in &mut self.cells {
-            if matches!(c.used, Some((q, p)) if q == seq && p >= from) {
-                c.used = None;
+            if c.has(seq) && c.pos >= from {
+                c.seqs &= !bit(seq);
+            }
+        }
+    }
+
+    /// Adds `dst` to every cell of `src` at position < `until`: `dst` then starts with those
+    /// tokens without recomputing them.
+    pub fn copy_prefix(&mut self, src: SeqId, dst: SeqId, until: i32) {
+        for c in &mut self.cells {
+            if c.has(src) && c.pos < until {
+                c.seqs |= bit(dst);
             }
         }
     }
@@ -119,10 +164,8 @@ impl KvCache {
     pub fn next_pos(&self, seq: SeqId) -> i32 {
         self.cells
             .iter()
-            .filter_map(|c| match c.used {
-                Some((q, p)) if q == seq => Some(p + 1),
-                _ => None,
-            })
+            .filter(|c| c.has(seq))
+            .map(|c| c.pos + 1)
             .max()
             .unwrap_or(0)
     }
@@ -133,7 +176,7 @@ impl KvCache {
         let used_max = self
             .cells
             .iter()
-            .rposition(|c| c.used.is_some())
+            .rposition(|c| !c.is_free())
             .map_or(0, |i| i + 1);
         let slot_max = slots.iter().max().map_or(0, |&s| s + 1);
         used_max.max(slot_max).next_multiple_of(32).min(self.size())
@@ -146,7 +189,7 @@ impl KvCache {
     pub fn fill_mask(
         &self,
         mask: &mut Vec<u16>,
-        view: &mut Vec<Option<(SeqId, i32)>>,
+        view: &mut Vec<Cell>,
         n_kv: usize,
         n_rows: usize,
         slots: &[usize],
@@ -159,14 +202,17 @@ impl KvCache {
         mask.resize(n_kv * n_rows, NEG_INF);
         // What each cell will hold once this batch is written.
         view.clear();
-        view.extend(self.cells[..n_kv].iter().map(|c| c.used));
+        view.extend_from_slice(&self.cells[..n_kv]);
         for ((&s, &q), &p) in slots.iter().zip(seqs).zip(pos) {
-            view[s] = Some((q, p));
+            view[s] = Cell {
+                pos: p,
+                seqs: bit(q),
+            };
         }
         for (t, (&q, &p)) in seqs.iter().zip(pos).enumerate() {
             let row = &mut mask[t * n_kv..(t + 1) * n_kv];
             for (m, cell) in row.iter_mut().zip(view.iter()) {
-                if matches!(*cell, Some((cq, cp)) if cq == q && cp <= p) {
+                if cell.has(q) && cell.pos <= p {
                     *m = ZERO;
                 }
             }

@@ -22,7 +22,7 @@ use crate::tokenizer::chat::{ChatError, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 pub use hparams::HParams;
-pub use kv_cache::SeqId;
+pub use kv_cache::{kv_cache_bytes, SeqId, MAX_SEQS};
 pub use session::{Batch, Session};
 
 /// Why a model could not be loaded or run.
@@ -64,6 +64,8 @@ pub enum ModelError {
     BadToken { index: usize, id: u32, n_vocab: u32 },
     #[error("empty batch")]
     EmptyBatch,
+    #[error("sequence id {seq} is outside 0..{max}")]
+    BadSeq { seq: SeqId, max: SeqId },
 }
 
 /// Lets ggml place tensors straight into the GGUF mapping.

@@ -5,7 +5,7 @@
 //! convenience used by `complete` and the tests.
 
 use crate::ggml::{Context, CpuBackend, GraphAllocator, Tensor};
-use crate::model::kv_cache::{KvCache, SeqId};
+use crate::model::kv_cache::{Cell, KvCache, SeqId, MAX_SEQS};
 use crate::model::{llama, Model, ModelError};
 
 /// Tokens to evaluate together, each with its sequence, position and whether its logits are
@@ -73,7 +73,7 @@ pub struct Session<'m> {
 #[derive(Default)]
 struct Scratch {
     mask: Vec<u16>,
-    mask_view: Vec<Option<(SeqId, i32)>>,
+    mask_view: Vec<Cell>,
     slots: Vec<usize>,
     slot_ids: Vec<i64>,
     ids: Vec<i32>,
@@ -141,6 +141,18 @@ impl<'m> Session<'m> {
         self.kv.remove(seq, from);
     }
 
+    /// Makes `dst` start with `src`'s first `n` tokens, sharing their cells (no compute).
+    /// `dst` should be empty.
+    pub fn copy_prefix(&mut self, src: SeqId, dst: SeqId, n: usize) {
+        self.kv
+            .copy_prefix(src, dst, i32::try_from(n).unwrap_or(i32::MAX));
+    }
+
+    /// KV cells in use (a cell shared by several sequences counts once).
+    pub fn used_cells(&self) -> usize {
+        self.kv.used()
+    }
+
     /// Forgets every sequence.
     pub fn clear(&mut self) {
         self.kv.clear();
@@ -155,6 +167,9 @@ impl<'m> Session<'m> {
         let n_vocab = self.model.hparams().n_vocab;
         if let Some((index, &id)) = batch.tokens.iter().enumerate().find(|(_, &t)| t >= n_vocab) {
             return Err(ModelError::BadToken { index, id, n_vocab });
+        }
+        if let Some(&seq) = batch.seq.iter().find(|&&s| s >= MAX_SEQS) {
+            return Err(ModelError::BadSeq { seq, max: MAX_SEQS });
         }
         if batch.len() > self.kv.size() - self.kv.used() {
             return Err(ModelError::ContextFull(self.kv.size()));

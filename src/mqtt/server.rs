@@ -1426,6 +1426,7 @@ impl Loop {
             }),
         );
         job.max_tokens = req.max_tokens;
+        job.client = device.to_owned();
         job.stream = route.stream;
         job.deadline = deadline;
         job.enqueued = received;

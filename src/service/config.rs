@@ -65,7 +65,8 @@
 //! name = "smollm2"                      # default: the file stem
 //! threads = 4                           # default: every core
 //! context = 2048
-//! parallel = 1                          # sequences decoded together (KV cache × parallel)
+//! parallel = 1                          # jobs decoded together (continuous batching)
+//! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! mode = "auto"                         # "chat" | "complete" | "auto"
 //! [model.sampling]
 //! temperature = 0.8
@@ -214,6 +215,7 @@ struct ModelFile {
     threads: Option<u32>,
     context: Option<u32>,
     parallel: Option<u32>,
+    prefix_cache: Option<bool>,
     mode: Option<String>,
     /// `[[models]]` only: this entry is the default model.
     default: Option<bool>,
@@ -387,9 +389,10 @@ pub struct ModelSettings {
     pub path: PathBuf,
     pub threads: usize,
     pub context: usize,
-    /// Sequences decoded together (continuous batching); the KV cache holds `context` cells
-    /// for each.
+    /// Jobs decoded together (`EngineConfig::parallel`).
     pub parallel: usize,
+    /// `EngineConfig::prefix_cache`.
+    pub prefix_cache: bool,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
 }
@@ -423,10 +426,11 @@ impl Settings {
 
     /// The engine configuration for `m` (one of `models`) with the shared limits.
     pub fn engine_config_for(&self, m: &ModelSettings) -> EngineConfig {
-        // `m.parallel` goes to `EngineConfig::parallel` once the batching engine has it.
         let mut c = EngineConfig::new(m.name.clone(), m.path.clone());
         c.n_ctx = m.context;
         c.n_threads = m.threads;
+        c.parallel = m.parallel;
+        c.prefix_cache = m.prefix_cache;
         c.queue_capacity = self.limits.queue_capacity as usize;
         c.max_tokens_cap = self.limits.max_tokens_cap;
         c.default_max_tokens = self.limits.default_max_tokens;
@@ -1172,6 +1176,7 @@ impl ModelLimits<'_> {
             threads,
             context,
             parallel,
+            prefix_cache: md.prefix_cache.unwrap_or(true),
             mode,
             sampling,
         })
