@@ -380,7 +380,7 @@ fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
 
     let cut = dir.0.join("truncated.gguf");
     truncated_copy(&cut);
-    refuses_to_start(&mosq, "truncated", &cut, "");
+    refuses_to_start(&mosq, "truncated", &cut, "run past the end");
 
     let locked = dir.0.join("locked.gguf");
     std::fs::copy(model_path(), &locked).unwrap();
@@ -389,7 +389,7 @@ fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
     if running_as_root() {
         println!("unreadable: skipped: running as root, where mode 000 does not stop reads");
     } else {
-        refuses_to_start(&mosq, "unreadable", &locked, "");
+        refuses_to_start(&mosq, "unreadable", &locked, "Permission denied");
     }
 }
 
@@ -435,7 +435,9 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
         .unwrap_or("")
         .to_owned();
     assert!(
-        line.starts_with("reload refused") && line.contains("model.gguf"),
+        line.starts_with("reload refused")
+            && line.contains("model.gguf")
+            && line.contains("run past the end"),
         "{line}"
     );
     let log = p.log();

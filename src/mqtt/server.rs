@@ -87,13 +87,29 @@ pub enum ServeError {
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::mqtt::broker::BrokerError),
-    #[error("model {model}: {error}")]
+    #[error("model {model}: {}", error_chain(&**error))]
     Engine {
         model: String,
         error: Box<crate::engine::worker::StartError>,
     },
     #[error("no embedded broker in this build (feature `embedded-broker`): set mqtt.broker")]
     NoEmbeddedBroker,
+}
+
+/// `e` and its sources, each once ("a: b: c"): a model load fails deep in the GGUF reader,
+/// and the log must say why, while wrapping errors often repeat their source's text.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
 }
 
 /// The service around [`run`]: systemd notifications, signals, configuration reload. Tests
@@ -1084,7 +1100,10 @@ impl Loop {
     fn swap_engine(&mut self, settings: Settings, loaded: Result<Engine, StartError>) {
         let engine = match loaded {
             Ok(e) => e,
-            Err(e) => return self.reload_refused(&format!("model {}: {e}", settings.model().name)),
+            Err(e) => {
+                let why = error_chain(&e);
+                return self.reload_refused(&format!("model {}: {why}", settings.model().name));
+            }
         };
         let old = std::mem::replace(&mut self.engine, engine.clone());
         self.engines.send_replace(engine);
