@@ -457,3 +457,59 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
     figures("truncated model at reload", &["after-reload"], &got);
     assert_answer(&got["after-reload"][0]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_by_device_and_id_are_generated_once() {
+    let mosq = Mosquitto::start();
+    let p = serve(&mosq, "dup", &config(&mosq, "dup", "", "")).await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // A retry while the first is generating is merged into it: one answer.
+    send(&c, "d", &story("dup", 60)).await;
+    let first = c.recv(60).await.json();
+    assert!(first["delta"].is_string(), "generating: {first}");
+    send(&c, "d", &story("dup", 60)).await;
+    let got = finals(
+        &mut c,
+        &["dup"],
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+    )
+    .await;
+    figures("retry while running", &["dup"], &got);
+    assert_eq!(got["dup"].len(), 1, "{got:?}");
+    let answer = got["dup"][0].clone();
+    assert_answer(&answer);
+
+    // A retry after the answer gets the stored reply on its own reply topic, unstreamed
+    // requests get it without `done`; another device with the same id is another request.
+    let mut retry = story("dup", 60);
+    retry["stream"] = json!(false);
+    retry["reply_to"] = json!("llamabus/reply/elsewhere");
+    send(&c, "d", &retry).await;
+    let m = c.recv(30).await;
+    assert_eq!(m.topic, "llamabus/reply/elsewhere");
+    let v = m.json();
+    assert_eq!(
+        (&v["text"], &v["usage"]),
+        (&answer["text"], &answer["usage"])
+    );
+    assert!(v.get("done").is_none(), "{v}");
+    send(&c, "other", &short("dup")).await;
+    let other = finals(
+        &mut c,
+        &["dup"],
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_answer(&other["dup"][0]);
+    assert_ne!(other["dup"][0]["text"], answer["text"]);
+    let log = p.log();
+    assert_eq!(
+        log.matches(" answered on ").count(),
+        2,
+        "two generations:\n{log}"
+    );
+    assert!(log.contains("duplicate of running job"), "{log}");
+    assert!(log.contains("was answered already"), "{log}");
+}
