@@ -58,8 +58,11 @@ async fn serve(mosq: &Mosquitto, node: &str, cfg: &str) -> ServeProcess {
     p
 }
 
-/// Final replies (chunks skipped) by id, collected until every id in `ids` has one (or
-/// `limit` passes), then for `linger` more to catch duplicates.
+/// The key of plain-text replies in [`finals`].
+const PLAIN: &str = "(plain text)";
+
+/// Final replies (chunks skipped) by id, plain-text replies under [`PLAIN`], collected until
+/// every id in `ids` has one (or `limit` passes), then for `linger` more to catch duplicates.
 async fn finals(
     c: &mut TestClient,
     ids: &[&str],
@@ -74,11 +77,12 @@ async fn finals(
         let Some(m) = c.try_recv(left.as_millis() as u64).await else {
             break;
         };
-        let v = m.json();
-        if v.get("delta").is_some() {
-            continue;
-        }
-        let id = v["id"].as_str().unwrap_or("").to_owned();
+        let (id, v) = match serde_json::from_slice::<Value>(&m.payload) {
+            Ok(v) if v.get("delta").is_some() => continue,
+            Ok(v) => (v["id"].as_str().unwrap_or("").to_owned(), v),
+            // A plain-text reply: the text is the answer.
+            Err(_) => (PLAIN.to_owned(), json!({"text": m.text()})),
+        };
         out.entry(id).or_default().push(v);
         if until == deadline && ids.iter().all(|i| out.contains_key(*i)) {
             until = Instant::now() + linger;
@@ -242,14 +246,24 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
     let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "down", "", "");
+    let cfg = config(&mosq, "down", "", "default_max_tokens = 8");
     let mut p = serve(&mosq, "down", &cfg).await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // A refused request and a cancel are acknowledged too: neither comes back after the restart.
+    let bad = json!({"id": "bad", "prompt": "Hi", "max_tokens": "many"});
+    send(&c, "d", &bad).await;
+    let cancel = b"nothing-runs".to_vec();
+    c.publish("llamabus/cancel/d", cancel, PublishProperties::default())
+        .await;
+    let refused = finals(&mut c, &["bad"], Duration::from_secs(30), Duration::ZERO).await;
+    assert_eq!(refused["bad"][0]["error"]["code"], "bad_request");
+    wait_log(&p, Duration::from_secs(30), "the cancel", |l| {
+        l.contains("no running request")
+    });
     // A clean stop keeps the subscription in the broker's session.
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    let ids = ["a", "b", "c", "d"];
-    for id in ids {
+    for id in ["a", "b", "c", "d"] {
         send(&c, "d", &short(id)).await;
     }
     // Plain text has no id: answered, but it cannot be deduplicated.
@@ -259,7 +273,8 @@ async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
         PublishProperties::default(),
     )
     .await;
-    let _p = serve(&mosq, "down", &cfg).await;
+    let p = serve(&mosq, "down", &cfg).await;
+    let ids = ["a", "b", "c", "d", PLAIN];
     let got = finals(
         &mut c,
         &ids,
@@ -272,6 +287,12 @@ async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
         assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
     }
     assert_eq!((f.lost, f.duplicated), (0, 0));
+    assert!(!got.contains_key("bad"), "the refusal came back: {got:?}");
+    let log = p.log();
+    assert!(
+        !log.contains("no running request"),
+        "the cancel came back:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
