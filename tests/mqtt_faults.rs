@@ -58,8 +58,11 @@ async fn serve(mosq: &Mosquitto, node: &str, cfg: &str) -> ServeProcess {
     p
 }
 
-/// Final replies (chunks skipped) by id, collected until every id in `ids` has one (or
-/// `limit` passes), then for `linger` more to catch duplicates.
+/// The key of plain-text replies in [`finals`].
+const PLAIN: &str = "(plain text)";
+
+/// Final replies (chunks skipped) by id, plain-text replies under [`PLAIN`], collected until
+/// every id in `ids` has one (or `limit` passes), then for `linger` more to catch duplicates.
 async fn finals(
     c: &mut TestClient,
     ids: &[&str],
@@ -74,11 +77,12 @@ async fn finals(
         let Some(m) = c.try_recv(left.as_millis() as u64).await else {
             break;
         };
-        let v = m.json();
-        if v.get("delta").is_some() {
-            continue;
-        }
-        let id = v["id"].as_str().unwrap_or("").to_owned();
+        let (id, v) = match serde_json::from_slice::<Value>(&m.payload) {
+            Ok(v) if v.get("delta").is_some() => continue,
+            Ok(v) => (v["id"].as_str().unwrap_or("").to_owned(), v),
+            // A plain-text reply: the text is the answer.
+            Err(_) => (PLAIN.to_owned(), json!({"text": m.text()})),
+        };
         out.entry(id).or_default().push(v);
         if until == deadline && ids.iter().all(|i| out.contains_key(*i)) {
             until = Instant::now() + linger;
@@ -242,14 +246,24 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
     let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "down", "", "");
+    let cfg = config(&mosq, "down", "", "default_max_tokens = 8");
     let mut p = serve(&mosq, "down", &cfg).await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // A refused request and a cancel are acknowledged too: neither comes back after the restart.
+    let bad = json!({"id": "bad", "prompt": "Hi", "max_tokens": "many"});
+    send(&c, "d", &bad).await;
+    let cancel = b"nothing-runs".to_vec();
+    c.publish("llamabus/cancel/d", cancel, PublishProperties::default())
+        .await;
+    let refused = finals(&mut c, &["bad"], Duration::from_secs(30), Duration::ZERO).await;
+    assert_eq!(refused["bad"][0]["error"]["code"], "bad_request");
+    wait_log(&p, Duration::from_secs(30), "the cancel", |l| {
+        l.contains("no running request")
+    });
     // A clean stop keeps the subscription in the broker's session.
     p.signal("TERM");
     assert_eq!(p.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    let ids = ["a", "b", "c", "d"];
-    for id in ids {
+    for id in ["a", "b", "c", "d"] {
         send(&c, "d", &short(id)).await;
     }
     // Plain text has no id: answered, but it cannot be deduplicated.
@@ -259,7 +273,8 @@ async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
         PublishProperties::default(),
     )
     .await;
-    let _p = serve(&mosq, "down", &cfg).await;
+    let p = serve(&mosq, "down", &cfg).await;
+    let ids = ["a", "b", "c", "d", PLAIN];
     let got = finals(
         &mut c,
         &ids,
@@ -272,6 +287,12 @@ async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
         assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
     }
     assert_eq!((f.lost, f.duplicated), (0, 0));
+    assert!(!got.contains_key("bad"), "the refusal came back: {got:?}");
+    let log = p.log();
+    assert!(
+        !log.contains("no running request"),
+        "the cancel came back:\n{log}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -380,7 +401,7 @@ fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
 
     let cut = dir.0.join("truncated.gguf");
     truncated_copy(&cut);
-    refuses_to_start(&mosq, "truncated", &cut, "");
+    refuses_to_start(&mosq, "truncated", &cut, "run past the end");
 
     let locked = dir.0.join("locked.gguf");
     std::fs::copy(model_path(), &locked).unwrap();
@@ -389,7 +410,7 @@ fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
     if running_as_root() {
         println!("unreadable: skipped: running as root, where mode 000 does not stop reads");
     } else {
-        refuses_to_start(&mosq, "unreadable", &locked, "");
+        refuses_to_start(&mosq, "unreadable", &locked, "Permission denied");
     }
 }
 
@@ -435,7 +456,9 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
         .unwrap_or("")
         .to_owned();
     assert!(
-        line.starts_with("reload refused") && line.contains("model.gguf"),
+        line.starts_with("reload refused")
+            && line.contains("model.gguf")
+            && line.contains("run past the end"),
         "{line}"
     );
     let log = p.log();
@@ -454,4 +477,60 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
     .await;
     figures("truncated model at reload", &["after-reload"], &got);
     assert_answer(&got["after-reload"][0]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn duplicates_by_device_and_id_are_generated_once() {
+    let mosq = Mosquitto::start();
+    let p = serve(&mosq, "dup", &config(&mosq, "dup", "", "")).await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    // A retry while the first is generating is merged into it: one answer.
+    send(&c, "d", &story("dup", 60)).await;
+    let first = c.recv(60).await.json();
+    assert!(first["delta"].is_string(), "generating: {first}");
+    send(&c, "d", &story("dup", 60)).await;
+    let got = finals(
+        &mut c,
+        &["dup"],
+        Duration::from_secs(90),
+        Duration::from_secs(3),
+    )
+    .await;
+    figures("retry while running", &["dup"], &got);
+    assert_eq!(got["dup"].len(), 1, "{got:?}");
+    let answer = got["dup"][0].clone();
+    assert_answer(&answer);
+
+    // A retry after the answer gets the stored reply on its own reply topic, unstreamed
+    // requests get it without `done`; another device with the same id is another request.
+    let mut retry = story("dup", 60);
+    retry["stream"] = json!(false);
+    retry["reply_to"] = json!("llamabus/reply/elsewhere");
+    send(&c, "d", &retry).await;
+    let m = c.recv(30).await;
+    assert_eq!(m.topic, "llamabus/reply/elsewhere");
+    let v = m.json();
+    assert_eq!(
+        (&v["text"], &v["usage"]),
+        (&answer["text"], &answer["usage"])
+    );
+    assert!(v.get("done").is_none(), "{v}");
+    send(&c, "other", &short("dup")).await;
+    let other = finals(
+        &mut c,
+        &["dup"],
+        Duration::from_secs(60),
+        Duration::from_secs(1),
+    )
+    .await;
+    assert_answer(&other["dup"][0]);
+    assert_ne!(other["dup"][0]["text"], answer["text"]);
+    let log = p.log();
+    assert_eq!(
+        log.matches(" answered on ").count(),
+        2,
+        "two generations:\n{log}"
+    );
+    assert!(log.contains("duplicate of running job"), "{log}");
+    assert!(log.contains("was answered already"), "{log}");
 }

@@ -202,7 +202,10 @@ async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
     assert_eq!(dup, 0, "duplicate replies");
     assert!(other.is_empty(), "unexpected errors: {other:?}");
     assert_eq!(answered + busy + expired, sent);
-    assert!(answered > 0 && busy > 0, "the burst must both be served and overflow the queue");
+    assert!(
+        answered > 0 && busy > 0,
+        "the burst must both be served and overflow the queue"
+    );
     assert!(samples > 0);
     assert!(peak_hwm < MAX_PEAK_RSS_KIB, "peak RSS {peak_hwm} KiB");
     assert!(peak_fds < MAX_FDS, "peak fds {peak_fds}");

@@ -212,7 +212,7 @@ async fn finals(c: &mut TestClient, n: usize) -> HashMap<String, Value> {
 async fn sigterm_drains_a_long_generation_and_stops_taking_prompts() {
     let (_mosq, mut p, mut c) =
         terminate_while_generating("drain", "shutdown_drain_s = 60", 600, &["queued"]).await;
-    // Prompts sent while draining are not taken (the daemon unsubscribed).
+    // Prompts sent while draining are not taken (left unacknowledged for the broker to redeliver after a restart).
     tokio::time::sleep(Duration::from_millis(500)).await;
     ask_json(
         &c,

@@ -223,13 +223,21 @@ impl Models {
                 }
                 (Some(Err(e)), Some(r)) => {
                     reused[at.expect("running")] = true;
-                    failures.push(format!("model {}: {e}; the running one stays", m.name));
+                    failures.push(format!(
+                        "model {}: {}; the running one stays",
+                        m.name,
+                        crate::mqtt::server::error_chain(&e)
+                    ));
                     engines.push(r.engine.clone());
                     let was = old.models.iter().find(|o| o.name == m.name);
                     models.push(was.cloned().unwrap_or_else(|| m.clone()));
                 }
                 (Some(Err(e)), None) => {
-                    failures.push(format!("model {}: {e}; it is not served", m.name));
+                    failures.push(format!(
+                        "model {}: {}; it is not served",
+                        m.name,
+                        crate::mqtt::server::error_chain(&e)
+                    ));
                 }
                 (None, Some(r)) => {
                     reused[at.expect("running")] = true;
