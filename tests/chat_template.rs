@@ -537,9 +537,14 @@ fn ordinary_conversations_tokenize_as_the_whole_render() {
         vec![msg("user", "  leading and trailing spaces \n")],
     ] {
         let text = t.render(&msgs, true).unwrap();
-        assert_eq!(t.encode(&tok, &msgs, true).unwrap(), tok.encode(&text, true));
+        assert_eq!(
+            t.encode(&tok, &msgs, true).unwrap(),
+            tok.encode(&text, true)
+        );
         let r = t.render_marked(&msgs, true).unwrap();
-        let spans = r.content.expect("SmolLM2's template keeps contents verbatim");
+        let spans = r
+            .content
+            .expect("SmolLM2's template keeps contents verbatim");
         let got: Vec<&str> = spans.iter().map(|s| &r.text[s.clone()]).collect();
         let want: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
         assert_eq!(got, want);
@@ -585,5 +590,8 @@ fn every_corpus_template_keeps_content_special_text_plain() {
         }
     }
     println!("contents located in {located} templates, refused in {refused}");
-    assert!(located > 5 * refused.max(1), "{located} located, {refused} refused");
+    assert!(
+        located > 5 * refused.max(1),
+        "{located} located, {refused} refused"
+    );
 }

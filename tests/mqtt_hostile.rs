@@ -165,7 +165,10 @@ fn chat_prompt_tokens(content: &str) -> u32 {
     let msgs = [ChatMessage::new("user", content)];
     let ids = t.encode(tok, &msgs, true).unwrap();
     let injected = tok.encode(&t.render(&msgs, true).unwrap(), true);
-    assert!(ids.len() > injected.len(), "{content:?} holds no special text");
+    assert!(
+        ids.len() > injected.len(),
+        "{content:?} holds no special text"
+    );
     ids.len() as u32
 }
 
@@ -183,7 +186,9 @@ fn long_text(bytes: usize) -> String {
     let mut s = String::with_capacity(bytes + 64);
     let mut i = 0u64;
     while s.len() < bytes {
-        s.push_str(&format!("The quick brown fox number {i} jumps over the lazy dog. "));
+        s.push_str(&format!(
+            "The quick brown fox number {i} jumps over the lazy dog. "
+        ));
         i += 1;
     }
     s
@@ -207,15 +212,23 @@ fn cases() -> Vec<Case> {
     v0[0] = 0;
     let mut cases = vec![
         // invalid UTF-8
-        case("text: lone surrogate", b"\xed\xa0\x80 hi".to_vec(), bad(None)),
+        case(
+            "text: lone surrogate",
+            b"\xed\xa0\x80 hi".to_vec(),
+            bad(None),
+        ),
         case("text: overlong encoding", b"\xc0\xaf".to_vec(), bad(None)),
         case(
             "json: invalid UTF-8 in a string",
             b"{\"id\": \"u1\", \"prompt\": \"a\xff\"}".to_vec(),
             bad(None),
         ),
-        case("json by content type: invalid UTF-8", b"\xff{}".to_vec(), bad(None))
-            .content_type("application/json"),
+        case(
+            "json by content type: invalid UTF-8",
+            b"\xff{}".to_vec(),
+            bad(None),
+        )
+        .content_type("application/json"),
         case(
             "postcard: invalid UTF-8 in the prompt",
             bad_utf8_pc,
@@ -281,8 +294,12 @@ fn cases() -> Vec<Case> {
             j(json!({"id": "x", "prompt": "a", "max_tokens": 4_294_967_296u64})),
             bad(Some("x")),
         ),
-        case("postcard: NaN temperature", postcard(&nan), bad(Some("nan")))
-            .kind("pc/prompt"),
+        case(
+            "postcard: NaN temperature",
+            postcard(&nan),
+            bad(Some("nan")),
+        )
+        .kind("pc/prompt"),
         case("postcard: infinite top_p", postcard(&inf), bad(Some("inf")))
             .content_type("application/postcard"),
         // max_tokens 0 and 10^9
@@ -482,7 +499,15 @@ impl Rig {
         std::fs::write(&file, payload).unwrap();
         let (code, out, err) = run_cmd(
             Command::new("mosquitto_pub")
-                .args(["-p", &self.mosq.port.to_string(), "-q", "1", "-t", topic, "-f"])
+                .args([
+                    "-p",
+                    &self.mosq.port.to_string(),
+                    "-q",
+                    "1",
+                    "-t",
+                    topic,
+                    "-f",
+                ])
                 .arg(&file),
             Duration::from_secs(60),
         );
@@ -572,10 +597,9 @@ async fn hostile_corpus_each_case_gets_its_outcome_and_serving_continues() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oversized_payloads_and_packets() {
     // Packets up to 2 MiB reach the daemon; payloads over 1.5 MiB are refused unparsed.
-    let mut rig = Rig::start(
-        "[mqtt]\nmax_packet_bytes = 2097152\n[limits]\nmax_payload_bytes = 1572864",
-    )
-    .await;
+    let mut rig =
+        Rig::start("[mqtt]\nmax_packet_bytes = 2097152\n[limits]\nmax_payload_bytes = 1572864")
+            .await;
     let one_mb = long_text(1 << 20);
     let cases = vec![
         // A 1 MB prompt is read and tokenized, then refused by its token count.
@@ -617,7 +641,10 @@ async fn oversized_payloads_and_packets() {
     let line = wait_log(&["from big1 refused: too_long"], 5);
     assert!(line.contains("tokens"), "{line}");
     let line = wait_log(&["from big3 refused: too_long"], 5);
-    assert!(line.contains("exceeds the limit of 1572864 bytes"), "{line}");
+    assert!(
+        line.contains("exceeds the limit of 1572864 bytes"),
+        "{line}"
+    );
     assert!(
         !LOG.lock().unwrap().iter().any(|l| l.contains("big4")),
         "the daemon saw the oversized packet"
@@ -626,23 +653,37 @@ async fn oversized_payloads_and_packets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_packet_limit_refuses_oversized_publishes_at_the_publisher() {
-    // With mosquitto's `max_packet_size` at the daemon's limit, an oversized PUBLISH is
-    // refused where it is sent: mosquitto_pub fails, loudly, and the daemon keeps serving.
+    // With mosquitto's `max_packet_size` at the daemon's limit, an oversized PUBLISH fails where
+    // it is sent, and the daemon keeps serving:
+    // - an MQTT 3.1.1 publisher is disconnected by the broker ("disconnected due to oversize
+    //   packet"): mosquitto_pub fails with "The connection was lost";
+    // - an MQTT 5 publisher learns the limit from CONNACK (Maximum Packet Size) and its client
+    //   library does not send the packet at all (mosquitto_pub then exits 0 without a PUBLISH).
     capture_log();
     let mosq = Mosquitto::start_with_conf("max_packet_size 262144\n");
     let _d = Daemon::start(settings(&mosq.url(), "limited", ""));
     wait_status(mosq.port, "llamabus", "limited", "online").await;
     let dir = TempDir::new("hostile-big");
     let file = dir.write("payload", &long_text(300_000));
-    let (code, out, err) = run_cmd(
-        Command::new("mosquitto_pub")
-            .args(["-V", "5", "-p", &mosq.port.to_string(), "-q", "1"])
-            .args(["-t", "llamabus/prompt/big", "-f"])
-            .arg(&file),
-        Duration::from_secs(60),
-    );
+    let publish = |version: &str| {
+        run_cmd(
+            Command::new("mosquitto_pub")
+                .args(["-d", "-V", version, "-p", &mosq.port.to_string(), "-q", "1"])
+                .args(["-t", "llamabus/prompt/big", "-f"])
+                .arg(&file),
+            Duration::from_secs(60),
+        )
+    };
+    let (code, out, err) = publish("311");
     assert_ne!(code, Some(0), "the broker took it: {out} {err}");
-    println!("mosquitto_pub on an oversized packet: {}", err.trim());
+    assert!(
+        format!("{out}{err}").contains("connection was lost"),
+        "{out} {err}"
+    );
+    let (code, out, err) = publish("5");
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("received CONNACK"), "{out}");
+    assert!(!out.contains("sending PUBLISH"), "sent anyway: {out}");
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     c.publish(
         "llamabus/prompt/after",
@@ -653,5 +694,12 @@ async fn a_broker_packet_limit_refuses_oversized_publishes_at_the_publisher() {
     let v = c.recv(120).await.json();
     assert_eq!(v["id"], "after");
     assert!(v.get("error").is_none(), "{v}");
-    assert!(c.try_recv(500).await.is_none(), "a reply to the oversized request");
+    assert!(
+        c.try_recv(500).await.is_none(),
+        "a reply to the oversized request"
+    );
+    assert!(
+        !LOG.lock().unwrap().iter().any(|l| l.contains("from big ")),
+        "the daemon saw the oversized request"
+    );
 }

@@ -69,9 +69,14 @@ fn special_text() -> impl Strategy<Value = String> {
 fn smollm2_template() -> &'static ChatTemplate {
     static T: OnceLock<ChatTemplate> = OnceLock::new();
     T.get_or_init(|| {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
         let gguf = Gguf::open(&path).expect("SmolLM2 (run scripts/fetch-test-data.sh)");
-        let src = gguf.metadata().opt_str("tokenizer.chat_template").unwrap().unwrap();
+        let src = gguf
+            .metadata()
+            .opt_str("tokenizer.chat_template")
+            .unwrap()
+            .unwrap();
         ChatTemplate::new(src, "<|im_start|>", "<|im_end|>").unwrap()
     })
 }

@@ -184,7 +184,8 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Option<Vec<Range<usize>>> {
-        let unused = |c: &char| !text.contains(*c) && !messages.iter().any(|m| m.content.contains(*c));
+        let unused =
+            |c: &char| !text.contains(*c) && !messages.iter().any(|m| m.content.contains(*c));
         let (open, close) = (0..MARK_TRIES)
             .filter_map(|i| {
                 let open = char::from_u32(MARK_FIRST + 2 * i)?;
