@@ -653,23 +653,37 @@ async fn oversized_payloads_and_packets() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_packet_limit_refuses_oversized_publishes_at_the_publisher() {
-    // With mosquitto's `max_packet_size` at the daemon's limit, an oversized PUBLISH is
-    // refused where it is sent: mosquitto_pub fails, loudly, and the daemon keeps serving.
+    // With mosquitto's `max_packet_size` at the daemon's limit, an oversized PUBLISH fails where
+    // it is sent, and the daemon keeps serving:
+    // - an MQTT 3.1.1 publisher is disconnected by the broker ("disconnected due to oversize
+    //   packet"): mosquitto_pub fails with "The connection was lost";
+    // - an MQTT 5 publisher learns the limit from CONNACK (Maximum Packet Size) and its client
+    //   library does not send the packet at all (mosquitto_pub then exits 0 without a PUBLISH).
     capture_log();
     let mosq = Mosquitto::start_with_conf("max_packet_size 262144\n");
     let _d = Daemon::start(settings(&mosq.url(), "limited", ""));
     wait_status(mosq.port, "llamabus", "limited", "online").await;
     let dir = TempDir::new("hostile-big");
     let file = dir.write("payload", &long_text(300_000));
-    let (code, out, err) = run_cmd(
-        Command::new("mosquitto_pub")
-            .args(["-V", "5", "-p", &mosq.port.to_string(), "-q", "1"])
-            .args(["-t", "llamabus/prompt/big", "-f"])
-            .arg(&file),
-        Duration::from_secs(60),
-    );
+    let publish = |version: &str| {
+        run_cmd(
+            Command::new("mosquitto_pub")
+                .args(["-d", "-V", version, "-p", &mosq.port.to_string(), "-q", "1"])
+                .args(["-t", "llamabus/prompt/big", "-f"])
+                .arg(&file),
+            Duration::from_secs(60),
+        )
+    };
+    let (code, out, err) = publish("311");
     assert_ne!(code, Some(0), "the broker took it: {out} {err}");
-    println!("mosquitto_pub on an oversized packet: {}", err.trim());
+    assert!(
+        format!("{out}{err}").contains("connection was lost"),
+        "{out} {err}"
+    );
+    let (code, out, err) = publish("5");
+    assert_eq!(code, Some(0), "{out} {err}");
+    assert!(out.contains("received CONNACK"), "{out}");
+    assert!(!out.contains("sending PUBLISH"), "sent anyway: {out}");
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     c.publish(
         "llamabus/prompt/after",
@@ -683,5 +697,9 @@ async fn a_broker_packet_limit_refuses_oversized_publishes_at_the_publisher() {
     assert!(
         c.try_recv(500).await.is_none(),
         "a reply to the oversized request"
+    );
+    assert!(
+        !LOG.lock().unwrap().iter().any(|l| l.contains("from big ")),
+        "the daemon saw the oversized request"
     );
 }

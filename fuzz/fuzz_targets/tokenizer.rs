@@ -61,7 +61,11 @@ fuzz_target!(|data: &[u8]| {
         // System turn, user turn, assistant header: 3 starts, 2 ends (the EOG tokens).
         let (tok, template) = smollm2();
         match template.encode(tok, &[ChatMessage::new("user", text)], true) {
-            Ok(ids) => assert_eq!(ids.iter().filter(|&&id| tok.is_eog(id)).count(), 2, "{text:?}"),
+            Ok(ids) => assert_eq!(
+                ids.iter().filter(|&&id| tok.is_eog(id)).count(),
+                2,
+                "{text:?}"
+            ),
             // Refused rather than injected: only when the text holds 64 of the marker pairs.
             Err(ChatError::SpecialTextInAlteredContent(_)) => {}
             Err(e) => panic!("{e}"),
