@@ -1026,16 +1026,12 @@ fn mutations_never_panic() {
     }
 }
 
-/// Vocabulary special ids past the end of the token list: as in llama.cpp, each is ignored with
-/// a warning naming the key, the id and the vocabulary size, and the tokenizer falls back to
-/// the algorithm's default (or none), so no out-of-range id ever reaches a lookup.
-#[test]
-fn vocabulary_special_ids_out_of_range_are_named_and_never_used() {
+/// A small SentencePiece vocabulary with the given special-id metadata.
+fn spm_vocab_with(ids: &[(&str, u32)]) -> Gguf {
     let tokens: Vec<String> = ["<unk>", "<s>", "</s>", "\u{2581}a", "b"]
         .map(String::from)
         .to_vec();
-    let n = tokens.len() as u32;
-    let bytes = GgufWriter::new()
+    let mut w = GgufWriter::new()
         .kv("general.architecture", Value::String("llama".into()))
         .kv("tokenizer.ggml.model", Value::String("llama".into()))
         .kv("tokenizer.ggml.tokens", Value::Array(Array::String(tokens)))
@@ -1046,29 +1042,37 @@ fn vocabulary_special_ids_out_of_range_are_named_and_never_used() {
         .kv(
             "tokenizer.ggml.token_type",
             Value::Array(Array::I32(vec![2, 3, 3, 1, 1])),
-        )
-        .kv("tokenizer.ggml.bos_token_id", Value::U32(u32::MAX))
-        .kv("tokenizer.ggml.eos_token_id", Value::U32(n))
-        .kv("tokenizer.ggml.eot_token_id", Value::U32(1 << 20))
-        .to_bytes();
-    let g = Gguf::from_bytes(bytes).unwrap();
-    let tok = llamabus::tokenizer::Tokenizer::from_metadata(g.metadata()).unwrap();
-    let warnings = tok.warnings().join("\n");
+        );
+    for &(key, id) in ids {
+        w = w.kv(&format!("tokenizer.ggml.{key}"), Value::U32(id));
+    }
+    Gguf::from_bytes(w.to_bytes()).unwrap()
+}
+
+/// Vocabulary special ids past the end of the token list are rejected, naming the key, the id
+/// and the vocabulary size (llama.cpp only warns and ignores them); -1 (u32::MAX), which
+/// converters write for "no such token", means none.
+#[test]
+fn vocabulary_special_ids_out_of_range_are_rejected_by_name() {
+    let n = 5u32;
     for (key, id) in [
-        ("bos_token_id", u32::MAX),
         ("eos_token_id", n),
         ("eot_token_id", 1 << 20),
+        ("padding_token_id", u32::MAX - 1),
     ] {
-        assert!(
-            warnings.contains(&format!("'tokenizer.ggml.{key}' = {id} (vocab size {n})")),
-            "{key}: {warnings}"
+        let g = spm_vocab_with(&[("bos_token_id", 1), (key, id)]);
+        let err = llamabus::tokenizer::Tokenizer::from_metadata(g.metadata())
+            .expect_err(&format!("{key} = {id} accepted"))
+            .to_string();
+        assert_eq!(
+            err,
+            format!("tokenizer.ggml.{key} = {id} is out of range: the vocabulary has {n} tokens")
         );
     }
-    // SentencePiece's defaults (<s> = 1, </s> = 2) stand in; there is no EOT.
-    assert_eq!((tok.bos(), tok.eos(), tok.eot()), (Some(1), Some(2), None));
-    for id in [tok.bos(), tok.eos()].into_iter().flatten() {
-        assert!(id < n);
-    }
+    // -1 means "none": SentencePiece's default (<s> = 1) stands in for BOS.
+    let g = spm_vocab_with(&[("bos_token_id", u32::MAX), ("eos_token_id", 2)]);
+    let tok = llamabus::tokenizer::Tokenizer::from_metadata(g.metadata()).unwrap();
+    assert_eq!((tok.bos(), tok.eos(), tok.eot()), (None, Some(2), None));
     let ids = tok.encode("ab", false);
     assert!(ids.iter().all(|&id| id < n), "{ids:?}");
     assert_eq!(tok.decode(&ids), "ab");

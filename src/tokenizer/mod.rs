@@ -78,6 +78,13 @@ pub enum TokenizerError {
     /// More tokens than ids can address.
     #[error("tokenizer.ggml.tokens has {0} entries, more than u32 ids allow")]
     TooManyTokens(usize),
+    /// A special-token id (BOS, EOS, …) names a token the vocabulary does not have.
+    #[error("{key} = {id} is out of range: the vocabulary has {n_tokens} tokens")]
+    SpecialIdOutOfRange {
+        key: String,
+        id: u32,
+        n_tokens: usize,
+    },
     /// A per-token array is shorter than the vocabulary.
     #[error("{key} has {len} entries but there are {n_tokens} tokens")]
     ShortArray {
@@ -299,6 +306,9 @@ impl Tokenizer {
         let vocab = Vocab::build(&vspec, defaults, &mut warnings).map_err(|p| match p {
             vocab::BuildProblem::Empty => TokenizerError::EmptyVocab,
             vocab::BuildProblem::TooMany(n) => TokenizerError::TooManyTokens(n),
+            vocab::BuildProblem::SpecialIdOutOfRange { key, id, n_tokens } => {
+                TokenizerError::SpecialIdOutOfRange { key, id, n_tokens }
+            }
             vocab::BuildProblem::ShortArray { key, len, n_tokens } => {
                 TokenizerError::ShortArray { key, len, n_tokens }
             }

@@ -186,7 +186,15 @@ pub(crate) enum BuildProblem {
         len: usize,
         n_tokens: usize,
     },
+    SpecialIdOutOfRange {
+        key: String,
+        id: u32,
+        n_tokens: usize,
+    },
 }
+
+/// A special-id value that several converters write for "no such token" (-1 as u32).
+const NO_TOKEN: u32 = u32::MAX;
 
 impl Vocab {
     /// Builds the vocabulary. `defaults` are llama.cpp's per-model default ids, overridden by
@@ -258,7 +266,7 @@ impl Vocab {
             eog: Vec::new(),
             special: SpecialIds::default(),
         };
-        v.resolve_special_ids(spec, defaults, warnings);
+        v.resolve_special_ids(spec, defaults, warnings)?;
         v.build_eog(warnings);
         v.build_special_cache();
         v.build_pieces(spec.algo);
@@ -278,46 +286,53 @@ impl Vocab {
         Ok(v)
     }
 
-    /// Default ids out of range are disabled; metadata ids out of range are ignored with a
-    /// warning; then EOT/EOM/FIM tokens are found by text where metadata has none.
+    /// Default ids out of range are disabled; a metadata id out of range is an error (a file
+    /// that names a token it does not have is corrupt), except -1, which means "none"; then
+    /// EOT/EOM/FIM tokens are found by text where metadata has none.
     fn resolve_special_ids(
         &mut self,
         spec: &VocabSpec<'_>,
         defaults: SpecialIds,
         warnings: &mut Vec<String>,
-    ) {
+    ) -> Result<(), BuildProblem> {
         let n = self.texts.len();
-        let pick = |name: &str, default: Option<u32>, meta: Option<u32>, w: &mut Vec<String>| {
+        let mut bad = None;
+        let mut pick = |name: &str, default: Option<u32>, meta: Option<u32>| {
             let default = default.filter(|&id| (id as usize) < n);
             match meta {
                 Some(id) if (id as usize) < n => Some(id),
+                Some(NO_TOKEN) => None,
                 Some(id) => {
-                    w.push(format!(
-                        "bad special token: 'tokenizer.ggml.{name}' = {id} (vocab size {n}), \
-                         using default {default:?}"
-                    ));
-                    default
+                    bad.get_or_insert(BuildProblem::SpecialIdOutOfRange {
+                        key: format!("tokenizer.ggml.{name}"),
+                        id,
+                        n_tokens: n,
+                    });
+                    None
                 }
                 None => default,
             }
         };
         let (d, m) = (defaults, spec.ids);
         self.special = SpecialIds {
-            bos: pick("bos_token_id", d.bos, m.bos, warnings),
-            eos: pick("eos_token_id", d.eos, m.eos, warnings),
-            eot: pick("eot_token_id", d.eot, m.eot, warnings),
-            eom: pick("eom_token_id", d.eom, m.eom, warnings),
-            unk: pick("unknown_token_id", d.unk, m.unk, warnings),
-            sep: pick("seperator_token_id", d.sep, m.sep, warnings),
-            pad: pick("padding_token_id", d.pad, m.pad, warnings),
-            mask: pick("mask_token_id", d.mask, m.mask, warnings),
-            fim_pre: pick("fim_pre_token_id", d.fim_pre, m.fim_pre, warnings),
-            fim_suf: pick("fim_suf_token_id", d.fim_suf, m.fim_suf, warnings),
-            fim_mid: pick("fim_mid_token_id", d.fim_mid, m.fim_mid, warnings),
-            fim_pad: pick("fim_pad_token_id", d.fim_pad, m.fim_pad, warnings),
-            fim_rep: pick("fim_rep_token_id", d.fim_rep, m.fim_rep, warnings),
-            fim_sep: pick("fim_sep_token_id", d.fim_sep, m.fim_sep, warnings),
+            bos: pick("bos_token_id", d.bos, m.bos),
+            eos: pick("eos_token_id", d.eos, m.eos),
+            eot: pick("eot_token_id", d.eot, m.eot),
+            eom: pick("eom_token_id", d.eom, m.eom),
+            unk: pick("unknown_token_id", d.unk, m.unk),
+            sep: pick("seperator_token_id", d.sep, m.sep),
+            pad: pick("padding_token_id", d.pad, m.pad),
+            mask: pick("mask_token_id", d.mask, m.mask),
+            fim_pre: pick("fim_pre_token_id", d.fim_pre, m.fim_pre),
+            fim_suf: pick("fim_suf_token_id", d.fim_suf, m.fim_suf),
+            fim_mid: pick("fim_mid_token_id", d.fim_mid, m.fim_mid),
+            fim_pad: pick("fim_pad_token_id", d.fim_pad, m.fim_pad),
+            fim_rep: pick("fim_rep_token_id", d.fim_rep, m.fim_rep),
+            fim_sep: pick("fim_sep_token_id", d.fim_sep, m.fim_sep),
         };
+        if let Some(problem) = bad {
+            return Err(problem);
+        }
 
         // Auto-detection by text. llama.cpp takes the first match in hash-map order, which is
         // unspecified; we take the highest id, which picks the chat-turn terminator over the
@@ -341,6 +356,7 @@ impl Vocab {
             }
         }
         self.special = s;
+        Ok(())
     }
 
     fn force_control(&mut self, id: u32, warnings: &mut Vec<String>) {
