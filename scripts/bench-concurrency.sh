@@ -28,6 +28,7 @@ PARALLEL=${PARALLEL:-8}
 NP=${NP:-4}
 CONTEXT=${CONTEXT:-1024}
 ROUNDS=${ROUNDS:-2}
+ONLY=${ONLY:-}
 PREFIX_CACHE=${PREFIX_CACHE:-1}
 scratch=${SCRATCH:-/tmp/llamabus-vs-llamacpp}
 MODEL=$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf
@@ -59,10 +60,12 @@ LB=$repo/target/release/llamabus
 work=$(mktemp -d)
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 mport=$(free_port)
-hport=$(free_port)
+hport=
+lb_pid=
+ls_pid=
 pids=()
 cleanup() {
-    for p in "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
+    for p in $lb_pid $ls_pid "${pids[@]}"; do kill "$p" 2>/dev/null && wait "$p" 2>/dev/null; done
     rm -rf "$work"
 }
 trap cleanup EXIT
@@ -98,6 +101,8 @@ EOF
 stop_llamabus() { kill "$lb_pid"; wait "$lb_pid" 2>/dev/null || true; }
 
 start_llama_server() {
+    # Picked late: `ask` clients' ephemeral ports must not have taken it meanwhile.
+    hport=$(free_port)
     "$LS" -m "$MODEL" -t "$THREADS" -tb "$THREADS" -np "$NP" -c $((CONTEXT * NP)) \
         --host 127.0.0.1 --port "$hport" --no-webui >"$work/llama-server.log" 2>&1 &
     ls_pid=$!
@@ -108,7 +113,11 @@ start_llama_server() {
     echo "llama-server did not come up" >&2
     exit 1
 }
-stop_llama_server() { kill "$ls_pid"; wait "$ls_pid" 2>/dev/null || true; }
+stop_llama_server() {
+    kill "$ls_pid" 2>/dev/null || true
+    wait "$ls_pid" 2>/dev/null || true
+    cp "$work/llama-server.log" "$scratch/llama-server-last.log"
+}
 
 # One level: N clients, REQS requests each. Writes "tool N wall_s tokens ttft_ms..." lines.
 run_level() {
@@ -152,7 +161,7 @@ def ask_http(c, r):
             n = d["timings"].get("predicted_n", n)
     conn.close()
     return (first - t0) * 1e3, n
-ask = ask_mqtt if tool == "llamabus" else ask_http
+ask = ask_http if tool == "llama-server" else ask_mqtt
 def client(c):
     for r in range(reqs):
         t, k = ask(c, r)
@@ -174,13 +183,15 @@ echo "llamabus $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty) p
 echo "model $(basename "$MODEL"), $THREADS threads, $TOKENS-token greedy answers, $REQS requests per client, context $CONTEXT per slot"
 for round in $(seq "$ROUNDS"); do
     echo "round $round: load $(cut -d' ' -f1-3 /proc/loadavg)"
-    start_llamabus true
-    for n in $LEVELS; do run_level llamabus "$n" "$results"; done
-    stop_llamabus
+    if [ "$ONLY" != llama-server ]; then
+        start_llamabus true
+        for n in $LEVELS; do run_level llamabus "$n" "$results"; done
+        stop_llamabus
+    fi
     start_llama_server
     for n in $LEVELS; do run_level llama-server "$n" "$results"; done
     stop_llama_server
-    if [ "$PREFIX_CACHE" = 1 ]; then
+    if [ "$PREFIX_CACHE" = 1 ] && [ "$ONLY" != llama-server ]; then
         start_llamabus false
         for n in $LEVELS; do run_level "llamabus-nocache" "$n" "$results"; done
         stop_llamabus

@@ -142,20 +142,42 @@ fn concurrent_jobs_equal_sequential_runs_token_for_token() {
     one.shutdown(Duration::from_secs(10));
 
     let four = start(config(&path, 4));
+    // (job index, started?) in event order, to see that the jobs really overlapped.
+    let log = Arc::new(Mutex::new(Vec::new()));
     let rxs = while_held(&four, || {
         PROMPTS
             .iter()
-            .map(|p| submit(&four, PromptInput::Raw(p.to_string()), 24))
+            .enumerate()
+            .map(|(i, p)| {
+                let (tx, rx) = mpsc::channel();
+                let log = log.clone();
+                let s: EventSink = Box::new(move |e| {
+                    match e {
+                        JobEvent::Started { .. } => log.lock().unwrap().push((i, true)),
+                        JobEvent::Done(_) | JobEvent::Failed(_) => {
+                            log.lock().unwrap().push((i, false))
+                        }
+                        JobEvent::Delta(_) => {}
+                    }
+                    let _ = tx.send(e);
+                });
+                let mut job = four.job(four.next_id(), PromptInput::Raw(p.to_string()), s);
+                job.max_tokens = Some(24);
+                four.submit(job).unwrap();
+                rx
+            })
             .collect::<Vec<_>>()
     });
-    // All six were waiting together: four ran side by side, two joined as slots freed.
     for (i, rx) in rxs.iter().enumerate() {
         let got = done(rx);
         assert_eq!(got.tokens, want[i].tokens, "prompt {:?}", PROMPTS[i]);
         assert_eq!(got.text, want[i].text, "prompt {:?}", PROMPTS[i]);
         assert_eq!(got.finish_reason, want[i].finish_reason);
-        assert!(!got.tokens.is_empty() || got.finish_reason != want[i].finish_reason);
     }
+    // All six were waiting together: four started side by side before any finished.
+    let log = log.lock().unwrap().clone();
+    let before_first_end = log.iter().take_while(|e| e.1).count();
+    assert_eq!(before_first_end, 4, "{log:?}");
     assert_eq!(four.stats().in_flight, 0);
     four.shutdown(Duration::from_secs(10));
 }
