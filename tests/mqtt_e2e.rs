@@ -139,6 +139,12 @@ async fn json_id_echo_correlation_data_and_status() {
     assert_eq!(s["models"][0]["quantization"], "Q4_1");
     assert!(s["models"][0]["parameters"].as_u64().unwrap() > 100_000_000);
     assert_eq!(s["queue"]["capacity"], 8);
+    for key in ["evaluated", "cached"] {
+        assert!(
+            s["models"][0]["prompt_tokens"][key].is_u64(),
+            "status lacks prompt_tokens.{key}: {s}"
+        );
+    }
     for key in [
         "in_flight",
         "served",

@@ -173,6 +173,10 @@ impl Models {
                     "served": s.served,
                     "failed": s.failed,
                     "last_tokens_per_s": (s.last_tokens_per_s * 10.0).round() / 10.0,
+                    "prompt_tokens": {
+                        "evaluated": s.prompt_tokens_evaluated,
+                        "cached": s.prompt_tokens_cached,
+                    },
                 })
             })
             .collect()
