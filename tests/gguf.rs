@@ -1044,7 +1044,7 @@ fn spm_vocab_with(ids: &[(&str, u32)]) -> Gguf {
             Value::Array(Array::I32(vec![2, 3, 3, 1, 1])),
         );
     for &(key, id) in ids {
-        w = w.kv(&format!("tokenizer.ggml.{key}"), Value::U32(id));
+        w = w.kv(format!("tokenizer.ggml.{key}"), Value::U32(id));
     }
     Gguf::from_bytes(w.to_bytes()).unwrap()
 }
