@@ -1,5 +1,5 @@
 //! Load test (issue 7, item 3), bounded and on loopback: 50 MQTT clients send a burst of 1,000
-//! requests with ids to one `llamabus serve` process (a generated tiny model, a small queue)
+//! requests with ids to one `llamabus serve` process (a generated tiny model decoding 4 requests together, a queue of 16)
 //! through a real mosquitto. Every request must get exactly one final reply — an answer, or
 //! `busy`/`expired` by policy — with no duplicates, none lost and no panic, while the daemon's
 //! resident memory and open file descriptors stay under the limits below. Prints the figures.
@@ -125,8 +125,9 @@ async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
         &config,
         format!(
             "[node]\nname = \"load\"\n[mqtt]\nbroker = \"{}\"\n\
-             [limits]\nqueue_capacity = 4\nmax_prompt_tokens = 64\nmax_tokens_cap = 16\n\
+             [limits]\nqueue_capacity = 16\nmax_prompt_tokens = 64\nmax_tokens_cap = 16\n\
              default_max_tokens = 8\n[model]\npath = \"{}\"\nthreads = 1\ncontext = 256\n\
+             parallel = 4\n\
              [log]\nlevel = \"warn\"\n",
             mosq.url(),
             model.display()
