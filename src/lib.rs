@@ -24,3 +24,19 @@ pub mod mqtt;
 pub mod sampler;
 pub mod service;
 pub mod tokenizer;
+
+/// `e` and its sources, each once ("a: b: c"): a model load fails deep in the GGUF reader,
+/// and the log must say why, while wrapping errors often repeat their source's text.
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        let m = s.to_string();
+        if !out.contains(&m) {
+            out.push_str(": ");
+            out.push_str(&m);
+        }
+        cur = s.source();
+    }
+    out
+}

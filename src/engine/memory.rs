@@ -96,7 +96,7 @@ pub enum MemoryError {
         needs: Vec<Need>,
         have: Available,
     },
-    #[error("memory guard: model {}: {error}", path.display())]
+    #[error("model {}: {}", path.display(), crate::error_chain(error))]
     Model { path: PathBuf, error: ModelError },
 }
 

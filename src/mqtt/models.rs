@@ -230,7 +230,7 @@ impl Models {
                     failures.push(format!(
                         "model {}: {}; the running one stays",
                         m.name,
-                        crate::mqtt::server::error_chain(&e)
+                        crate::error_chain(&e)
                     ));
                     engines.push(r.engine.clone());
                     let was = old.models.iter().find(|o| o.name == m.name);
@@ -240,7 +240,7 @@ impl Models {
                     failures.push(format!(
                         "model {}: {}; it is not served",
                         m.name,
-                        crate::mqtt::server::error_chain(&e)
+                        crate::error_chain(&e)
                     ));
                 }
                 (None, Some(r)) => {

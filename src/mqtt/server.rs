@@ -91,7 +91,7 @@ pub enum ServeError {
     #[cfg(feature = "embedded-broker")]
     #[error(transparent)]
     Broker(#[from] crate::mqtt::broker::BrokerError),
-    #[error("model {model}: {}", error_chain(&**error))]
+    #[error("model {model}: {}", crate::error_chain(&**error))]
     Engine {
         model: String,
         error: Box<crate::engine::worker::StartError>,
@@ -100,22 +100,6 @@ pub enum ServeError {
     Memory(#[from] crate::engine::memory::MemoryError),
     #[error("no embedded broker in this build (feature `embedded-broker`): set mqtt.broker")]
     NoEmbeddedBroker,
-}
-
-/// `e` and its sources, each once ("a: b: c"): a model load fails deep in the GGUF reader,
-/// and the log must say why, while wrapping errors often repeat their source's text.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut cur = e.source();
-    while let Some(s) = cur {
-        let m = s.to_string();
-        if !out.contains(&m) {
-            out.push_str(": ");
-            out.push_str(&m);
-        }
-        cur = s.source();
-    }
-    out
 }
 
 /// The service around [`run`]: systemd notifications, signals, configuration reload. Tests
