@@ -1243,11 +1243,16 @@ impl Loop {
             id: route.id.clone(),
             error: ErrorBody { code, message },
         });
+        self.answer(route, &reply);
+    }
+
+    /// Publishes `reply` as `route` asks, then the request's acks behind it.
+    fn answer(&self, route: &Route, reply: &Response) {
         let _ = self.tx.send(Msg::Publish(Outgoing {
             topic: route.topic.clone(),
             qos: route.qos,
             retain: false,
-            payload: wire::encode_response(&reply, route.enc),
+            payload: wire::encode_response(reply, route.enc),
             props: props(route.enc, route.correlation.clone()),
         }));
         if !route.acks.is_empty() {
@@ -1286,14 +1291,7 @@ impl Loop {
                     // The stored reply, as this duplicate asked for it.
                     r.done = route.stream.then_some(true);
                 }
-                let _ = self.tx.send(Msg::Publish(Outgoing {
-                    topic: route.topic.clone(),
-                    qos: route.qos,
-                    retain: false,
-                    payload: wire::encode_response(&reply, route.enc),
-                    props: props(route.enc, route.correlation.clone()),
-                }));
-                let _ = self.tx.send(Msg::Ack(route.acks.clone()));
+                self.answer(route, &reply);
                 true
             }
         }
