@@ -58,13 +58,25 @@ EOF
 serve=$!
 pids+=($serve)
 
-# Replies (one line each: mosquitto_sub prints the payload) and the online status.
-stdbuf -oL mosquitto_sub -p "$port" -t 'llamabus/reply/soak' >"$work/replies" 2>/dev/null &
-pids+=($!)
+# Wait for the daemon's online status (this also waits for the broker to listen).
 for _ in $(seq 300); do
   mosquitto_sub -p "$port" -t llamabus/status/soak -C 1 -W 1 2>/dev/null | grep -q '"online"' && break
   kill -0 "$serve" 2>/dev/null || { cat "$work/serve.log"; echo "soak: serve exited" >&2; exit 1; }
 done
+
+# Replies (one line each: mosquitto_sub prints the payload). Started only once the broker is
+# known to listen (a subscriber started earlier can meet "connection refused" and exit), and
+# proven subscribed by a probe it must print before any request is sent.
+stdbuf -oL mosquitto_sub -p "$port" -q 1 -t 'llamabus/reply/soak' </dev/null >"$work/replies" 2>"$work/sub.log" &
+sub=$!
+pids+=($sub)
+for _ in $(seq 100); do
+  mosquitto_pub -p "$port" -t llamabus/reply/soak -m soak-probe 2>/dev/null || true
+  grep -q soak-probe "$work/replies" && break
+  kill -0 "$sub" 2>/dev/null || { cat "$work/sub.log"; echo "soak: reply subscriber exited" >&2; exit 1; }
+  sleep 0.2
+done
+grep -q soak-probe "$work/replies" || { echo "soak: reply subscriber never received its probe" >&2; exit 1; }
 
 # Steady load: RATE JSON requests a second, each with its own id and seed, 16 tokens.
 (
@@ -72,9 +84,13 @@ done
   while :; do
     for _ in $(seq "$RATE"); do
       i=$((i + 1))
-      mosquitto_pub -p "$port" -q 1 -t llamabus/prompt/soak \
-        -m "{\"id\":\"s$i\",\"prompt\":\"Tell me about the number $i.\",\"max_tokens\":16,\"seed\":$i}"
-      echo "$i" >"$work/sent"
+      # Count only requests the broker took (QoS 1: mosquitto_pub exits 0 after the PUBACK).
+      if mosquitto_pub -p "$port" -q 1 -t llamabus/prompt/soak </dev/null 2>>"$work/pub.log" \
+        -m "{\"id\":\"s$i\",\"prompt\":\"Tell me about the number $i.\",\"max_tokens\":16,\"seed\":$i}"; then
+        echo "$i" >>"$work/sent"
+      else
+        echo "$i" >>"$work/pub-failed"
+      fi
     done
     sleep 1
   done
@@ -88,6 +104,7 @@ t0=$(date +%s)
 end=$((t0 + MINUTES * 60))
 while [ "$(date +%s)" -lt "$end" ]; do
   kill -0 "$serve" 2>/dev/null || { tail -20 "$work/serve.log"; echo "soak: serve died" >&2; exit 1; }
+  kill -0 "$sub" 2>/dev/null || { cat "$work/sub.log"; echo "soak: reply subscriber died" >&2; exit 1; }
   rss=$(awk '/^VmRSS:/ {print $2}' "/proc/$serve/status")
   fds=$(ls "/proc/$serve/fd" | wc -l)
   echo "$(( $(date +%s) - t0 )),$rss,$fds" >>"$work/samples.csv"
@@ -95,7 +112,9 @@ while [ "$(date +%s)" -lt "$end" ]; do
 done
 kill "$load" 2>/dev/null || true
 wait "$load" 2>/dev/null || true
-sent=$(cat "$work/sent")
+sent=$(wc -l <"$work/sent")
+pub_failed=0
+[ -f "$work/pub-failed" ] && pub_failed=$(wc -l <"$work/pub-failed")
 # Let the queue drain, then count the final replies (the non-error JSON replies).
 for _ in $(seq 60); do
   [ "$(grep -c '"finish_reason"' "$work/replies" || true)" -ge "$sent" ] && break
@@ -103,6 +122,8 @@ for _ in $(seq 60); do
 done
 answered=$(grep -c '"finish_reason"' "$work/replies" || true)
 refused=$(grep -c '"error"' "$work/replies" || true)
+# An id answered more than once would be a duplicate generation (each request has its own id).
+duplicated=$(grep -o '"id":"s[0-9]*","model"' "$work/replies" | sort | uniq -d | wc -l || true)
 hwm=$(awk '/^VmHWM:/ {print $2}' "/proc/$serve/status")
 
 # Least squares over the samples after the warm-up: slope per minute of RSS (KiB) and fds.
@@ -112,7 +133,7 @@ read -r n rss_slope fd_slope rss_first rss_last fd_first fd_last < <(awk -F, -v 
   END { d = n * sxx - sx * sx; if (n < 3 || d == 0) { print n, 0, 0, 0, 0, 0, 0; exit }
         printf "%d %.1f %.3f %d %d %d %d\n", n, (n * sxr - sx * sr) / d, (n * sxf - sx * sf) / d, r0, r1, f0, f1 }' \
   "$work/samples.csv")
-echo "soak: $sent requests sent, $answered answered, $refused refused (errors), $(( sent - answered - refused )) without reply"
+echo "soak: $sent requests sent, $answered answered, $refused refused (errors), $(( sent - answered - refused )) without reply, $duplicated duplicated, $pub_failed not accepted by the broker"
 echo "soak: RSS ${rss_first} -> ${rss_last} KiB (peak VmHWM ${hwm} KiB), slope ${rss_slope} KiB/min over $n samples"
 echo "soak: fds ${fd_first} -> ${fd_last}, slope ${fd_slope} /min"
 fail=0
@@ -122,5 +143,7 @@ awk -v s="$fd_slope" -v m="$MAX_FD_SLOPE" 'BEGIN { exit !(s > m) }' \
   && { echo "soak: open fds grow faster than $MAX_FD_SLOPE /min" >&2; fail=1; }
 [ $(( answered + refused )) -ge "$sent" ] || { echo "soak: $(( sent - answered - refused )) requests got no reply" >&2; fail=1; }
 [ "$n" -ge 3 ] || { echo "soak: too few samples after the warm-up; run longer" >&2; fail=1; }
+[ "$duplicated" -eq 0 ] || { echo "soak: $duplicated ids were answered twice" >&2; fail=1; }
+[ "$pub_failed" -eq 0 ] || { echo "soak: the broker refused $pub_failed publishes (see pub.log)" >&2; fail=1; }
 grep -q panicked "$work/serve.log" && { echo "soak: the daemon panicked" >&2; fail=1; }
 exit $fail
