@@ -12,10 +12,11 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::jobs::{done, gated_sink, sink, start, PATIENCE};
 use common::tiny::{models_dir, require, write_tiny_model, TempDir, TinySpec};
 use llamabus::engine::worker::{
     kv_cache_bytes_for, Engine, EngineConfig, EventSink, JobEvent, JobOutcome, PromptInput,
@@ -27,9 +28,6 @@ use llamabus::sampler::{argmax, top2_logprob_margin, SamplingParams};
 use llamabus::tokenizer::chat::ChatMessage;
 use serde_json::Value;
 
-/// Longest any single event may take to arrive (a loaded machine, a debug build): a hang
-/// guard, not a speed assertion.
-const PATIENCE: Duration = Duration::from_secs(120);
 const NEAR_TIE: f64 = 0.01;
 
 fn tiny_model(dir: &TempDir) -> PathBuf {
@@ -49,47 +47,6 @@ fn config(path: &Path, parallel: usize) -> EngineConfig {
         max_prompt_tokens: 128,
         default_sampling: SamplingParams::greedy(),
         ..EngineConfig::new("test", path)
-    }
-}
-
-fn start(cfg: EngineConfig) -> Engine {
-    Engine::start(cfg, |_| {}).expect("engine starts")
-}
-
-fn sink() -> (EventSink, Receiver<JobEvent>) {
-    let (tx, rx) = mpsc::channel();
-    (
-        Box::new(move |e| {
-            let _ = tx.send(e);
-        }),
-        rx,
-    )
-}
-
-/// A sink that holds the worker on `Started` until the returned sender is used or dropped.
-fn gated_sink() -> (EventSink, Receiver<JobEvent>, Receiver<()>, Sender<()>) {
-    let (tx, rx) = mpsc::channel();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (gate_tx, gate_rx) = mpsc::channel::<()>();
-    let gate_rx = Mutex::new(gate_rx);
-    let sink: EventSink = Box::new(move |e| {
-        let started = matches!(e, JobEvent::Started { .. });
-        let _ = tx.send(e);
-        if started {
-            let _ = started_tx.send(());
-            let _ = gate_rx.lock().unwrap().recv();
-        }
-    });
-    (sink, rx, started_rx, gate_tx)
-}
-
-fn done(rx: &Receiver<JobEvent>) -> JobOutcome {
-    loop {
-        match rx.recv_timeout(PATIENCE).expect("a final event in time") {
-            JobEvent::Done(o) => return o,
-            JobEvent::Failed(e) => panic!("job failed: {e}"),
-            _ => {}
-        }
     }
 }
 

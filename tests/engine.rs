@@ -10,15 +10,15 @@ mod common;
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::jobs::{done, events_until_final, failed, gated_sink, sink, start, PATIENCE};
 use common::tiny::{models_dir, require};
 use llamabus::engine::worker::{
-    Engine, EngineConfig, ErrorKind, EventSink, Job, JobEvent, JobOutcome, PromptInput, PromptMode,
-    StartError,
+    Engine, EngineConfig, ErrorKind, EventSink, Job, JobEvent, PromptInput, PromptMode, StartError,
 };
 use llamabus::engine::{generate, GenerateRequest};
 use llamabus::model::{Model, Session};
@@ -27,8 +27,6 @@ use llamabus::tokenizer::chat::ChatMessage;
 
 const THREADS: usize = 2;
 const N_CTX: usize = 256;
-/// Longest any single event may take to arrive (a loaded CI machine, a debug build).
-const PATIENCE: Duration = Duration::from_secs(60);
 
 fn model_path() -> PathBuf {
     require(&models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")).to_path_buf()
@@ -44,67 +42,6 @@ fn config() -> EngineConfig {
         max_prompt_tokens: 128,
         default_sampling: SamplingParams::greedy(),
         ..EngineConfig::new("smollm2", model_path())
-    }
-}
-
-fn start(cfg: EngineConfig) -> Engine {
-    Engine::start(cfg, |_| {}).expect("engine starts")
-}
-
-/// A sink forwarding every event to a channel.
-fn sink() -> (EventSink, Receiver<JobEvent>) {
-    let (tx, rx) = mpsc::channel();
-    (
-        Box::new(move |e| {
-            let _ = tx.send(e);
-        }),
-        rx,
-    )
-}
-
-/// A sink that, on `Started`, reports through the second receiver and then blocks the worker
-/// until the returned sender is used (or dropped).
-fn gated_sink() -> (EventSink, Receiver<JobEvent>, Receiver<()>, Sender<()>) {
-    let (tx, rx) = mpsc::channel();
-    let (started_tx, started_rx) = mpsc::channel();
-    let (gate_tx, gate_rx) = mpsc::channel::<()>();
-    let gate_rx = Mutex::new(gate_rx);
-    let sink: EventSink = Box::new(move |e| {
-        let started = matches!(e, JobEvent::Started { .. });
-        let _ = tx.send(e);
-        if started {
-            let _ = started_tx.send(());
-            let _ = gate_rx.lock().unwrap().recv();
-        }
-    });
-    (sink, rx, started_rx, gate_tx)
-}
-
-/// Every event up to and including the final one.
-fn events_until_final(rx: &Receiver<JobEvent>) -> Vec<JobEvent> {
-    let mut out = Vec::new();
-    loop {
-        let e = rx.recv_timeout(PATIENCE).expect("an event in time");
-        let last = matches!(e, JobEvent::Done(_) | JobEvent::Failed(_));
-        out.push(e);
-        if last {
-            return out;
-        }
-    }
-}
-
-fn done(rx: &Receiver<JobEvent>) -> JobOutcome {
-    match events_until_final(rx).pop() {
-        Some(JobEvent::Done(o)) => o,
-        other => panic!("expected Done, got {other:?}"),
-    }
-}
-
-fn failed(rx: &Receiver<JobEvent>) -> (ErrorKind, String, Vec<JobEvent>) {
-    let mut events = events_until_final(rx);
-    match events.pop() {
-        Some(JobEvent::Failed(e)) => (e.kind, e.message, events),
-        other => panic!("expected Failed, got {other:?}"),
     }
 }
 

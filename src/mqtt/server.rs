@@ -944,7 +944,7 @@ impl Loop {
                     self.swap_engine(*settings, loaded);
                 }
                 ev = self.eventloop.poll() => {
-                    if let Some(wait) = self.handle(ev) {
+                    if let Some(wait) = self.handle(ev, Duration::MAX) {
                         tokio::select! {
                             _ = &mut shutdown => return Ok(()),
                             _ = tokio::time::sleep(wait) => {}
@@ -965,8 +965,10 @@ impl Loop {
                 out = &mut fut => return Some(out),
                 _ = &mut deadline => return None,
                 ev = self.eventloop.poll() => {
-                    if let Some(wait) = self.handle(ev) {
-                        tokio::time::sleep(wait.min(Duration::from_millis(500))).await;
+                    // Draining: retry often, so that finished replies go out as soon as the
+                    // broker is back.
+                    if let Some(wait) = self.handle(ev, Duration::from_millis(500)) {
+                        tokio::time::sleep(wait).await;
                     }
                 }
             }
@@ -986,8 +988,13 @@ impl Loop {
         .await;
     }
 
-    /// Handles one event-loop result; `Some(wait)` after a connection failure.
-    fn handle(&mut self, ev: Result<Event, rumqttc::v5::ConnectionError>) -> Option<Duration> {
+    /// Handles one event-loop result; `Some(wait)` (the backoff, at most `cap`) after a
+    /// connection failure.
+    fn handle(
+        &mut self,
+        ev: Result<Event, rumqttc::v5::ConnectionError>,
+        cap: Duration,
+    ) -> Option<Duration> {
         match ev {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 self.epoch.fetch_add(1, Ordering::AcqRel);
@@ -1040,10 +1047,10 @@ impl Loop {
                 // change: keep retrying with backoff, and say so as an error.
                 error!("{}: connection refused: {code:?}", self.broker);
                 self.link.store(LINK_RETRYING, Ordering::Relaxed);
-                return Some(self.backoff.next_delay());
+                return Some(self.backoff.next_delay().min(cap));
             }
             Err(e) => {
-                let wait = self.backoff.next_delay();
+                let wait = self.backoff.next_delay().min(cap);
                 if self.connected {
                     warn!("connection to {} lost: {e}; reconnecting", self.broker);
                 } else {

@@ -517,6 +517,14 @@ impl TestClient {
             .unwrap();
     }
 
+    /// Publishes at `qos` (no properties).
+    pub async fn publish_qos(&self, topic: &str, qos: QoS, payload: impl Into<Bytes>) {
+        self.client
+            .publish(topic, qos, false, payload.into())
+            .await
+            .unwrap();
+    }
+
     /// The next message, or a panic after `secs`.
     pub async fn recv(&mut self, secs: u64) -> Msg {
         tokio::time::timeout(Duration::from_secs(secs), self.rx.recv())
