@@ -602,20 +602,19 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
     let mut a = serve(&mosq, "sa", &config(&mosq, "sa", group, "")).await;
     let b = serve(&mosq, "sb", &config(&mosq, "sb", group, "")).await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    // Both members take requests.
-    let warm: Vec<String> = (0..6).map(|i| format!("w{i}")).collect();
-    let warm: Vec<&str> = warm.iter().map(String::as_str).collect();
-    for id in &warm {
-        send(&c, "d", &short(id)).await;
+    // Six short requests `{tag}0`..`{tag}5`, all sent before any reply is read.
+    async fn six(c: &mut TestClient, tag: &str, test: &str) -> Figures {
+        let ids: Vec<String> = (0..6).map(|i| format!("{tag}{i}")).collect();
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        for id in &ids {
+            send(c, "d", &short(id)).await;
+        }
+        let limit = Duration::from_secs(90);
+        let got = finals(c, &ids, limit, Duration::from_secs(2)).await;
+        figures(test, &ids, &got)
     }
-    let got = finals(
-        &mut c,
-        &warm,
-        Duration::from_secs(90),
-        Duration::from_secs(1),
-    )
-    .await;
-    assert_eq!(figures("share group, both up", &warm, &got).lost, 0);
+    // Both members take requests.
+    assert_eq!(six(&mut c, "w", "share group, both up").await.lost, 0);
     let served = |p: &ServeProcess| p.log().matches(" answered on ").count();
     assert!(
         served(&a) > 0 && served(&b) > 0,
@@ -628,20 +627,8 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
     // share of the group's requests in the stopped member's session, unanswered until it returns.
     a.signal("TERM");
     assert_eq!(a.wait_exit(Duration::from_secs(30)).code(), Some(0));
-    let ids: Vec<String> = (0..6).map(|i| format!("after{i}")).collect();
-    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
     let before = served(&b);
-    for id in &ids {
-        send(&c, "d", &short(id)).await;
-    }
-    let got = finals(
-        &mut c,
-        &ids,
-        Duration::from_secs(90),
-        Duration::from_secs(2),
-    )
-    .await;
-    let f = figures("share group, one member stopped", &ids, &got);
-    assert_eq!((f.lost, f.duplicated), (0, 0), "{got:?}");
-    assert_eq!(served(&b) - before, ids.len(), "{}", b.log());
+    let f = six(&mut c, "after", "share group, one member stopped").await;
+    assert_eq!((f.lost, f.duplicated), (0, 0));
+    assert_eq!(served(&b) - before, 6, "{}", b.log());
 }
