@@ -7,6 +7,7 @@ mod common;
 mod mqtt_support;
 
 use std::collections::{HashMap, HashSet};
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -28,6 +29,18 @@ fn greedy(extra: Value) -> Vec<u8> {
     v.to_string().into_bytes()
 }
 
+/// Publishes the greedy JSON request `greedy(extra)` on `topic`, without MQTT 5 properties.
+async fn publish_greedy(c: &TestClient, topic: &str, extra: Value) {
+    c.publish(topic, greedy(extra), PublishProperties::default())
+        .await;
+}
+
+/// [`publish_greedy`], then the next message (the reply) within `secs`, as JSON.
+async fn ask_greedy(c: &mut TestClient, topic: &str, extra: Value, secs: u64) -> Value {
+    publish_greedy(c, topic, extra).await;
+    c.recv(secs).await.json()
+}
+
 /// mosquitto + one in-process daemon with `extra` config, ready (status online).
 async fn setup(extra: &str) -> (Mosquitto, Daemon) {
     let mosq = Mosquitto::start();
@@ -36,63 +49,136 @@ async fn setup(extra: &str) -> (Mosquitto, Daemon) {
     (mosq, d)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn plain_text_via_mosquitto_pub_sub_and_rr() {
-    let (mosq, _d) =
-        setup("[mqtt]\nallowed_reply_prefixes = [\"llamabus/reply/#\", \"some/#\"]").await;
-    let port = mosq.port.to_string();
-
-    // mosquitto_pub / mosquitto_sub (MQTT 3.1.1): default reply topic, plain text.
-    let (mut sub, lines) = mosquitto_sub(&[
-        "-p",
-        &port,
-        "-t",
-        "llamabus/reply/dev1",
-        "-C",
-        "1",
-        "-W",
-        "60",
-    ]);
+/// mosquitto_sub waits on `llamabus/reply/{device}` for one message while mosquitto_pub sends
+/// `text` to `llamabus/prompt/{device}`; returns that one payload. `version` goes before the
+/// other client arguments: empty for MQTT 3.1.1, `["-V", "5"]` for MQTT 5.
+fn pub_sub_one(port: u16, version: &[&str], device: &str, text: &str) -> String {
+    let port = port.to_string();
+    let (prompt, reply) = (
+        format!("llamabus/prompt/{device}"),
+        format!("llamabus/reply/{device}"),
+    );
+    let mut sub_args = version.to_vec();
+    sub_args.extend(["-p", &port, "-t", &reply, "-C", "1", "-W", "60"]);
+    let (mut sub, lines) = mosquitto_sub(&sub_args);
     let (code, _, err) = run_cmd(
-        Command::new("mosquitto_pub").args([
-            "-p",
-            &port,
-            "-t",
-            "llamabus/prompt/dev1",
-            "-m",
-            "14 + 16 =",
-        ]),
+        Command::new("mosquitto_pub")
+            .args(version)
+            .args(["-p", &port, "-t", &prompt, "-m", text]),
         Duration::from_secs(10),
     );
     assert_eq!(code, Some(0), "{err}");
     let payloads = sub_payloads(lines, Duration::from_secs(60));
     let _ = sub.wait();
     assert_eq!(payloads.len(), 1, "{payloads:?}");
-    assert!(
-        !payloads[0].trim().is_empty() && !payloads[0].starts_with("error:"),
-        "{payloads:?}"
-    );
+    payloads.into_iter().next().unwrap()
+}
 
-    // mosquitto_rr exactly as the issue writes it (MQTT 5 response topic + correlation data).
+/// mosquitto_rr with `client` arguments (broker, TLS, user): sends `message` on `topic` with
+/// `response_topic` as the MQTT 5 response topic and waits `wait_s` for the reply.
+fn rr_cmd<S: AsRef<OsStr>>(
+    client: &[S],
+    topic: &str,
+    response_topic: &str,
+    message: &str,
+    wait_s: u64,
+) -> Command {
+    let mut cmd = Command::new("mosquitto_rr");
+    cmd.args(client).args([
+        "-t",
+        topic,
+        "-e",
+        response_topic,
+        "-m",
+        message,
+        "-W",
+        &wait_s.to_string(),
+    ]);
+    cmd
+}
+
+/// [`rr_cmd`] that must succeed within 60 s with an answer (not empty, not an error); returns it.
+fn rr_answer<S: AsRef<OsStr>>(
+    client: &[S],
+    topic: &str,
+    response_topic: &str,
+    message: &str,
+) -> String {
     let (code, out, err) = run_cmd(
-        Command::new("mosquitto_rr").args([
-            "-p",
-            &port,
-            "-t",
-            "llamabus/prompt/x",
-            "-e",
-            "some/topic",
-            "-m",
-            "14 + 16 =",
-            "-W",
-            "60",
-        ]),
+        &mut rr_cmd(client, topic, response_topic, message, 60),
         Duration::from_secs(70),
     );
     assert_eq!(code, Some(0), "mosquitto_rr: {out} {err}");
     assert!(
         !out.trim().is_empty() && !out.starts_with("error:"),
         "{out}"
+    );
+    out
+}
+
+/// mosquitto_sub with `client` arguments: one message on `topic` within `wait_s`.
+fn sub_one_cmd(client: &[String], topic: &str, wait_s: u64) -> Command {
+    let mut cmd = Command::new("mosquitto_sub");
+    cmd.args(client)
+        .args(["-t", topic, "-C", "1", "-W", &wait_s.to_string()]);
+    cmd
+}
+
+/// Receives the stream of request `id` up to its final message, checking that every chunk
+/// carries the id and that `seq` counts up from 0, and that the final message has
+/// `"done": true` and the chunks' deltas as its `text`. Returns (that text, the number of
+/// chunks, the final message).
+async fn recv_stream(c: &mut TestClient, id: &str, secs: u64) -> (String, u64, Value) {
+    let mut text = String::new();
+    let mut seq = 0;
+    let fin = loop {
+        let v = c.recv(secs).await.json();
+        assert_eq!(v["id"], id, "{v}");
+        if v.get("done").is_some() {
+            break v;
+        }
+        assert_eq!(v["seq"], seq, "{v}");
+        seq += 1;
+        text.push_str(v["delta"].as_str().unwrap());
+    };
+    assert_eq!(fin["done"], true, "{fin}");
+    // No payloads in the message: streams here may be tens of KiB.
+    assert!(
+        fin["text"].as_str() == Some(text.as_str()),
+        "{id}: the chunks do not reassemble to the final text"
+    );
+    (text, seq, fin)
+}
+
+/// The next `n` JSON replies, each within `secs`, by their `id`.
+async fn recv_by_id(c: &mut TestClient, n: usize, secs: u64) -> HashMap<String, Value> {
+    let mut got = HashMap::new();
+    for _ in 0..n {
+        let v = c.recv(secs).await.json();
+        got.insert(v["id"].as_str().unwrap().to_owned(), v);
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_text_via_mosquitto_pub_sub_and_rr() {
+    let (mosq, _d) =
+        setup("[mqtt]\nallowed_reply_prefixes = [\"llamabus/reply/#\", \"some/#\"]").await;
+
+    // mosquitto_pub / mosquitto_sub (MQTT 3.1.1): default reply topic, plain text.
+    let answer = pub_sub_one(mosq.port, &[], "dev1", "14 + 16 =");
+    assert!(
+        !answer.trim().is_empty() && !answer.starts_with("error:"),
+        "{answer:?}"
+    );
+
+    // mosquitto_rr exactly as the issue writes it (MQTT 5 response topic + correlation data).
+    let port = mosq.port.to_string();
+    rr_answer(
+        &["-p", &port],
+        "llamabus/prompt/x",
+        "some/topic",
+        "14 + 16 =",
     );
 }
 
@@ -121,10 +207,10 @@ async fn json_id_echo_correlation_data_and_status() {
     assert!(v.get("done").is_none());
 
     // JSON without MQTT 5 properties: default reply topic, no correlation data.
-    c.publish(
+    publish_greedy(
+        &c,
         "llamabus/prompt/t2",
-        greedy(json!({"id": "x2", "prompt": "Hi"})),
-        PublishProperties::default(),
+        json!({"id": "x2", "prompt": "Hi"}),
     )
     .await;
     let m = c.recv(60).await;
@@ -193,19 +279,15 @@ async fn reply_topics_outside_the_allowed_prefixes_are_denied() {
         );
     }
     // mosquitto_rr with the default config: denied, so it hears nothing.
+    let port = mosq.port.to_string();
     let (code, _, _) = run_cmd(
-        Command::new("mosquitto_rr").args([
-            "-p",
-            &mosq.port.to_string(),
-            "-t",
+        &mut rr_cmd(
+            &["-p", &port],
             "llamabus/prompt/evil",
-            "-e",
             "some/topic",
-            "-m",
             "hi",
-            "-W",
-            "2",
-        ]),
+            2,
+        ),
         Duration::from_secs(10),
     );
     assert_ne!(code, Some(0));
@@ -226,34 +308,21 @@ async fn streaming_reassembles_to_the_non_streamed_text() {
     let (mosq, _d) = setup("").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     let prompt = "The three primary colours are";
-    c.publish(
+    let plain = ask_greedy(
+        &mut c,
         "llamabus/prompt/s",
-        greedy(json!({"id": "plain", "prompt": prompt, "max_tokens": 24})),
-        PublishProperties::default(),
+        json!({"id": "plain", "prompt": prompt, "max_tokens": 24}),
+        60,
     )
     .await;
-    let plain = c.recv(60).await.json();
-    c.publish(
+    publish_greedy(
+        &c,
         "llamabus/prompt/s",
-        greedy(json!({"id": "st", "prompt": prompt, "max_tokens": 24, "stream": true})),
-        PublishProperties::default(),
+        json!({"id": "st", "prompt": prompt, "max_tokens": 24, "stream": true}),
     )
     .await;
-    let mut text = String::new();
-    let mut seq = 0;
-    let fin = loop {
-        let v = c.recv(60).await.json();
-        assert_eq!(v["id"], "st");
-        if v.get("done").is_some() {
-            break v;
-        }
-        assert_eq!(v["seq"], seq, "{v}");
-        seq += 1;
-        text.push_str(v["delta"].as_str().unwrap());
-    };
-    assert!(seq >= 2, "expected several chunks, got {seq}");
-    assert_eq!(fin["done"], true);
-    assert_eq!(fin["text"].as_str().unwrap(), text);
+    let (text, chunks, _) = recv_stream(&mut c, "st", 60).await;
+    assert!(chunks >= 2, "expected several chunks, got {chunks}");
     assert_eq!(plain["text"].as_str().unwrap(), text);
 }
 
@@ -285,13 +354,13 @@ async fn greedy_prompt_equals_llamabus_complete() {
     );
     let expected = out.strip_suffix('\n').unwrap();
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    c.publish(
+    let v = ask_greedy(
+        &mut c,
         "llamabus/prompt/g",
-        greedy(json!({"prompt": prompt, "max_tokens": 20})),
-        PublishProperties::default(),
+        json!({"prompt": prompt, "max_tokens": 20}),
+        60,
     )
     .await;
-    let v = c.recv(60).await.json();
     assert_eq!(v["text"].as_str().unwrap(), expected);
 }
 
@@ -313,65 +382,41 @@ async fn busy_expired_and_cancelled_while_the_worker_is_stalled() {
         expiry,
     )
     .await;
-    c.publish(
-        "llamabus/prompt/q",
-        greedy(json!({"id": "q2", "prompt": "b"})),
-        PublishProperties::default(),
-    )
-    .await;
-    c.publish(
-        "llamabus/prompt/q",
-        greedy(json!({"id": "b1", "prompt": "c"})),
-        PublishProperties::default(),
-    )
-    .await;
-    c.publish(
-        "llamabus/prompt/q",
-        greedy(json!({"id": "b2", "prompt": "d"})),
-        PublishProperties::default(),
-    )
-    .await;
+    publish_greedy(&c, "llamabus/prompt/q", json!({"id": "q2", "prompt": "b"})).await;
+    publish_greedy(&c, "llamabus/prompt/q", json!({"id": "b1", "prompt": "c"})).await;
+    publish_greedy(&c, "llamabus/prompt/q", json!({"id": "b2", "prompt": "d"})).await;
     let t0 = Instant::now();
-    let mut got = HashMap::new();
-    for _ in 0..2 {
-        let v = c.recv(10).await.json();
-        got.insert(v["id"].as_str().unwrap().to_owned(), v);
-    }
+    let mut got = recv_by_id(&mut c, 2, 10).await;
     // Busy arrives at once, long before the worker wakes.
     assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
     assert_eq!(got["b1"]["error"]["code"], "busy");
     assert_eq!(got["b2"]["error"]["code"], "busy");
     c.publish("llamabus/cancel/q", "q2", PublishProperties::default())
         .await;
-    for _ in 0..2 {
-        let v = c.recv(20).await.json();
-        got.insert(v["id"].as_str().unwrap().to_owned(), v);
-    }
+    got.extend(recv_by_id(&mut c, 2, 20).await);
     assert_eq!(got["q1"]["error"]["code"], "expired", "{}", got["q1"]);
     assert_eq!(got["q2"]["error"]["code"], "cancelled", "{}", got["q2"]);
 
     // JSON deadline_ms, behind a stalled worker.
     d.engine.stall_for_test(Duration::from_millis(1500));
     tokio::time::sleep(Duration::from_millis(400)).await;
-    c.publish(
+    let v = ask_greedy(
+        &mut c,
         "llamabus/prompt/q",
-        greedy(json!({"id": "dl", "prompt": "a", "deadline_ms": 200})),
-        PublishProperties::default(),
+        json!({"id": "dl", "prompt": "a", "deadline_ms": 200}),
+        20,
     )
     .await;
-    let v = c.recv(20).await.json();
     assert_eq!(v["error"]["code"], "expired", "{v}");
 
     // Cancel while generating: ends within a token with finish_reason "cancelled".
-    c.publish(
+    let first = ask_greedy(
+        &mut c,
         "llamabus/prompt/q",
-        greedy(
-            json!({"id": "long", "prompt": "Once upon a time", "max_tokens": 500, "stream": true}),
-        ),
-        PublishProperties::default(),
+        json!({"id": "long", "prompt": "Once upon a time", "max_tokens": 500, "stream": true}),
+        30,
     )
     .await;
-    let first = c.recv(30).await.json();
     assert_eq!(first["seq"], 0);
     c.publish("llamabus/cancel/q", "long", PublishProperties::default())
         .await;
@@ -505,13 +550,13 @@ async fn malformed_input_gets_one_error_reply_each_and_serving_continues() {
         assert!(c.try_recv(50).await.is_none(), "case {i}: a second reply");
     }
     // Still serving.
-    c.publish(
+    let v = ask_greedy(
+        &mut c,
         "llamabus/prompt/bad",
-        greedy(json!({"id": "ok", "prompt": "Hi"})),
-        PublishProperties::default(),
+        json!({"id": "ok", "prompt": "Hi"}),
+        60,
     )
     .await;
-    let v = c.recv(60).await.json();
     assert_eq!(v["id"], "ok");
     assert!(v.get("error").is_none(), "{v}");
 }
@@ -589,34 +634,27 @@ async fn a_reply_over_10_kib_arrives_whole() {
     assert!(plain.len() > want, "only {} bytes", plain.len());
 
     // JSON, greedy: one reply.
-    c.publish(
+    let v = ask_greedy(
+        &mut c,
         "llamabus/prompt/long",
-        greedy(json!({"id": "long", "prompt": "hello", "max_tokens": 300})),
-        PublishProperties::default(),
+        json!({"id": "long", "prompt": "hello", "max_tokens": 300}),
+        60,
     )
     .await;
-    let v = c.recv(60).await.json();
     assert_eq!(v["id"], "long");
     assert_eq!(v["finish_reason"], "length", "{v}");
     let greedy_text = v["text"].as_str().unwrap().to_owned();
     assert!(greedy_text.len() > want, "only {} bytes", greedy_text.len());
 
     // Streamed: the chunks reassemble to the same text.
-    c.publish(
+    publish_greedy(
+        &c,
         "llamabus/prompt/long",
-        greedy(json!({"id": "ls", "prompt": "hello", "max_tokens": 300, "stream": true})),
-        PublishProperties::default(),
+        json!({"id": "ls", "prompt": "hello", "max_tokens": 300, "stream": true}),
     )
     .await;
-    let mut text = String::new();
-    loop {
-        let v = c.recv(60).await.json();
-        if v["done"] == true {
-            assert_eq!(v["text"].as_str().unwrap(), greedy_text);
-            break;
-        }
-        text.push_str(v["delta"].as_str().unwrap());
-    }
+    let (text, _, fin) = recv_stream(&mut c, "ls", 60).await;
+    assert_eq!(fin["text"].as_str().unwrap(), greedy_text);
     assert!(
         text == greedy_text,
         "the chunks do not reassemble to the final text"
@@ -634,10 +672,10 @@ async fn two_daemons_in_one_share_group_answer_each_request_once() {
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     let n = 8;
     for i in 0..n {
-        c.publish(
+        publish_greedy(
+            &c,
             "llamabus/prompt/sg",
-            greedy(json!({"id": format!("r{i}"), "prompt": "Hi", "max_tokens": 3})),
-            PublishProperties::default(),
+            json!({"id": format!("r{i}"), "prompt": "Hi", "max_tokens": 3}),
         )
         .await;
     }
@@ -659,27 +697,18 @@ async fn two_daemons_in_one_share_group_answer_each_request_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_daemon_reconnects_and_resubscribes_after_a_broker_restart() {
     let (mut mosq, _d) = setup("").await;
+    let hi = |id: &str| json!({"id": id, "prompt": "Hi", "max_tokens": 3});
     {
         let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-        c.publish(
-            "llamabus/prompt/r",
-            greedy(json!({"id": "before", "prompt": "Hi", "max_tokens": 3})),
-            PublishProperties::default(),
-        )
-        .await;
-        assert_eq!(c.recv(60).await.json()["id"], "before");
+        let v = ask_greedy(&mut c, "llamabus/prompt/r", hi("before"), 60).await;
+        assert_eq!(v["id"], "before");
     }
     mosq.restart();
     // No persistence: the retained status is gone until the daemon is back and subscribed.
     wait_status(mosq.port, "llamabus", "n1", "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
-    c.publish(
-        "llamabus/prompt/r",
-        greedy(json!({"id": "after", "prompt": "Hi", "max_tokens": 3})),
-        PublishProperties::default(),
-    )
-    .await;
-    assert_eq!(c.recv(60).await.json()["id"], "after");
+    let v = ask_greedy(&mut c, "llamabus/prompt/r", hi("after"), 60).await;
+    assert_eq!(v["id"], "after");
 }
 
 /// mosquitto_rr/_sub arguments for the TLS broker: its CA, a client certificate and, with a
@@ -720,14 +749,7 @@ async fn tls_setup(node: &str) -> (Mosquitto, TlsFiles, Daemon, Vec<String>) {
     let client = tls_client_args(mosq.port, &tls, Some(TlsFiles::USER));
     // The retained status says online once the daemon has connected and subscribed.
     let (code, out, err) = run_cmd(
-        Command::new("mosquitto_sub").args(&client).args([
-            "-t",
-            &format!("llamabus/status/{node}"),
-            "-C",
-            "1",
-            "-W",
-            "60",
-        ]),
+        &mut sub_one_cmd(&client, &format!("llamabus/status/{node}"), 60),
         Duration::from_secs(70),
     );
     assert_eq!(code, Some(0), "{out} {err}");
@@ -740,25 +762,12 @@ async fn tls_setup(node: &str) -> (Mosquitto, TlsFiles, Daemon, Vec<String>) {
 
 /// mosquitto_rr with `client` args: prompt on `prompt/{device}`, reply on `reply/{device}`.
 fn tls_rr(client: &[String], device: &str, prompt: &str) -> String {
-    let (code, out, err) = run_cmd(
-        Command::new("mosquitto_rr").args(client).args([
-            "-t",
-            &format!("llamabus/prompt/{device}"),
-            "-e",
-            &format!("llamabus/reply/{device}"),
-            "-m",
-            prompt,
-            "-W",
-            "60",
-        ]),
-        Duration::from_secs(70),
-    );
-    assert_eq!(code, Some(0), "{out} {err}");
-    assert!(
-        !out.trim().is_empty() && !out.starts_with("error: "),
-        "{out}"
-    );
-    out
+    rr_answer(
+        client,
+        &format!("llamabus/prompt/{device}"),
+        &format!("llamabus/reply/{device}"),
+        prompt,
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -769,14 +778,7 @@ async fn mqtts_with_a_client_certificate_and_a_password_file() {
     // The same broker refuses a client without the password: authentication is really on.
     let anon = tls_client_args(mosq.port, &tls, None);
     let (code, _, _) = run_cmd(
-        Command::new("mosquitto_sub").args(&anon).args([
-            "-t",
-            "llamabus/status/tls",
-            "-C",
-            "1",
-            "-W",
-            "5",
-        ]),
+        &mut sub_one_cmd(&anon, "llamabus/status/tls", 5),
         Duration::from_secs(10),
     );
     assert_ne!(code, Some(0), "an anonymous client was let in");
@@ -803,16 +805,13 @@ async fn an_acl_keeps_each_device_to_its_own_replies() {
     );
     // And a device cannot publish into another device's prompt topic.
     let (code, out, err) = run_cmd(
-        Command::new("mosquitto_rr").args(&kitchen).args([
-            "-t",
+        &mut rr_cmd(
+            &kitchen,
             "llamabus/prompt/garage",
-            "-e",
             "llamabus/reply/kitchen",
-            "-m",
             "Hi",
-            "-W",
-            "5",
-        ]),
+            5,
+        ),
         Duration::from_secs(15),
     );
     assert_ne!(
@@ -1034,54 +1033,15 @@ async fn serve_binary_on_the_embedded_broker() {
     assert_eq!(code, Some(0), "{err}");
     assert!(!out.trim().is_empty());
     // mosquitto_rr (MQTT 5) against rumqttd.
-    let (code, out, err) = run_cmd(
-        Command::new("mosquitto_rr").args([
-            "-p",
-            &p5.to_string(),
-            "-t",
-            "llamabus/prompt/x",
-            "-e",
-            "llamabus/reply/x",
-            "-m",
-            "14 + 16 =",
-            "-W",
-            "60",
-        ]),
-        Duration::from_secs(70),
-    );
-    assert_eq!(code, Some(0), "{out} {err}");
-    assert!(!out.trim().is_empty());
-    // mosquitto_pub / mosquitto_sub speaking MQTT 5 (the embedded broker has no 3.1.1).
     let p = p5.to_string();
-    let (mut sub, lines) = mosquitto_sub(&[
-        "-V",
-        "5",
-        "-p",
-        &p,
-        "-t",
-        "llamabus/reply/old",
-        "-C",
-        "1",
-        "-W",
-        "60",
-    ]);
-    let (code, _, err) = run_cmd(
-        Command::new("mosquitto_pub").args([
-            "-V",
-            "5",
-            "-p",
-            &p,
-            "-t",
-            "llamabus/prompt/old",
-            "-m",
-            "Hello",
-        ]),
-        Duration::from_secs(10),
+    rr_answer(
+        &["-p", &p],
+        "llamabus/prompt/x",
+        "llamabus/reply/x",
+        "14 + 16 =",
     );
-    assert_eq!(code, Some(0), "{err}");
-    let payloads = sub_payloads(lines, Duration::from_secs(60));
-    let _ = sub.wait();
-    assert_eq!(payloads.len(), 1, "{payloads:?}");
+    // mosquitto_pub / mosquitto_sub speaking MQTT 5 (the embedded broker has no 3.1.1).
+    pub_sub_one(p5, &["-V", "5"], "old", "Hello");
     // SIGTERM: clean exit.
     let mut serve = serve;
     sigterm(&serve.0);
