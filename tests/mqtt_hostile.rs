@@ -132,6 +132,25 @@ fn bad(id: Option<&'static str>) -> Expect {
     Expect::Error("bad_request", id)
 }
 
+/// A JSON request `{"id": id, "prompt": "a", field: value}`, refused as `bad_request` with its id.
+fn bad_value(name: &'static str, id: &'static str, field: &str, value: serde_json::Value) -> Case {
+    let payload = json!({"id": id, "prompt": "a", field: value}).to_string();
+    case(name, payload, bad(Some(id)))
+}
+
+/// A JSON request asking for its reply on `topic`, refused as `reply_topic_denied` (on the
+/// default reply topic) with its id.
+fn denied_reply_to(name: &'static str, id: &'static str, topic: &str) -> Case {
+    let payload = json!({"id": id, "prompt": "a", "reply_to": topic}).to_string();
+    case(name, payload, Expect::Error("reply_topic_denied", Some(id)))
+}
+
+/// A short JSON request on the topic level `device`, answered on that device's reply topic.
+fn answered_on(name: &'static str, id: &str, device: impl Into<String>) -> Case {
+    let payload = json!({"id": id, "prompt": "Hi", "max_tokens": 2}).to_string();
+    case(name, payload, Expect::Answer(None)).device(device)
+}
+
 fn postcard(r: &Request) -> Vec<u8> {
     wire::encode_request(r, Encoding::Postcard).unwrap()
 }
@@ -244,55 +263,28 @@ fn cases() -> Vec<Case> {
         )
         .content_type("application/json"),
         // numbers out of range, NaN, negative values
-        case(
-            "temperature 101",
-            j(json!({"id": "t", "prompt": "a", "temperature": 101})),
-            bad(Some("t")),
-        ),
+        bad_value("temperature 101", "t", "temperature", json!(101)),
         case(
             "temperature 1e999",
             br#"{"id": "t9", "prompt": "a", "temperature": 1e999}"#.to_vec(),
             bad(None),
         ),
-        case(
-            "top_p 1.5",
-            j(json!({"id": "p", "prompt": "a", "top_p": 1.5})),
-            bad(Some("p")),
-        ),
-        case(
-            "min_p negative",
-            j(json!({"id": "m", "prompt": "a", "min_p": -0.1})),
-            bad(Some("m")),
-        ),
-        case(
-            "repeat_penalty 0",
-            j(json!({"id": "r", "prompt": "a", "repeat_penalty": 0})),
-            bad(Some("r")),
-        ),
-        case(
-            "top_k negative",
-            j(json!({"id": "k", "prompt": "a", "top_k": -1})),
-            bad(Some("k")),
-        ),
-        case(
-            "seed negative",
-            j(json!({"id": "s", "prompt": "a", "seed": -1})),
-            bad(Some("s")),
-        ),
+        bad_value("top_p 1.5", "p", "top_p", json!(1.5)),
+        bad_value("min_p negative", "m", "min_p", json!(-0.1)),
+        bad_value("repeat_penalty 0", "r", "repeat_penalty", json!(0)),
+        bad_value("top_k negative", "k", "top_k", json!(-1)),
+        bad_value("seed negative", "s", "seed", json!(-1)),
         case(
             "seed 2^64",
             br#"{"id": "s2", "prompt": "a", "seed": 18446744073709551616}"#.to_vec(),
             bad(Some("s2")),
         ),
-        case(
-            "deadline_ms negative",
-            j(json!({"id": "d", "prompt": "a", "deadline_ms": -5})),
-            bad(Some("d")),
-        ),
-        case(
+        bad_value("deadline_ms negative", "d", "deadline_ms", json!(-5)),
+        bad_value(
             "max_tokens 2^32",
-            j(json!({"id": "x", "prompt": "a", "max_tokens": 4_294_967_296u64})),
-            bad(Some("x")),
+            "x",
+            "max_tokens",
+            json!(4_294_967_296u64),
         ),
         case(
             "postcard: NaN temperature",
@@ -303,43 +295,15 @@ fn cases() -> Vec<Case> {
         case("postcard: infinite top_p", postcard(&inf), bad(Some("inf")))
             .content_type("application/postcard"),
         // max_tokens 0 and 10^9
-        case(
-            "max_tokens 0",
-            j(json!({"id": "z", "prompt": "a", "max_tokens": 0})),
-            bad(Some("z")),
-        ),
-        case(
-            "max_tokens 10^9",
-            j(json!({"id": "g", "prompt": "a", "max_tokens": 1_000_000_000})),
-            bad(Some("g")),
-        ),
+        bad_value("max_tokens 0", "z", "max_tokens", json!(0)),
+        bad_value("max_tokens 10^9", "g", "max_tokens", json!(1_000_000_000)),
         // reply_to: wildcards, $SYS, outside the allowed prefixes (answered on the default
         // topic, never on the requested one)
-        case(
-            "reply_to with +",
-            j(json!({"id": "w1", "prompt": "a", "reply_to": "llamabus/reply/+"})),
-            Expect::Error("reply_topic_denied", Some("w1")),
-        ),
-        case(
-            "reply_to with #",
-            j(json!({"id": "w2", "prompt": "a", "reply_to": "llamabus/reply/#"})),
-            Expect::Error("reply_topic_denied", Some("w2")),
-        ),
-        case(
-            "reply_to $SYS",
-            j(json!({"id": "w3", "prompt": "a", "reply_to": "$SYS/broker/uptime"})),
-            Expect::Error("reply_topic_denied", Some("w3")),
-        ),
-        case(
-            "reply_to outside the prefixes",
-            j(json!({"id": "w4", "prompt": "a", "reply_to": "devices/lamp/set"})),
-            Expect::Error("reply_topic_denied", Some("w4")),
-        ),
-        case(
-            "reply_to empty",
-            j(json!({"id": "w5", "prompt": "a", "reply_to": ""})),
-            bad(Some("w5")),
-        ),
+        denied_reply_to("reply_to with +", "w1", "llamabus/reply/+"),
+        denied_reply_to("reply_to with #", "w2", "llamabus/reply/#"),
+        denied_reply_to("reply_to $SYS", "w3", "$SYS/broker/uptime"),
+        denied_reply_to("reply_to outside the prefixes", "w4", "devices/lamp/set"),
+        bad_value("reply_to empty", "w5", "reply_to", json!("")),
         case(
             "response topic $share",
             b"hello".to_vec(),
@@ -389,30 +353,10 @@ fn cases() -> Vec<Case> {
         )
         .kind("cancel"),
         // topic levels with odd characters
-        case(
-            "device with spaces",
-            j(json!({"id": "sp", "prompt": "Hi", "max_tokens": 2})),
-            Expect::Answer(None),
-        )
-        .device("living room"),
-        case(
-            "device in UTF-8",
-            j(json!({"id": "u8", "prompt": "Hi", "max_tokens": 2})),
-            Expect::Answer(None),
-        )
-        .device("küche-设备-🔥"),
-        case(
-            "device with wildcard look-alikes",
-            j(json!({"id": "wl", "prompt": "Hi", "max_tokens": 2})),
-            Expect::Answer(None),
-        )
-        .device("＋＃﹟⁺$x"),
-        case(
-            "device of 30,000 bytes",
-            j(json!({"id": "long", "prompt": "Hi", "max_tokens": 2})),
-            Expect::Answer(None),
-        )
-        .device("d".repeat(30_000)),
+        answered_on("device with spaces", "sp", "living room"),
+        answered_on("device in UTF-8", "u8", "küche-设备-🔥"),
+        answered_on("device with wildcard look-alikes", "wl", "＋＃﹟⁺$x"),
+        answered_on("device of 30,000 bytes", "long", "d".repeat(30_000)),
         case(
             "empty device level",
             j(json!({"id": "empty", "prompt": "Hi"})),
