@@ -58,6 +58,14 @@ fn entry(name: &str, path: &Path, extra: &str) -> String {
     )
 }
 
+/// `[[models]]` entries with no extra settings, one per (name, path).
+fn entries<P: AsRef<Path>>(models: &[(&str, P)]) -> Vec<String> {
+    models
+        .iter()
+        .map(|(name, path)| entry(name, path.as_ref(), ""))
+        .collect()
+}
+
 fn daemon_config(broker: &str, limits: &str, entries: &[String]) -> String {
     format!(
         "[node]\nname = \"mm\"\n[mqtt]\nbroker = \"{broker}\"\n\
@@ -251,7 +259,7 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     let start = daemon_config(
         &mosq.url(),
         "",
-        &[entry("alpha", &alpha, ""), entry("beta", &beta, "")],
+        &entries(&[("alpha", &alpha), ("beta", &beta)]),
     );
     let serve = ServeProcess::start(
         BIN,
@@ -263,7 +271,10 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     let ra = ask_model(&mut c, "r1", Some("alpha")).await;
     let rb = ask_model(&mut c, "r2", Some("beta")).await;
-    let reload = |text: String| {
+    // Rewrites the config with `limits` and `models`, sends SIGHUP and returns the READY=1
+    // notification that ends the reload.
+    let reload = |limits: &str, models: &[String]| {
+        let text = daemon_config(&mosq.url(), limits, models);
         std::fs::write(&serve.config, text).unwrap();
         serve.signal("HUP");
         let seen = notify.until(Duration::from_secs(60), |m| m.contains("READY=1"));
@@ -271,15 +282,10 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     };
 
     // 1. A third model over the memory budget: refused, with the numbers; nothing changes.
-    let msg = reload(daemon_config(
-        &mosq.url(),
+    let msg = reload(
         "memory_limit_mb = 1",
-        &[
-            entry("alpha", &alpha, ""),
-            entry("beta", &beta, ""),
-            entry("gamma", &gamma, ""),
-        ],
-    ));
+        &entries(&[("alpha", &alpha), ("beta", &beta), ("gamma", &gamma)]),
+    );
     assert!(msg.contains("reload refused"), "{msg}");
     assert!(msg.contains("not enough memory: need"), "{msg}");
     assert!(
@@ -295,15 +301,10 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
 
     // 2. gamma added, beta changed to a file that fails to load, alpha unchanged: gamma
     //    serves, beta keeps its running engine, alpha's engine (and its counters) stay.
-    let msg = reload(daemon_config(
-        &mosq.url(),
+    let msg = reload(
         "",
-        &[
-            entry("alpha", &alpha, ""),
-            entry("beta", &broken, ""),
-            entry("gamma", &gamma, ""),
-        ],
-    ));
+        &entries(&[("alpha", &alpha), ("beta", &broken), ("gamma", &gamma)]),
+    );
     assert!(msg.contains("reloaded in part"), "{msg}");
     assert!(
         msg.contains("model beta") && msg.contains("the running one stays"),
@@ -328,14 +329,13 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
     assert_eq!(m.text(), rg["text"].as_str().unwrap());
 
     // 3. beta removed, gamma the default: beta is unknown, plain requests go to gamma.
-    let msg = reload(daemon_config(
-        &mosq.url(),
+    let msg = reload(
         "",
         &[
             entry("alpha", &alpha, ""),
             entry("gamma", &gamma, "default = true"),
         ],
-    ));
+    );
     assert!(
         msg.contains("configuration reloaded; serving alpha, gamma"),
         "{msg}"
@@ -418,6 +418,20 @@ fn load(text: &str) -> Result<config::Settings, String> {
     config::from_str(text, Path::new("mm.toml"), &Overrides::default()).map_err(|e| e.to_string())
 }
 
+/// Loading `text` fails with an error that starts with `prefix`.
+#[track_caller]
+fn config_error_starts_with(text: &str, prefix: &str) {
+    let err = load(text).unwrap_err();
+    assert!(err.starts_with(prefix), "{err}");
+}
+
+/// Loading `text` fails with an error that contains `part`.
+#[track_caller]
+fn config_error_contains(text: &str, part: &str) {
+    let err = load(text).unwrap_err();
+    assert!(err.contains(part), "{err}");
+}
+
 #[test]
 fn config_errors_name_the_problem() {
     let dir = TempDir::new("mm-cfg");
@@ -431,68 +445,44 @@ fn config_errors_name_the_problem() {
     };
 
     // Duplicate names, also when one comes from the file name.
-    let err = load(&format!("{}{}", e("x", &a), e("x", &b))).unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:5: models[1].name: duplicate model name `x` (also models[0])"),
-        "{err}"
+    config_error_starts_with(
+        &format!("{}{}", e("x", &a), e("x", &b)),
+        "mm.toml:5: models[1].name: duplicate model name `x` (also models[0])",
     );
-    let err = load(&format!(
-        "{}[[models]]\npath = \"{}\"\n",
-        e("a", &b),
-        a.display()
-    ))
-    .unwrap_err();
-    assert!(err.contains("duplicate model name `a`"), "{err}");
+    config_error_contains(
+        &format!("{}[[models]]\npath = \"{}\"\n", e("a", &b), a.display()),
+        "duplicate model name `a`",
+    );
 
     // [model] and [[models]] together.
-    let err = load(&format!(
-        "[model]\npath = \"{}\"\n{}",
-        a.display(),
-        e("b", &b)
-    ))
-    .unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:1: model: [model] and [[models]] (mm.toml:3) cannot both be set"),
-        "{err}"
+    config_error_starts_with(
+        &format!("[model]\npath = \"{}\"\n{}", a.display(), e("b", &b)),
+        "mm.toml:1: model: [model] and [[models]] (mm.toml:3) cannot both be set",
     );
     // An empty list.
-    let err = load("models = []\n").unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:1: models: the list is empty"),
-        "{err}"
-    );
+    config_error_starts_with("models = []\n", "mm.toml:1: models: the list is empty");
     // Two defaults; a default in [model]; a bad entry names its index and line.
-    let err = load(&format!(
-        "{}default = true\n{}default = true\n",
-        e("a", &a),
-        e("b", &b)
-    ))
-    .unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:8: models[1].default: models[0] is already the default"),
-        "{err}"
+    config_error_starts_with(
+        &format!(
+            "{}default = true\n{}default = true\n",
+            e("a", &a),
+            e("b", &b)
+        ),
+        "mm.toml:8: models[1].default: models[0] is already the default",
     );
-    let err = load(&format!(
-        "[model]\npath = \"{}\"\ndefault = true\n",
-        a.display()
-    ))
-    .unwrap_err();
-    assert!(
-        err.contains("model.default: only [[models]] entries"),
-        "{err}"
+    config_error_contains(
+        &format!("[model]\npath = \"{}\"\ndefault = true\n", a.display()),
+        "model.default: only [[models]] entries",
     );
-    let err = load(&format!("{}{}parallel = 0\n", e("a", &a), e("b", &b))).unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:7: models[1].parallel: 0 is outside 1..=64"),
-        "{err}"
+    config_error_starts_with(
+        &format!("{}{}parallel = 0\n", e("a", &a), e("b", &b)),
+        "mm.toml:7: models[1].parallel: 0 is outside 1..=64",
     );
-    let err = load(&format!("{}[[models]]\nname = \"b\"\n", e("a", &a))).unwrap_err();
-    assert!(
-        err.starts_with("mm.toml:4: models[1].path: required: every [[models]] entry needs a path"),
-        "{err}"
+    config_error_starts_with(
+        &format!("{}[[models]]\nname = \"b\"\n", e("a", &a)),
+        "mm.toml:4: models[1].path: required: every [[models]] entry needs a path",
     );
-    let err = load(&e("a/b", &a)).unwrap_err();
-    assert!(err.contains("models[0].name: `a/b` must be"), "{err}");
+    config_error_contains(&e("a/b", &a), "models[0].name: `a/b` must be");
 
     // The default: the first entry, or the one marked.
     let s = load(&format!("{}{}", e("a", &a), e("b", &b))).unwrap();
