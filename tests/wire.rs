@@ -193,33 +193,30 @@ fn golden_postcard_chat_request() {
     );
 }
 
+/// The postcard bytes of `reply(done)` up to its last field, `done`.
+const REPLY_BEFORE_DONE_HEX: &str = "
+    01 00
+    01 02 7231
+    04 74696e79
+    02 3330
+    00
+    07 02
+    000000000000e03f 0000000000802840 0000000000004440 0000000000004940";
+
 #[test]
 fn golden_postcard_reply() {
     golden_response(
         &Response::Reply(reply(None)),
-        "01 00
-         01 02 7231
-         04 74696e79
-         02 3330
-         00
-         07 02
-         000000000000e03f 0000000000802840 0000000000004440 0000000000004940
-         00",
+        &format!("{REPLY_BEFORE_DONE_HEX} 00"),
     );
 }
 
 #[test]
 fn golden_postcard_streamed_final_reply() {
+    // The same reply with `done: Some(true)`: only the last field differs.
     golden_response(
         &Response::Reply(reply(Some(true))),
-        "01 00
-         01 02 7231
-         04 74696e79
-         02 3330
-         00
-         07 02
-         000000000000e03f 0000000000802840 0000000000004440 0000000000004940
-         01 01",
+        &format!("{REPLY_BEFORE_DONE_HEX} 01 01"),
     );
 }
 
