@@ -5,8 +5,13 @@
 # each over the run (the first WARMUP_S seconds left out, while caches and pools fill) and
 # fails when a slope is above its limit, or when a request went unanswered.
 #
+# The duplicate window (README "Delivery guarantees") holds every answer for dedup_window_s, so
+# RSS rises until the window is full and entries expire as fast as they arrive; the soak sets a
+# short window (DEDUP_WINDOW_S, 120 s) and leaves it, plus a minute, out as warm-up.
+#
 #   scripts/soak.sh [MINUTES]
-#   env: RATE (requests per second, default 1), SAMPLE_S (5), WARMUP_S (60),
+#   env: RATE (requests per second, default 1), SAMPLE_S (5), DEDUP_WINDOW_S (120),
+#        WARMUP_S (DEDUP_WINDOW_S + 60),
 #        MAX_RSS_SLOPE_KB (KiB per minute, default 256), MAX_FD_SLOPE (fds per minute, 0.05),
 #        LLAMABUS (binary; default target/release/llamabus, built if missing), KEEP=1 keeps
 #        the working directory with the samples (samples.csv: seconds,rss_kib,fds).
@@ -15,7 +20,8 @@ cd "$(dirname "$0")/.."
 MINUTES=${1:-10}
 RATE=${RATE:-1}
 SAMPLE_S=${SAMPLE_S:-5}
-WARMUP_S=${WARMUP_S:-60}
+DEDUP_WINDOW_S=${DEDUP_WINDOW_S:-120}
+WARMUP_S=${WARMUP_S:-$((DEDUP_WINDOW_S + 60))}
 MAX_RSS_SLOPE_KB=${MAX_RSS_SLOPE_KB:-256}
 MAX_FD_SLOPE=${MAX_FD_SLOPE:-0.05}
 BIN=${LLAMABUS:-target/release/llamabus}
@@ -43,6 +49,7 @@ cat >"$work/llamabus.toml" <<EOF
 name = "soak"
 [mqtt]
 broker = "mqtt://127.0.0.1:$port"
+dedup_window_s = $DEDUP_WINDOW_S
 [limits]
 queue_capacity = 8
 default_max_tokens = 16
