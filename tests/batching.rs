@@ -228,6 +228,43 @@ fn prefix_cache_evaluates_only_the_new_suffix_and_changes_nothing() {
 }
 
 #[test]
+fn a_long_prompt_is_read_in_steps_of_step_tokens_with_the_same_answer() {
+    // The watchdog heartbeat advances before every decode step, so a slow board bounds the time
+    // between beats with `step_tokens`: a prompt must really be split at that size.
+    let dir = TempDir::new();
+    let path = tiny_model(&dir);
+    let whole = start(config(&path, 1));
+    let stepped = start(EngineConfig {
+        step_tokens: 8,
+        ..config(&path, 1)
+    });
+    let prompt = "the tiny llama model is a test of many words ".repeat(4);
+    let n = Model::load(&path)
+        .unwrap()
+        .tokenizer()
+        .encode(&prompt, false)
+        .len();
+    assert!(n > 40 && n <= 128, "{n} prompt tokens");
+    let run = |e: &Engine| {
+        let before = e.stats().decode_steps;
+        let o = done(&submit(e, PromptInput::Raw(prompt.clone()), 1));
+        (o, e.stats().decode_steps - before)
+    };
+    let (a, steps_whole) = run(&whole);
+    let (b, steps_stepped) = run(&stepped);
+    assert_eq!(a.prompt_tokens as usize, n);
+    assert_eq!(steps_whole, 1, "one step reads the whole prompt");
+    assert_eq!(
+        steps_stepped as usize,
+        n.div_ceil(8),
+        "{n} tokens in steps of 8"
+    );
+    assert_eq!((a.tokens, a.text), (b.tokens, b.text));
+    whole.shutdown(Duration::from_secs(10));
+    stepped.shutdown(Duration::from_secs(10));
+}
+
+#[test]
 fn a_small_kv_budget_evicts_idle_prefixes_and_still_serves() {
     let dir = TempDir::new();
     let path = tiny_model(&dir);

@@ -330,7 +330,8 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
         entry("a", "threads = 1\n"),
         entry(
             "b",
-            "threads = 1\nparallel = 2\ndefault = true\n[models.sampling]\ntop_k = 7\n"
+            "threads = 1\nparallel = 2\nprefix_cache = false\nstep_tokens = 64\ndefault = true\n\
+             [models.sampling]\ntop_k = 7\n"
         )
     );
     let (d, path) = layout(&main, &[]);
@@ -338,6 +339,10 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
     assert_eq!(s.models.len(), 2);
     assert_eq!(s.model().name, "b");
     assert_eq!(s.model().parallel, 2);
+    assert!(!s.model().prefix_cache);
+    // The engine gets the step size (the watchdog needs one step to fit its interval).
+    assert_eq!(s.engine_config().step_tokens, 64);
+    assert_eq!(s.engine_config_for(&s.models[0]).step_tokens, 256);
     assert_eq!(s.model().sampling.top_k, 7);
     assert_eq!(s.models[0].sampling.top_k, 40);
     assert_eq!(s.limits.memory_limit, Some(300 << 20));
@@ -362,6 +367,21 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
         e.contains("config.d/10-one.toml:4: models[0].threads: must be at least 1"),
         "{e}"
     );
+    // step_tokens below `parallel` (no room for one token each) or above the largest micro-batch.
+    for (extra, at) in [
+        (
+            "parallel = 4\nstep_tokens = 3\n",
+            "5: models[0].step_tokens: 3 is outside 4..=512",
+        ),
+        (
+            "step_tokens = 513\n",
+            "4: models[0].step_tokens: 513 is outside 1..=512",
+        ),
+    ] {
+        d.write("config.d/10-one.toml", &entry("c", extra));
+        let e = err(&sources(&path, &[], Overrides::default()));
+        assert!(e.contains(&format!("config.d/10-one.toml:{at}")), "{e}");
+    }
     d.write("config.d/10-one.toml", &entry("c", ""));
     let s = load_sources(&sources(&path, &[], Overrides::default())).unwrap();
     let names: Vec<&str> = s.models.iter().map(|m| m.name.as_str()).collect();

@@ -18,10 +18,10 @@
 //! and the worker rebuilds its session and keeps serving.
 //!
 //! The worker's heartbeat ([`Engine::last_heartbeat`]) advances while it waits for work (at
-//! least every [`IDLE_WAKE`]) and before every sampled token, so a compute that hangs stops it:
+//! least every [`IDLE_WAKE`]) and before every decode step, so a compute that hangs stops it:
 //! the service pings the systemd watchdog only while it is fresh (CONVENTIONS practice 3).
-//! It does not advance *during* one prompt evaluation: the watchdog interval must exceed the
-//! longest prompt evaluation (`max_prompt_tokens` on the slowest board).
+//! It does not advance *during* one step: the watchdog interval must exceed the longest step,
+//! i.e. [`EngineConfig::step_tokens`] prompt tokens on the slowest board.
 //!
 //! Up to [`EngineConfig::parallel`] jobs run at once, decoded together in one batch per step,
 //! with chunked prompts, per-client fair admission and a prefix cache: see [`super::sched`]
@@ -45,6 +45,9 @@ use crate::model::{kv_cache_bytes, Batch, HParams, Model, ModelError, SeqId, Ses
 use crate::sampler::{FinishReason, SamplingParams};
 use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
+
+/// Default [`EngineConfig::step_tokens`]: prompt tokens computed per step, across all jobs.
+pub const DEFAULT_STEP_TOKENS: usize = 256;
 
 /// Longest the idle worker waits before refreshing its heartbeat.
 pub const IDLE_WAKE: Duration = Duration::from_millis(250);
@@ -117,7 +120,7 @@ impl EngineConfig {
             parallel: 1,
             kv_cells: None,
             prefix_cache: true,
-            step_tokens: 256,
+            step_tokens: DEFAULT_STEP_TOKENS,
             n_threads: thread::available_parallelism().map_or(1, |n| n.get()),
             queue_capacity: 8,
             max_tokens_cap: 1024,
@@ -463,6 +466,8 @@ pub struct EngineStats {
     pub prompt_tokens_evaluated: u64,
     /// Prompt tokens of served jobs shared from the prefix cache instead.
     pub prompt_tokens_cached: u64,
+    /// Decode steps run (one batch each; the heartbeat advances before every one).
+    pub decode_steps: u64,
     pub model: ModelInfo,
 }
 
@@ -504,6 +509,7 @@ struct Shared {
     last_tps: AtomicU64,
     prompt_evaluated: AtomicU64,
     prompt_cached: AtomicU64,
+    decode_steps: AtomicU64,
     /// From this time (µs since `epoch`) running jobs stop and queued ones are cancelled.
     cancel_from_us: AtomicU64,
     /// Test hook: the worker sleeps without heartbeats until then (µs since `epoch`).
@@ -525,6 +531,7 @@ impl Shared {
             last_tps: AtomicU64::new(0f64.to_bits()),
             prompt_evaluated: AtomicU64::new(0),
             prompt_cached: AtomicU64::new(0),
+            decode_steps: AtomicU64::new(0),
             cancel_from_us: AtomicU64::new(u64::MAX),
             stall_until_us: AtomicU64::new(0),
             tunables: Mutex::new(tunables),
@@ -722,6 +729,7 @@ impl Engine {
             last_tokens_per_s: f64::from_bits(s.last_tps.load(Ordering::Relaxed)),
             prompt_tokens_evaluated: s.prompt_evaluated.load(Ordering::Relaxed),
             prompt_tokens_cached: s.prompt_cached.load(Ordering::Relaxed),
+            decode_steps: s.decode_steps.load(Ordering::Relaxed),
             model: self.inner.info.clone(),
         }
     }
@@ -1284,6 +1292,7 @@ impl<'m> Worker<'m> {
         }
         self.build_batch();
         self.shared.beat();
+        self.shared.decode_steps.fetch_add(1, Ordering::Relaxed);
         let decoded = panic::catch_unwind(AssertUnwindSafe(|| self.session.decode(&self.batch)));
         match decoded {
             Ok(Ok(())) => {}

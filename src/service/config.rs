@@ -67,6 +67,7 @@
 //! context = 2048
 //! parallel = 1                          # jobs decoded together (continuous batching)
 //! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
+//! step_tokens = 256                     # prompt tokens per decode step (watchdog: one step < 30 s)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
 //! [model.sampling]
 //! temperature = 0.8
@@ -100,7 +101,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::engine::worker::{EngineConfig, PromptMode};
+use crate::engine::worker::{EngineConfig, PromptMode, DEFAULT_STEP_TOKENS};
+use crate::model::session::MAX_UBATCH;
 use crate::mqtt::topics;
 use crate::sampler::SamplingParams;
 
@@ -216,6 +218,7 @@ struct ModelFile {
     context: Option<u32>,
     parallel: Option<u32>,
     prefix_cache: Option<bool>,
+    step_tokens: Option<u32>,
     mode: Option<String>,
     /// `[[models]]` only: this entry is the default model.
     default: Option<bool>,
@@ -393,6 +396,9 @@ pub struct ModelSettings {
     pub parallel: usize,
     /// `EngineConfig::prefix_cache`.
     pub prefix_cache: bool,
+    /// `EngineConfig::step_tokens`: the most prompt tokens one decode step computes. The
+    /// watchdog heartbeat advances between steps, so one step must fit in its half interval.
+    pub step_tokens: usize,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
 }
@@ -431,6 +437,7 @@ impl Settings {
         c.n_threads = m.threads;
         c.parallel = m.parallel;
         c.prefix_cache = m.prefix_cache;
+        c.step_tokens = m.step_tokens;
         c.queue_capacity = self.limits.queue_capacity as usize;
         c.max_tokens_cap = self.limits.max_tokens_cap;
         c.default_max_tokens = self.limits.default_max_tokens;
@@ -1145,6 +1152,18 @@ impl ModelLimits<'_> {
                 ))
             }
         };
+        let step_tokens = match md.step_tokens.map_or(DEFAULT_STEP_TOKENS, |n| n as usize) {
+            n if (parallel..=MAX_UBATCH).contains(&n) => n,
+            n => {
+                return Err(err(
+                    "step_tokens",
+                    format!(
+                        "{n} is outside {parallel}..={MAX_UBATCH} (at least `parallel`, at most \
+                         the largest micro-batch)"
+                    ),
+                ))
+            }
+        };
         let mode = match md.mode.as_deref() {
             None | Some("auto") => PromptMode::Auto,
             Some("chat") => PromptMode::Chat,
@@ -1177,6 +1196,7 @@ impl ModelLimits<'_> {
             context,
             parallel,
             prefix_cache: md.prefix_cache.unwrap_or(true),
+            step_tokens,
             mode,
             sampling,
         })
@@ -1225,6 +1245,8 @@ impl Settings {
                 ("threads", int(md.threads as u64)),
                 ("context", int(md.context as u64)),
                 ("parallel", int(md.parallel as u64)),
+                ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
+                ("step_tokens", int(md.step_tokens as u64)),
                 ("mode", s(mode)),
                 ("default", default.map(V::Boolean)),
                 (
