@@ -3,16 +3,17 @@
 //! its stored reply instead of a second generation.
 //!
 //! Only successful replies are stored: a retry after `busy`, `expired`, `cancelled` or an
-//! internal error runs again. Finished entries expire `window` after they finished and at most
-//! `capacity` are kept (the oldest go first); running entries live until their job ends (the
-//! engine's queue bounds them).
+//! internal error runs again. Finished entries expire `window` after they finished; at most
+//! `capacity` of them and at most `max_bytes` of keys and replies are kept (the oldest go
+//! first), since a device's topic level may be as long as a packet allows; running entries live
+//! until their job ends (the engine's queue bounds them).
 //!
 //! With a state directory the finished replies are also appended to
 //! `{state_dir}/replies.postcard`, so a redelivery after a restart (the daemon was killed
 //! between publishing a reply and acknowledging its request) gets the same reply again. Each
 //! record is a little-endian `u32` length and a postcard [`Record`]; a torn last record (a
 //! crash mid-write) is ignored. The file is rewritten with the live entries at start and when
-//! it holds more than twice `capacity` records. Writes are not fsynced: they survive a crash
+//! it holds more than twice `capacity` records or twice `max_bytes`. Writes are not fsynced: they survive a crash
 //! of the process, not necessarily a power cut (flash wear beats the last seconds of replies).
 
 use std::collections::{HashMap, VecDeque};
@@ -35,6 +36,10 @@ pub const FILE_NAME: &str = "replies.postcard";
 const MAGIC: &[u8; 8] = b"LBDEDUP1";
 /// A record larger than this is corrupt (replies are bounded by the packet limit).
 const MAX_RECORD: u32 = 16 << 20;
+/// Default byte budget of the stored keys and replies.
+pub const DEFAULT_MAX_BYTES: usize = 8 << 20;
+/// What an entry costs beyond its key and reply bytes (map slots, order queue, allocations).
+const ENTRY_OVERHEAD: usize = 128;
 
 /// What the window knows of a key.
 #[derive(Debug, Clone, PartialEq)]
@@ -62,8 +67,12 @@ struct Record {
 pub struct DedupStore {
     window: Duration,
     capacity: usize,
+    max_bytes: usize,
+    /// Sum of the finished entries' costs (see [`cost`]).
+    bytes: usize,
     running: HashMap<Key, u64>,
-    finished: HashMap<Key, (u64, Response)>,
+    /// Finished entries: finishing time, reply, cost.
+    finished: HashMap<Key, (u64, Response, usize)>,
     /// Finished keys in finishing order, with their time (stale pairs are skipped).
     order: VecDeque<(u64, Key)>,
     log: Option<Log>,
@@ -74,6 +83,7 @@ struct Log {
     path: PathBuf,
     file: File,
     records: usize,
+    bytes: usize,
 }
 
 /// Milliseconds since the Unix epoch (wall clock, since entries outlive the process).
@@ -89,11 +99,20 @@ impl DedupStore {
         DedupStore {
             window,
             capacity: capacity.max(1),
+            max_bytes: DEFAULT_MAX_BYTES,
+            bytes: 0,
             running: HashMap::new(),
             finished: HashMap::new(),
             order: VecDeque::new(),
             log: None,
         }
+    }
+
+    /// The byte budget of the finished entries (keys and replies); default
+    /// [`DEFAULT_MAX_BYTES`]. Entries over it are evicted oldest first at the next insert.
+    pub fn with_max_bytes(mut self, max_bytes: usize) -> DedupStore {
+        self.max_bytes = max_bytes;
+        self
     }
 
     /// A window backed by `{dir}/replies.postcard`: loads the entries still inside the window,
@@ -102,10 +121,11 @@ impl DedupStore {
     pub fn open(
         window: Duration,
         capacity: usize,
+        max_bytes: usize,
         dir: &Path,
         now: u64,
     ) -> (DedupStore, Option<io::Error>) {
-        let mut s = DedupStore::new(window, capacity);
+        let mut s = DedupStore::new(window, capacity).with_max_bytes(max_bytes);
         let path = dir.join(FILE_NAME);
         let loaded = match read_records(&path) {
             Ok(r) => r,
@@ -139,7 +159,7 @@ impl DedupStore {
             return Seen::InFlight(*job);
         }
         match self.finished.get(key) {
-            Some((_, r)) => Seen::Finished(r.clone()),
+            Some((_, r, _)) => Seen::Finished(r.clone()),
             None => Seen::New,
         }
     }
@@ -164,11 +184,9 @@ impl DedupStore {
             );
         }
         self.insert_finished(key.clone(), now, reply, now);
-        if self
-            .log
-            .as_ref()
-            .is_some_and(|l| l.records > 2 * self.capacity + 16)
-        {
+        if self.log.as_ref().is_some_and(|l| {
+            l.records > 2 * self.capacity + 16 || l.bytes > 2 * self.max_bytes + (64 << 10)
+        }) {
             self.prune(now);
             let path = self
                 .log
@@ -195,13 +213,28 @@ impl DedupStore {
         self.running.len()
     }
 
+    /// Bytes the finished entries cost now (keys, replies and a fixed overhead each).
+    pub fn finished_bytes(&self) -> usize {
+        self.bytes
+    }
+
     fn insert_finished(&mut self, key: Key, at: u64, reply: Response, now: u64) {
         if now.saturating_sub(at) >= self.window_ms() {
             return;
         }
+        let cost = cost(&key, &reply);
+        if cost > self.max_bytes {
+            // Alone over the budget: kept for nobody (a duplicate is generated again).
+            return;
+        }
         self.order.push_back((at, key.clone()));
-        self.finished.insert(key, (at, reply));
-        while self.finished.len() > self.capacity {
+        if let Some((_, _, old)) = self.finished.insert(key, (at, reply, cost)) {
+            self.bytes -= old;
+        }
+        self.bytes += cost;
+        while (self.finished.len() > self.capacity || self.bytes > self.max_bytes)
+            && !self.order.is_empty()
+        {
             self.pop_oldest();
         }
     }
@@ -224,8 +257,10 @@ impl DedupStore {
     fn pop_oldest(&mut self) {
         if let Some((at, key)) = self.order.pop_front() {
             // A key finished again later has a newer time: its entry stays.
-            if self.finished.get(&key).is_some_and(|(t, _)| *t == at) {
-                self.finished.remove(&key);
+            if self.finished.get(&key).is_some_and(|(t, _, _)| *t == at) {
+                if let Some((_, _, cost)) = self.finished.remove(&key) {
+                    self.bytes -= cost;
+                }
             }
         }
     }
@@ -240,8 +275,10 @@ impl DedupStore {
             at_ms: at,
             response: reply.clone(),
         };
-        log.file.write_all(&frame(&rec)?)?;
+        let frame = frame(&rec)?;
+        log.file.write_all(&frame)?;
         log.records += 1;
+        log.bytes += frame.len();
         Ok(())
     }
 
@@ -251,7 +288,7 @@ impl DedupStore {
         let mut bytes = MAGIC.to_vec();
         let mut n = 0;
         for (at, key) in &self.order {
-            if let Some((t, r)) = self.finished.get(key) {
+            if let Some((t, r, _)) = self.finished.get(key) {
                 if t == at {
                     bytes.extend(frame(&Record {
                         device: key.0.clone(),
@@ -270,9 +307,17 @@ impl DedupStore {
             path: path.to_owned(),
             file,
             records: n,
+            bytes: bytes.len(),
         });
         Ok(())
     }
+}
+
+/// What keeping `reply` under `key` costs: its key and encoded reply bytes plus a fixed
+/// overhead (an estimate of the heap it holds, not an exact count).
+fn cost(key: &Key, reply: &Response) -> usize {
+    let reply_bytes = postcard::to_allocvec(reply).map_or(0, |v| v.len());
+    key.0.len() + key.1.len() + reply_bytes + ENTRY_OVERHEAD
 }
 
 fn with_path(path: &Path, e: io::Error) -> io::Error {
@@ -394,6 +439,32 @@ mod tests {
     }
 
     #[test]
+    fn the_byte_budget_evicts_the_oldest_and_skips_what_alone_exceeds_it() {
+        // A device level may be as long as a packet: 100 KiB keys, room for two of them.
+        let long = |id: &str| ("d".repeat(100 << 10), id.to_owned());
+        let one = cost(&long("a"), &reply("a"));
+        let mut s = DedupStore::new(MIN, 100).with_max_bytes(2 * one + 10);
+        for (i, id) in ["a", "b", "c"].into_iter().enumerate() {
+            s.finish(&long(id), i as u64, Some(reply(id)), i as u64);
+        }
+        assert_eq!(s.finished_len(), 2);
+        assert_eq!(s.finished_bytes(), 2 * one);
+        assert_eq!(s.check(&long("a"), 5), Seen::New);
+        assert_eq!(s.check(&long("c"), 5), Seen::Finished(reply("c")));
+        // Finishing a key again replaces its entry without counting it twice.
+        s.finish(&long("c"), 9, Some(reply("c")), 6);
+        assert_eq!((s.finished_len(), s.finished_bytes()), (2, 2 * one));
+        // Larger than the whole budget: not kept, and nothing else is evicted for it.
+        let huge = ("d".repeat(300 << 10), "h".to_owned());
+        s.finish(&huge, 10, Some(reply("h")), 7);
+        assert_eq!(s.check(&huge, 8), Seen::New);
+        assert_eq!(s.finished_len(), 2);
+        // Expiry gives the bytes back.
+        assert_eq!(s.check(&key("x"), 7 + 60_000), Seen::New);
+        assert_eq!((s.finished_len(), s.finished_bytes()), (0, 0));
+    }
+
+    #[test]
     fn devices_are_separate() {
         let mut s = DedupStore::new(MIN, 10);
         s.finish(&key("a"), 1, Some(reply("x")), 0);
@@ -414,14 +485,14 @@ mod tests {
     #[test]
     fn finished_replies_survive_a_restart_inside_the_window() {
         let dir = tmp_dir("persist");
-        let (mut s, e) = DedupStore::open(MIN, 10, &dir, 0);
+        let (mut s, e) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 0);
         assert!(e.is_none(), "{e:?}");
         s.start(key("a"), 1);
         s.finish(&key("a"), 1, Some(reply("kept")), 1_000);
         s.finish(&key("old"), 2, Some(reply("old")), 0);
         s.start(key("run"), 3);
         drop(s);
-        let (mut s, e) = DedupStore::open(MIN, 10, &dir, 30_000);
+        let (mut s, e) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 30_000);
         assert!(e.is_none(), "{e:?}");
         assert_eq!(s.check(&key("a"), 30_000), Seen::Finished(reply("kept")));
         assert_eq!(
@@ -431,7 +502,7 @@ mod tests {
         );
         drop(s);
         // Past the window of "old" only.
-        let (mut s, _) = DedupStore::open(MIN, 10, &dir, 60_500);
+        let (mut s, _) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 60_500);
         assert_eq!(s.check(&key("old"), 60_500), Seen::New);
         assert_eq!(s.check(&key("a"), 60_500), Seen::Finished(reply("kept")));
         std::fs::remove_dir_all(&dir).unwrap();
@@ -440,7 +511,7 @@ mod tests {
     #[test]
     fn a_torn_tail_is_ignored_and_a_foreign_file_refused() {
         let dir = tmp_dir("torn");
-        let (mut s, _) = DedupStore::open(MIN, 10, &dir, 0);
+        let (mut s, _) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 0);
         s.finish(&key("a"), 1, Some(reply("a")), 0);
         s.finish(&key("b"), 2, Some(reply("b")), 0);
         drop(s);
@@ -449,13 +520,13 @@ mod tests {
         let f = OpenOptions::new().write(true).open(&path).unwrap();
         f.set_len(len - 3).unwrap();
         drop(f);
-        let (mut s, e) = DedupStore::open(MIN, 10, &dir, 1);
+        let (mut s, e) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 1);
         assert!(e.is_none());
         assert_eq!(s.check(&key("a"), 1), Seen::Finished(reply("a")));
         assert_eq!(s.check(&key("b"), 1), Seen::New);
         drop(s);
         std::fs::write(&path, b"something else").unwrap();
-        let (mut s, e) = DedupStore::open(MIN, 10, &dir, 1);
+        let (mut s, e) = DedupStore::open(MIN, 10, DEFAULT_MAX_BYTES, &dir, 1);
         let e = e.expect("a foreign file is an error");
         assert!(e.to_string().contains("bad header"), "{e}");
         assert_eq!(s.check(&key("a"), 1), Seen::New);
@@ -465,7 +536,7 @@ mod tests {
     #[test]
     fn the_file_is_compacted() {
         let dir = tmp_dir("compact");
-        let (mut s, _) = DedupStore::open(MIN, 4, &dir, 0);
+        let (mut s, _) = DedupStore::open(MIN, 4, DEFAULT_MAX_BYTES, &dir, 0);
         for i in 0..100u64 {
             s.finish(&key(&i.to_string()), i, Some(reply("x")), i);
         }
@@ -473,7 +544,7 @@ mod tests {
         let size = std::fs::metadata(dir.join(FILE_NAME)).unwrap().len();
         assert!(size < 2_000, "{size} bytes");
         drop(s);
-        let (mut s, _) = DedupStore::open(MIN, 4, &dir, 100);
+        let (mut s, _) = DedupStore::open(MIN, 4, DEFAULT_MAX_BYTES, &dir, 100);
         assert_eq!(s.finished_len(), 4);
         assert_eq!(s.check(&key("99"), 100), Seen::Finished(reply("x")));
         std::fs::remove_dir_all(&dir).unwrap();

@@ -393,9 +393,15 @@ fn models_phrase(models: &Models) -> String {
 fn open_dedup(s: &Settings) -> DedupStore {
     let m = &s.mqtt;
     let Some(dir) = &m.state_dir else {
-        return DedupStore::new(m.dedup_window, m.dedup_capacity);
+        return DedupStore::new(m.dedup_window, m.dedup_capacity).with_max_bytes(m.dedup_max_bytes);
     };
-    let (store, err) = DedupStore::open(m.dedup_window, m.dedup_capacity, dir, dedup::now_ms());
+    let (store, err) = DedupStore::open(
+        m.dedup_window,
+        m.dedup_capacity,
+        m.dedup_max_bytes,
+        dir,
+        dedup::now_ms(),
+    );
     if let Some(e) = err {
         warn!(
             "reply store: {e}; keeping replies in memory only (a duplicate arriving after a \

@@ -49,6 +49,7 @@
 //! session_expiry_s = 86400              # the broker keeps our session (queued requests) this long
 //! dedup_window_s = 600                  # duplicates of a request within this time are not rerun
 //! dedup_capacity = 1024                 # at most this many stored replies
+//! dedup_max_bytes = 8388608             # and at most this many bytes of keys and replies
 //! state_dir = "/var/lib/llamabus"       # stored replies survive restarts; default: memory only
 //!
 //! [limits]
@@ -194,6 +195,7 @@ struct MqttFile {
     session_expiry_s: Option<u64>,
     dedup_window_s: Option<u64>,
     dedup_capacity: Option<u64>,
+    dedup_max_bytes: Option<u64>,
     state_dir: Option<PathBuf>,
 }
 
@@ -362,6 +364,8 @@ pub struct MqttSettings {
     pub dedup_window: Duration,
     /// At most this many stored replies.
     pub dedup_capacity: usize,
+    /// At most this many bytes of stored keys and replies (a device level can be long).
+    pub dedup_max_bytes: usize,
     /// Where stored replies persist across restarts; `None`: memory only.
     pub state_dir: Option<PathBuf>,
 }
@@ -930,6 +934,16 @@ fn build(
         ));
     }
     let dedup_capacity = dedup_capacity as usize;
+    let dedup_max_bytes = m
+        .dedup_max_bytes
+        .unwrap_or(crate::mqtt::dedup::DEFAULT_MAX_BYTES as u64);
+    if !((64 << 10)..=(1 << 32)).contains(&dedup_max_bytes) {
+        return Err(err(
+            "mqtt.dedup_max_bytes",
+            format!("{dedup_max_bytes} is outside 65536..=4294967296"),
+        ));
+    }
+    let dedup_max_bytes = dedup_max_bytes as usize;
 
     // [limits]
     let l = f.limits;
@@ -1027,6 +1041,7 @@ fn build(
             session_expiry: Duration::from_secs(session_expiry_s),
             dedup_window: Duration::from_secs(dedup_window_s),
             dedup_capacity,
+            dedup_max_bytes,
             state_dir: m.state_dir,
         },
         limits: Limits {
@@ -1305,6 +1320,7 @@ impl Settings {
                     ("session_expiry_s", int(m.session_expiry.as_secs())),
                     ("dedup_window_s", int(m.dedup_window.as_secs())),
                     ("dedup_capacity", int(m.dedup_capacity as u64)),
+                    ("dedup_max_bytes", int(m.dedup_max_bytes as u64)),
                     ("state_dir", m.state_dir.as_deref().and_then(p)),
                 ])),
             ),
@@ -1414,6 +1430,7 @@ mod tests {
             ),
             ("[mqtt]\ndedup_window_s = 999999", "mqtt.dedup_window_s"),
             ("[mqtt]\ndedup_capacity = 0", "mqtt.dedup_capacity"),
+            ("[mqtt]\ndedup_max_bytes = 1000", "mqtt.dedup_max_bytes"),
             ("[limits]\nqueue_capacity = 0", "limits.queue_capacity"),
             (
                 "[limits]\ndefault_max_tokens = 2000",
