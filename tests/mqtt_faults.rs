@@ -2,7 +2,8 @@
 //! mosquitto on loopback and the real `llamabus serve` binary with SmolLM2 (greedy, 1 thread):
 //! the broker killed mid-generation, the daemon killed mid-request, requests sent while the
 //! daemon is down, a broker stalled past the keep-alive, model-file trouble at start and at
-//! reload, QoS 0 (at most once) and a share-group member stopping. Each test prints a
+//! reload, QoS 0 (at most once), a share-group member stopping and the duplicate window's byte
+//! budget under long device levels. Each test prints a
 //! `figures:` line: requests sent / answered / duplicated / lost (an answer is a final reply or
 //! an error reply; stream chunks are not counted).
 
@@ -631,4 +632,23 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
     let f = six(&mut c, "after", "share group, one member stopped").await;
     assert_eq!((f.lost, f.duplicated), (0, 0));
     assert_eq!(served(&b) - before, 6, "{}", b.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_duplicate_window_is_bounded_in_bytes() {
+    // 30,000-byte device levels and a 64 KiB budget: two stored replies fit, not three.
+    let mosq = Mosquitto::start();
+    let cfg = config(&mosq, "dbytes", "dedup_max_bytes = 65536", "");
+    let p = serve(&mosq, "dbytes", &cfg).await;
+    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let device = "x".repeat(30_000);
+    // k3 is still stored at the end; k1 was evicted for it, so its retry is generated again.
+    for id in ["k1", "k2", "k3", "k3", "k1"] {
+        send(&c, &device, &short(id)).await;
+        let got = finals(&mut c, &[id], Duration::from_secs(60), Duration::ZERO).await;
+        assert_answer(&got[id][0]);
+    }
+    let log = p.log();
+    assert_eq!(log.matches("was answered already").count(), 1, "{log}");
+    assert_eq!(log.matches(" answered on ").count(), 4, "k1 twice:\n{log}");
 }
