@@ -99,6 +99,17 @@ async fn finals(
     out
 }
 
+/// Waits for the first streamed chunk of `id`, proof that its generation is under way; on a
+/// timeout the panic carries the daemon's log.
+async fn first_chunk(c: &mut TestClient, p: &ServeProcess, id: &str) {
+    let Some(m) = c.try_recv(60_000).await else {
+        panic!("no reply to {id} within 60 s; daemon log:\n{}", p.log());
+    };
+    let v = m.json();
+    assert_eq!(v["id"], id);
+    assert!(v["delta"].is_string(), "generating: {v}");
+}
+
 /// Requests sent / answered / duplicated / lost for `ids`.
 #[derive(Debug, PartialEq)]
 struct Figures {
@@ -155,9 +166,7 @@ async fn broker_killed_mid_generation_loses_nothing() {
     let p = serve_logging(&mosq, "bk", &config(&mosq, "bk", "", ""), "debug").await;
     let mut c = TestClient::connect_persistent(mosq.port, "fault-bk", &["llamabus/reply/#"]).await;
     send(&c, "d", &story("long", 200)).await;
-    let first = c.recv(60).await.json();
-    assert_eq!(first["id"], "long");
-    assert!(first["delta"].is_string(), "generating: {first}");
+    first_chunk(&mut c, &p, "long").await;
 
     // SIGKILL mid-generation; requests sent meanwhile wait in the client, then in the broker.
     mosq.restart();
@@ -207,9 +216,7 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
     let p = serve(&mosq, "dk", &cfg).await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     send(&c, "d", &story("long", 120)).await;
-    let first = c.recv(60).await.json();
-    assert_eq!(first["id"], "long");
-    assert!(first["delta"].is_string(), "generating: {first}");
+    first_chunk(&mut c, &p, "long").await;
     drop(p); // SIGKILL: the request is neither answered nor acknowledged
     send(&c, "d", &short("while-down")).await;
 
@@ -502,8 +509,7 @@ async fn duplicates_by_device_and_id_are_generated_once() {
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     // A retry while the first is generating is merged into it: one answer.
     send(&c, "d", &story("dup", 60)).await;
-    let first = c.recv(60).await.json();
-    assert!(first["delta"].is_string(), "generating: {first}");
+    first_chunk(&mut c, &p, "dup").await;
     send(&c, "d", &story("dup", 60)).await;
     let got = finals(
         &mut c,

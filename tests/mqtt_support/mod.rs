@@ -32,19 +32,22 @@ pub fn model_path() -> PathBuf {
     p
 }
 
+/// A loopback port nothing listens on now, never handed out before in this process: the tests
+/// of one binary run concurrently, and the kernel may offer a port just released by another
+/// test's probe, so two brokers could otherwise be given the same port.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn wait_for_port(port: u16, limit: Duration) {
-    let t0 = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(t0.elapsed() < limit, "nothing listens on port {port}");
-        std::thread::sleep(Duration::from_millis(20));
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
     }
 }
 
@@ -122,11 +125,28 @@ impl Mosquitto {
             child: None,
             listener_conf,
         };
-        m.spawn();
-        m
+        // The port may have been taken (by another program's connection) since it was probed:
+        // mosquitto then exits at once, and the broker moves to another port.
+        for _ in 0..5 {
+            if m.try_spawn() {
+                return m;
+            }
+            m.port = free_port();
+        }
+        panic!("mosquitto did not start on five ports in a row");
     }
 
+    /// Starts mosquitto on `self.port` (again after [`Mosquitto::kill`]).
     fn spawn(&mut self) {
+        assert!(
+            self.try_spawn(),
+            "mosquitto exited: port {} taken",
+            self.port
+        );
+    }
+
+    /// Starts mosquitto and waits until it listens; false if it exited first (port taken).
+    fn try_spawn(&mut self) -> bool {
         let conf = self.dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
@@ -144,7 +164,24 @@ impl Mosquitto {
             .spawn()
             .expect("start mosquitto");
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10));
+        let t0 = Instant::now();
+        loop {
+            // Our own process must be the one listening: it exits when the bind fails.
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().unwrap()) {
+                eprintln!("mosquitto on port {} exited: {status}", self.port);
+                self.child = None;
+                return false;
+            }
+            if TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return true;
+            }
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "nothing listens on port {}",
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// mosquitto that keeps sessions and queued messages across a restart, even a SIGKILL:
