@@ -13,8 +13,9 @@
 //! between publishing a reply and acknowledging its request) gets the same reply again. Each
 //! record is a little-endian `u32` length and a postcard [`Record`]; a torn last record (a
 //! crash mid-write) is ignored. The file is rewritten with the live entries at start and when
-//! it holds more than twice `capacity` records or twice `max_bytes`. Writes are not fsynced: they survive a crash
-//! of the process, not necessarily a power cut (flash wear beats the last seconds of replies).
+//! it holds more than twice `capacity` records or twice `max_bytes`. Writes are not fsynced:
+//! they survive a crash of the process, not necessarily a power cut (flash wear beats the last
+//! seconds of replies).
 
 use std::collections::{HashMap, VecDeque};
 use std::fs::{File, OpenOptions};

@@ -937,10 +937,11 @@ fn build(
     let dedup_max_bytes = m
         .dedup_max_bytes
         .unwrap_or(crate::mqtt::dedup::DEFAULT_MAX_BYTES as u64);
-    if !((64 << 10)..=(1 << 32)).contains(&dedup_max_bytes) {
+    // At most u32::MAX: `usize` is 32 bits on armv7, where 4 GiB would wrap to 0.
+    if !((64 << 10)..=u64::from(u32::MAX)).contains(&dedup_max_bytes) {
         return Err(err(
             "mqtt.dedup_max_bytes",
-            format!("{dedup_max_bytes} is outside 65536..=4294967296"),
+            format!("{dedup_max_bytes} is outside 65536..=4294967295"),
         ));
     }
     let dedup_max_bytes = dedup_max_bytes as usize;
@@ -1431,6 +1432,10 @@ mod tests {
             ("[mqtt]\ndedup_window_s = 999999", "mqtt.dedup_window_s"),
             ("[mqtt]\ndedup_capacity = 0", "mqtt.dedup_capacity"),
             ("[mqtt]\ndedup_max_bytes = 1000", "mqtt.dedup_max_bytes"),
+            (
+                "[mqtt]\ndedup_max_bytes = 4294967296",
+                "mqtt.dedup_max_bytes",
+            ),
             ("[limits]\nqueue_capacity = 0", "limits.queue_capacity"),
             (
                 "[limits]\ndefault_max_tokens = 2000",
