@@ -35,10 +35,10 @@ echo "ok  models/$MODEL"
 vocab="$models/llama.cpp"
 if [ ! -f "$vocab/.complete" ]; then
   echo "fetching llama.cpp vocab conformance files from PyPI llama-cpp-python==0.3.36 (sdist)"
-  # --no-build-isolation with no build step: pip only downloads, it does not need the build backend.
-  python3 -m pip download --quiet --no-deps --no-binary :all: --no-build-isolation --dest "$work" \
-    llama-cpp-python==0.3.36 2>/dev/null || \
-    python3 -m pip download --quiet --no-deps --no-binary :all: --dest "$work" llama-cpp-python==0.3.36
+  # --no-binary for this one package only: pip fetches the sdist as it is and builds nothing
+  # (`--no-binary :all:` would make pip compile the build dependencies, cmake included, from source).
+  python3 -m pip download --quiet --no-deps --no-binary llama-cpp-python --dest "$work" \
+    llama-cpp-python==0.3.36
   sdist="$work/llama_cpp_python-0.3.36.tar.gz"
   check "$SDIST_SHA256" "$sdist" || { echo "sdist hash mismatch" >&2; exit 1; }
   rm -rf "$vocab"
