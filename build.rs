@@ -301,7 +301,10 @@ fn bindings(manifest: &Path, ggml: &Path, target: &str, out: &Path) {
     if !forced && bindgen_builder::KNOWN_TARGETS.contains(&target) {
         println!("cargo:rerun-if-changed={}", committed.display());
         std::fs::copy(&committed, &dest).unwrap_or_else(|e| {
-            panic!("llamabus: reading committed bindings {}: {e}", committed.display())
+            panic!(
+                "llamabus: reading committed bindings {}: {e}",
+                committed.display()
+            )
         });
         return;
     }

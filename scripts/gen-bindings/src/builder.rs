@@ -44,7 +44,9 @@ pub fn generate(builder: bindgen::Builder, target: &str) -> Result<String, Strin
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.generate()));
     match result {
         Ok(Ok(bindings)) => Ok(bindings.to_string()),
-        Ok(Err(e)) => Err(format!("bindgen failed on the ggml headers for {target}: {e}")),
+        Ok(Err(e)) => Err(format!(
+            "bindgen failed on the ggml headers for {target}: {e}"
+        )),
         Err(panic) => {
             let msg = panic
                 .downcast_ref::<String>()
