@@ -113,6 +113,9 @@ fn main() {
     )
     .unwrap();
 
+    // Bindings first: a missing libclang (only when bindgen must run) fails before the long compile.
+    bindings(&manifest, &ggml, &target, &out);
+
     let simd_flags = simd_flags(&arch, &target, &features, native);
 
     let base = |cpp: bool| {
@@ -192,7 +195,6 @@ fn main() {
         simd_flags.join(" ")
     );
 
-    bindings(&manifest, &ggml, &target, &out);
 }
 
 /// Compiler flags selecting the SIMD level for the target.
