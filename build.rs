@@ -194,7 +194,6 @@ fn main() {
         "cargo:rustc-env=LLAMABUS_SIMD_FLAGS={}",
         simd_flags.join(" ")
     );
-
 }
 
 /// Compiler flags selecting the SIMD level for the target.

@@ -41,7 +41,11 @@ pub fn builder(include: &Path, target: &str) -> bindgen::Builder {
 /// Runs bindgen; a missing libclang becomes an error that says how to install it (bindgen's
 /// runtime loading panics instead of returning an error).
 pub fn generate(builder: bindgen::Builder, target: &str) -> Result<String, String> {
+    // Silence the default hook while bindgen runs: its panic is reported below, with the fix.
+    let hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(|_| {}));
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| builder.generate()));
+    std::panic::set_hook(hook);
     match result {
         Ok(Ok(bindings)) => Ok(bindings.to_string()),
         Ok(Err(e)) => Err(format!(
