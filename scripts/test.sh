@@ -57,8 +57,13 @@ cargo clippy --all-targets --quiet -- -D warnings
 step "portable-baseline build, ggml kernel tests and golden check"
 cargo build --release --quiet
 cargo test --release --quiet --test ggml_ops
-cargo test --release --test golden -- --nocapture 2>&1 | grep -E "SIMD path|skipped|tokens match|near tie|test result|panicked|mismatch" || true
-cargo test --release --quiet --test golden
+log=$(mktemp)
+if ! cargo test --release --test golden -- --nocapture >"$log" 2>&1; then
+  cat "$log"; rm -f "$log"; exit 1
+fi
+# Which reference and SIMD path were used, and what matched.
+grep -E "SIMD path|skipped|tokens match|near tie|test result" "$log" || true
+rm -f "$log"
 
 step "systemd unit: verify and security score"
 scripts/check-systemd.sh target/release/llamabus
