@@ -28,13 +28,24 @@ const ENTITIES: [(&str, &str); 8] = [
     ("button", "cancel"),
 ];
 
+/// Every reply topic allowed, so that only the Home Assistant rule stands in the way.
 fn ha_config(port_url: &str, node: &str, ha: &str) -> String {
     service_config(
         port_url,
         node,
         "default_max_tokens = 80\nmax_payload_bytes = 2000\n",
-        &format!("[mqtt]\nallowed_reply_prefixes = [\"#\"]\n{ha}"),
+        ha,
     )
+    .replacen("[mqtt]\n", "[mqtt]\nallowed_reply_prefixes = [\"#\"]\n", 1)
+}
+
+/// The retained `online` status, or a panic with the daemon's log.
+async fn online(serve: &ServeProcess, port: u16, node: &str) -> Value {
+    let wait = wait_status(port, "llamabus", node, "online");
+    match tokio::time::timeout(Duration::from_secs(50), wait).await {
+        Ok(v) => v,
+        Err(_) => panic!("not online; daemon log:\n{}", serve.log()),
+    }
 }
 
 /// Jinja2 as Home Assistant renders a template on an MQTT payload: `value_json` is the JSON.
@@ -73,19 +84,22 @@ async fn discovery(c: &mut TestClient, node: &str) -> BTreeMap<String, (Msg, Val
     got
 }
 
-fn check_config(object: &str, c: &Value, node: &str) {
+/// `node` as configured, `sane` as discovery ids spell it.
+fn check_config(object: &str, c: &Value, node: &str, sane: &str) {
     let allowed = |s: &str| {
         !s.is_empty()
-            && s
-                .bytes()
+            && s.bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
     };
     let uid = c["unique_id"].as_str().expect("unique_id");
-    assert_eq!(uid, format!("llamabus_{node}_{object}"));
+    assert_eq!(uid, format!("llamabus_{sane}_{object}"));
     assert!(allowed(uid));
     assert!(c["name"].is_string(), "{object}: name");
     let d = &c["device"];
-    assert_eq!(d["identifiers"], serde_json::json!([format!("llamabus_{node}")]));
+    assert_eq!(
+        d["identifiers"],
+        serde_json::json!([format!("llamabus_{sane}")])
+    );
     for k in ["name", "manufacturer", "model", "sw_version"] {
         assert!(d[k].is_string(), "{object}: device.{k}");
     }
@@ -119,15 +133,15 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
         "[homeassistant]\nenabled = true\nname = \"Test LLM\"\n",
     );
     let mut serve = ServeProcess::start_logged(BIN, &cfg, &[]);
-    let status = wait_status(m.port, "llamabus", node, "online").await;
+    let status = online(&serve, m.port, node).await;
 
     // 1. Discovery: retained, QoS 1, valid JSON with the required fields.
     let mut late = TestClient::connect(m.port, &["homeassistant/#"]).await;
     let configs = discovery(&mut late, sane).await;
     for (object, (msg, c)) in &configs {
-        assert!(msg.retain, "{object}: not retained");
+        assert!(msg.retain, "{object}: not retained; log:\n{}", serve.log());
         assert_eq!(msg.qos, QoS::AtLeastOnce, "{object}");
-        check_config(object, c, sane);
+        check_config(object, c, node, sane);
         assert_eq!(c["device"]["name"], "Test LLM");
     }
     let c = |o: &str| configs[o].1.clone();
@@ -143,7 +157,10 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
 
     // 2. The sensors read the retained status: every template renders a value on it.
     let model = status["models"][0]["name"].as_str().unwrap().to_owned();
-    assert_eq!(render(c("status")["value_template"].as_str().unwrap(), &status), "online");
+    assert_eq!(
+        render(c("status")["value_template"].as_str().unwrap(), &status),
+        "online"
+    );
     let number = |o: &str| -> f64 {
         let out = render(c(o)["value_template"].as_str().unwrap(), &status);
         out.parse()
@@ -152,7 +169,10 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     assert!(number("tokens_per_second") >= 0.0);
     assert_eq!(number("queue_depth"), 0.0);
     assert_eq!(number("requests_served"), 0.0);
-    assert_eq!(render(c("model")["value_template"].as_str().unwrap(), &status), model);
+    assert_eq!(
+        render(c("model")["value_template"].as_str().unwrap(), &status),
+        model
+    );
     let models: Value = serde_json::from_str(&render(
         c("model")["json_attributes_template"].as_str().unwrap(),
         &status,
@@ -167,8 +187,12 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     // 3. A prompt typed in the Ask box: the full answer in the attributes (published first),
     //    at most 255 characters in the state, both retained.
     let mut states = TestClient::connect(m.port, &["llamabus/ha/#", "devices/#"]).await;
-    ha.publish_qos(&ask_topic, QoS::AtLeastOnce, "Tell me a long story about a llama.")
-        .await;
+    ha.publish_qos(
+        &ask_topic,
+        QoS::AtLeastOnce,
+        "Tell me a long story about a llama.",
+    )
+    .await;
     let attrs = states
         .recv_where(120, |m| m.topic == attrs_topic || m.topic == answer_topic)
         .await;
@@ -179,7 +203,11 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     assert!(!text.is_empty());
     assert_eq!(a["model"], model.as_str());
     let st = state.text();
-    assert!(st.chars().count() <= 255, "state of {} chars", st.chars().count());
+    assert!(
+        st.chars().count() <= 255,
+        "state of {} chars",
+        st.chars().count()
+    );
     if text.chars().count() > 255 {
         assert_eq!(st.chars().count(), 255);
         assert!(text.starts_with(st.trim_end_matches('…')));
@@ -201,15 +229,22 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     // Every topic the configs name has state now (the status carries the served count).
     let mut all = TestClient::connect(m.port, &["llamabus/#"]).await;
     let mut seen = std::collections::BTreeSet::new();
-    let wanted: std::collections::BTreeSet<String> =
-        configs.values().flat_map(|(_, c)| state_topics(c)).collect();
+    let wanted: std::collections::BTreeSet<String> = configs
+        .values()
+        .flat_map(|(_, c)| state_topics(c))
+        .collect();
     while !wanted.is_subset(&seen) {
         let r = all.recv(10).await;
         seen.insert(r.topic.clone());
     }
-    let served = wait_status(m.port, "llamabus", node, "online").await;
+    let status_topic = format!("llamabus/status/{node}");
+    let mut st = TestClient::connect(m.port, &[&status_topic]).await;
+    let served = st.recv_where(30, |m| m.json()["served"] == 1).await.json();
     assert_eq!(
-        render(c("requests_served")["value_template"].as_str().unwrap(), &served),
+        render(
+            c("requests_served")["value_template"].as_str().unwrap(),
+            &served
+        ),
         "1"
     );
 
@@ -226,10 +261,16 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
         props,
     )
     .await;
-    let a = states.recv_where(120, |m| m.topic.starts_with("devices/") || m.topic == attrs_topic).await;
+    let a = states
+        .recv_where(120, |m| {
+            m.topic.starts_with("devices/") || m.topic == attrs_topic
+        })
+        .await;
     assert_eq!(a.topic, attrs_topic, "published outside its topics");
     assert!(a.json()["text"].is_string(), "{:?}", a.json());
-    ha.publish_qos(&ask_topic, QoS::AtLeastOnce, "x".repeat(2001)).await;
+    states.recv_where(10, |m| m.topic == answer_topic).await;
+    ha.publish_qos(&ask_topic, QoS::AtLeastOnce, "x".repeat(2001))
+        .await;
     let e = states.recv_where(30, |m| m.topic == answer_topic).await;
     assert!(e.text().starts_with("error: too_long:"), "{}", e.text());
     // A device cannot make the daemon publish into Home Assistant's discovery tree or onto
@@ -250,12 +291,19 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     }
 
     // 5. The cancel button stops the running Home Assistant request.
-    ha.publish_qos(&ask_topic, QoS::AtLeastOnce, "Count from one to one thousand in words.")
-        .await;
-    let mut st = TestClient::connect(m.port, &[&format!("llamabus/status/{node}")]).await;
+    ha.publish_qos(
+        &ask_topic,
+        QoS::AtLeastOnce,
+        "Count from one to one thousand in words.",
+    )
+    .await;
     st.recv_where(60, |m| m.json()["in_flight"] == 1).await;
-    ha.publish_qos(&cancel_topic, QoS::AtLeastOnce, "PRESS").await;
-    let a = states.recv_where(60, |m| m.topic == attrs_topic).await.json();
+    ha.publish_qos(&cancel_topic, QoS::AtLeastOnce, "PRESS")
+        .await;
+    let a = states
+        .recv_where(60, |m| m.topic == attrs_topic)
+        .await
+        .json();
     let cancelled = a["finish_reason"] == "cancelled" || a["error"]["code"] == "cancelled";
     assert!(cancelled, "{a}");
 
@@ -267,7 +315,9 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     assert_eq!(again.len(), ENTITIES.len());
     ha.publish_qos(&format!("{PREFIX}/status"), QoS::AtLeastOnce, "offline")
         .await;
-    let _own = ha.recv_where(5, |m| m.topic == format!("{PREFIX}/status")).await;
+    let _own = ha
+        .recv_where(5, |m| m.topic == format!("{PREFIX}/status"))
+        .await;
     assert!(
         ha.try_recv(1500).await.is_none(),
         "discovery re-sent after `offline`"
@@ -297,7 +347,7 @@ async fn sigkill_flips_availability_and_remove_clears_the_device() {
     let cfg = ha_config(&m.url(), node, "");
     let env = [("LLAMABUS_HOMEASSISTANT_ENABLED", "true".to_owned())];
     let mut serve = ServeProcess::start_logged(BIN, &cfg, &env);
-    wait_status(m.port, "llamabus", node, "online").await;
+    online(&serve, m.port, node).await;
     let mut ha = TestClient::connect(m.port, &["homeassistant/#"]).await;
     let configs = discovery(&mut ha, node).await;
     let avail = configs["status"].1["availability"][0]["value_template"]
@@ -333,8 +383,8 @@ async fn disabled_publishes_nothing_under_the_discovery_prefix() {
     let m = Mosquitto::start();
     let mut watch = TestClient::connect(m.port, &["homeassistant/#", "llamabus/ha/#"]).await;
     let cfg = ha_config(&m.url(), node, "");
-    let _serve = ServeProcess::start_logged(BIN, &cfg, &[]);
-    wait_status(m.port, "llamabus", node, "online").await;
+    let serve = ServeProcess::start_logged(BIN, &cfg, &[]);
+    online(&serve, m.port, node).await;
     let ask = format!("llamabus/ha/{node}/ask");
     watch
         .publish_qos(&format!("{PREFIX}/status"), QoS::AtLeastOnce, "online")
@@ -342,7 +392,8 @@ async fn disabled_publishes_nothing_under_the_discovery_prefix() {
     watch.publish_qos(&ask, QoS::AtLeastOnce, "hello").await;
     // A device prompt answered afterwards shows the daemon had every chance to publish.
     let mut dev = TestClient::connect(m.port, &["llamabus/reply/d"]).await;
-    dev.publish_qos("llamabus/prompt/d", QoS::AtLeastOnce, "hi").await;
+    dev.publish_qos("llamabus/prompt/d", QoS::AtLeastOnce, "hi")
+        .await;
     dev.recv(120).await;
     let mut others = Vec::new();
     while let Some(r) = watch.try_recv(500).await {
@@ -351,5 +402,8 @@ async fn disabled_publishes_nothing_under_the_discovery_prefix() {
             others.push(r.topic);
         }
     }
-    assert!(others.is_empty(), "published with enabled = false: {others:?}");
+    assert!(
+        others.is_empty(),
+        "published with enabled = false: {others:?}"
+    );
 }

@@ -248,7 +248,11 @@ pub async fn run_service(
     let cancels: Cancels = Arc::new(Mutex::new(HashMap::new()));
     let dedup = Arc::new(Mutex::new(open_dedup(&settings)));
     let epoch = Arc::new(AtomicU64::new(0));
-    let ha = HaBridge::new(&settings.homeassistant, &settings.mqtt.prefix, &settings.node);
+    let ha = HaBridge::new(
+        &settings.homeassistant,
+        &settings.mqtt.prefix,
+        &settings.node,
+    );
     let publisher = tokio::spawn(
         Publisher {
             ha: ha.clone(),
@@ -1163,12 +1167,14 @@ impl Loop {
             Err(e) => return self.reload_refused(&e.to_string()),
         };
         let old = self.settings.clone();
-        if new.mqtt != old.mqtt || new.node != old.node {
+        if new.mqtt != old.mqtt || new.node != old.node || new.homeassistant != old.homeassistant {
             warn!(
-                "reload: [mqtt] and [node] changes apply after a restart; keeping the running ones"
+                "reload: [mqtt], [node] and [homeassistant] changes apply after a restart; \
+                 keeping the running ones"
             );
             new.mqtt = old.mqtt.clone();
             new.node = old.node.clone();
+            new.homeassistant = old.homeassistant.clone();
         }
         let plan = models::plan_reload(&old, &new);
         if !plan.load.is_empty() || !plan.removed.is_empty() {
@@ -1352,7 +1358,15 @@ impl Loop {
             .and_then(|pp| pp.message_expiry_interval)
             .map(|secs| received + Duration::from_secs(secs.into()));
         let engine = self.models.default_engine().clone();
-        self.submit(HA_DEVICE, route, req, Encoding::Text, deadline, received, &engine);
+        self.submit(
+            HA_DEVICE,
+            route,
+            req,
+            Encoding::Text,
+            deadline,
+            received,
+            &engine,
+        );
     }
 
     /// The cancel button: every running Home Assistant request stops.
@@ -1474,9 +1488,9 @@ impl Loop {
     fn check_reply_topic(&self, rt: &str, allowed: &[String]) -> Result<(), String> {
         topics::check_reply_topic(rt, allowed).map_err(|e| e.to_string())?;
         match &self.ha {
-            Some(ha) if ha.reserved(rt) => Err(format!(
-                "reply topic `{rt}` is a Home Assistant topic"
-            )),
+            Some(ha) if ha.reserved(rt) => {
+                Err(format!("reply topic `{rt}` is a Home Assistant topic"))
+            }
             _ => Ok(()),
         }
     }

@@ -771,7 +771,11 @@ fn finish(
         layers.add_value("mqtt.prefix", toml::Value::String(p.clone()), "--prefix")?;
     }
     if let Some(on) = o.homeassistant {
-        layers.add_value("homeassistant.enabled", toml::Value::Boolean(on), "--homeassistant")?;
+        layers.add_value(
+            "homeassistant.enabled",
+            toml::Value::Boolean(on),
+            "--homeassistant",
+        )?;
     }
     let source = if layers.files.is_empty() {
         "(defaults)".to_owned()
@@ -1480,7 +1484,9 @@ mod tests {
         assert!(s.homeassistant.enabled);
         assert_eq!(s.homeassistant.discovery_prefix, "ha/test");
         assert_eq!(s.homeassistant.name.as_deref(), Some("Kitchen LLM"));
-        assert!(s.effective_toml().contains("[homeassistant]\nenabled = true"));
+        assert!(s.effective_toml().contains(
+            "[homeassistant]\ndiscovery_prefix = \"ha/test\"\nenabled = true\nname = \"Kitchen LLM\"\n"
+        ));
         let flag = Overrides {
             homeassistant: Some(true),
             ..Overrides::default()
@@ -1488,10 +1494,16 @@ mod tests {
         let s = from_str(&format!("[model]\npath = \"{m}\"\n"), Path::new("f"), &flag).unwrap();
         assert!(s.homeassistant.enabled);
         for (bad, key) in [
-            ("discovery_prefix = \"ha/#\"", "homeassistant.discovery_prefix"),
-            ("discovery_prefix = \"$SYS\"", "homeassistant.discovery_prefix"),
+            (
+                "discovery_prefix = \"ha/#\"",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "discovery_prefix = \"$SYS\"",
+                "homeassistant.discovery_prefix",
+            ),
             ("name = \" \"", "homeassistant.name"),
-            ("enabled = \"yes\"", "homeassistant.enabled"),
+            ("enabled = \"yes\"", "enabled"),
             ("enable = true", "enable"),
         ] {
             let text = format!("[model]\npath = \"{m}\"\n[homeassistant]\n{bad}\n");

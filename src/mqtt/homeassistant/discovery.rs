@@ -155,7 +155,9 @@ fn config_topic(discovery_prefix: &str, node: &str, e: &Entity) -> String {
 
 /// The device's name in Home Assistant.
 pub fn device_name(ha: &HomeAssistantSettings, node: &str) -> String {
-    ha.name.clone().unwrap_or_else(|| format!("llamabus {node}"))
+    ha.name
+        .clone()
+        .unwrap_or_else(|| format!("llamabus {node}"))
 }
 
 /// The discovery messages of node `node` (published retained, QoS 1).
@@ -271,7 +273,9 @@ mod tests {
     fn name_prefix_and_removal() {
         let t = HaTopics::new("lb", "n", "ha");
         let msgs = messages(&ha(Some("Kitchen LLM")), "n", &t);
-        assert!(msgs.iter().all(|m| m.payload["device"]["name"] == "Kitchen LLM"));
+        assert!(msgs
+            .iter()
+            .all(|m| m.payload["device"]["name"] == "Kitchen LLM"));
         let mut h = ha(None);
         h.discovery_prefix = "ha".into();
         let msgs = messages(&h, "n", &t);

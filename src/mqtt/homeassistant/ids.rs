@@ -22,8 +22,7 @@ pub fn sanitize(s: &str) -> String {
 /// Whether `s` is a valid discovery id: non-empty, only `[a-zA-Z0-9_-]`.
 pub fn is_valid(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .bytes()
+        && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 

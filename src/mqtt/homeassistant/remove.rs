@@ -38,7 +38,11 @@ pub async fn remove(
     node: &str,
     ha: &HomeAssistantSettings,
 ) -> Result<Vec<String>, RemoveError> {
-    let topics = removal_topics(ha, node, &HaTopics::new(&m.prefix, node, &ha.discovery_prefix));
+    let topics = removal_topics(
+        ha,
+        node,
+        &HaTopics::new(&m.prefix, node, &ha.discovery_prefix),
+    );
     let mut o = conn::daemon_options(m)?;
     o.set_client_id(format!("{}-ha-remove", m.client_id));
     o.set_clean_start(true);

@@ -100,7 +100,10 @@ mod tests {
             ]
         );
         assert_eq!(t.classify("llamabus/ha/pi/ask"), Some(HaIncoming::Ask));
-        assert_eq!(t.classify("llamabus/ha/pi/cancel"), Some(HaIncoming::Cancel));
+        assert_eq!(
+            t.classify("llamabus/ha/pi/cancel"),
+            Some(HaIncoming::Cancel)
+        );
         assert_eq!(t.classify("homeassistant/status"), Some(HaIncoming::Birth));
         // Other nodes, our own outputs and anything longer are not commands.
         for other in [
