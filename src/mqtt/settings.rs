@@ -8,6 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::{EngineConfig, PromptMode};
+use crate::mqtt::homeassistant::HomeAssistantSettings;
 use crate::sampler::SamplingParams;
 
 /// Default MQTT packet limit, both directions (rumqttc's own default is 10 KiB).
@@ -188,6 +189,8 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     /// Index in `models` of the default model.
     pub default_model: usize,
+    /// `[homeassistant]`: MQTT discovery for Home Assistant.
+    pub homeassistant: HomeAssistantSettings,
 }
 
 impl Settings {

@@ -18,6 +18,7 @@ use super::ServeError;
 use crate::engine::{Engine, StartError};
 use crate::mqtt::conn::Backoff;
 use crate::mqtt::dedup::DedupStore;
+use crate::mqtt::homeassistant::bridge::HaBridge;
 use crate::mqtt::lifecycle::{Lifecycle, Reload};
 use crate::mqtt::models::Models;
 use crate::mqtt::settings::Settings;
@@ -59,6 +60,8 @@ pub(super) struct Loop {
     pub(super) epoch: Arc<AtomicU64>,
     /// Shutting down: new requests are left for the broker to redeliver.
     pub(super) draining: bool,
+    /// Home Assistant discovery, when enabled.
+    pub(super) ha: Option<HaBridge>,
 }
 
 impl Loop {
@@ -158,7 +161,12 @@ impl Loop {
                     self.settings.mqtt.client_id,
                     self.topics.subscriptions().join(", ")
                 );
-                let _ = self.tx.send(Msg::Subscribe(self.topics.subscriptions()));
+                let mut filters = self.topics.subscriptions();
+                if let Some(ha) = &self.ha {
+                    filters.extend(ha.topics.subscriptions());
+                    self.publish_all(ha.discovery());
+                }
+                let _ = self.tx.send(Msg::Subscribe(filters));
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 for code in &ack.return_codes {

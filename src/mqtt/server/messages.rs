@@ -59,6 +59,8 @@ pub(super) struct Route {
     pub(super) acks: Vec<Ack>,
     /// `(device, id)` in the dedup window while the job runs.
     pub(super) dedup_key: Option<dedup::Key>,
+    /// A Home Assistant "Ask" request: answered on the answer sensor's topics.
+    pub(super) ha: bool,
 }
 
 pub(super) enum Msg {

@@ -33,10 +33,14 @@
 //!   become the job's deadline (`expired`).
 //! * Streaming: each delta becomes numbered `{id, seq, delta}` chunks that each fit the packet
 //!   limit (split on UTF-8 boundaries), then the final reply with `done: true`.
+//! * Home Assistant ([`crate::mqtt::homeassistant`], when enabled): discovery after every
+//!   ConnAck and on Home Assistant's birth message; prompts from the "Ask" box are jobs like
+//!   any other, answered on the answer sensor's topics; reply topics never reach its topics.
 //! * Malformed input never stops the loop: every refusal is one error reply (when a reply
 //!   topic is known) and one log line.
 
 mod event_loop;
+mod homeassistant;
 mod messages;
 mod publisher;
 mod reload;
@@ -59,6 +63,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use crate::engine::Engine;
 use crate::mqtt::conn::{self, Backoff};
 use crate::mqtt::dedup::{self, DedupStore};
+use crate::mqtt::homeassistant::bridge::HaBridge;
 use crate::mqtt::lifecycle::{Heartbeat, Lifecycle, Reload};
 use crate::mqtt::models::{Models, ModelsError};
 use crate::mqtt::settings::{BrokerSettings, Settings};
@@ -212,8 +217,14 @@ async fn run_models(
     let cancels: Cancels = Arc::new(Mutex::new(HashMap::new()));
     let dedup = Arc::new(Mutex::new(open_dedup(&settings)));
     let epoch = Arc::new(AtomicU64::new(0));
+    let ha = HaBridge::new(
+        &settings.homeassistant,
+        &settings.mqtt.prefix,
+        &settings.node,
+    );
     let publisher = tokio::spawn(
         Publisher {
+            ha: ha.clone(),
             client: client.clone(),
             routes: HashMap::new(),
             cancels: cancels.clone(),
@@ -273,6 +284,7 @@ async fn run_models(
         dedup,
         epoch,
         draining: false,
+        ha,
     };
     let mut reloads = hooks.reloads;
     let result = lp.serve(shutdown, &mut reloads).await;

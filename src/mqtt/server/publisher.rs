@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use log::{debug, error, info, warn};
-use rumqttc::v5::mqttbytes::v5::{Filter, Publish};
+use rumqttc::v5::mqttbytes::v5::{Filter, Publish, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::AsyncClient;
 use tokio::sync::mpsc;
@@ -14,12 +14,16 @@ use tokio::sync::mpsc;
 use super::messages::*;
 use crate::engine::{JobEvent, JobOutcome};
 use crate::mqtt::dedup::{self, DedupStore};
+use crate::mqtt::homeassistant::answer::Outcome;
+use crate::mqtt::homeassistant::bridge::{HaBridge, Retained};
 use crate::mqtt::wire::{
     self, Chunk, ErrorBody, ErrorCode, ErrorReply, Reply, Response, Timings, Usage,
 };
 
 /// The publisher task's state: the routes of running jobs and what it owes the broker.
 pub(super) struct Publisher {
+    /// Home Assistant discovery, when enabled.
+    pub(super) ha: Option<HaBridge>,
     pub(super) client: AsyncClient,
     pub(super) routes: HashMap<u64, Route>,
     pub(super) cancels: Cancels,
@@ -177,6 +181,12 @@ impl Publisher {
                     o.tokens_per_s,
                     o.finish_reason
                 );
+                if route.ha && self.ha.is_some() {
+                    let reply = reply_of(&route, o);
+                    self.settle(&mut route, job, None);
+                    let ha = self.ha.as_ref().expect("checked above");
+                    return ha_publishes(ha, &route, &reply);
+                }
                 let (payload, reply) = final_reply(&route, o, budget);
                 self.settle(&mut route, job, reply);
                 vec![out(&route, payload)]
@@ -194,6 +204,9 @@ impl Publisher {
                         message: e.message,
                     },
                 });
+                if let (true, Some(ha)) = (route.ha, &self.ha) {
+                    return ha_publishes(ha, &route, &reply);
+                }
                 vec![out(&route, wire::encode_response(&reply, route.enc))]
             }
         }
@@ -242,23 +255,7 @@ pub(super) fn log_refusal(route: &Route, code: ErrorCode, message: &str) {
 /// packet budget (the config check makes that rare), an `internal` error instead (not kept),
 /// so the broker never drops the connection.
 fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> (Vec<u8>, Option<Response>) {
-    let reply = Response::Reply(Reply {
-        id: route.id.clone(),
-        model: o.model,
-        text: o.text,
-        finish_reason: finish_reason(o.finish_reason),
-        usage: Usage {
-            prompt_tokens: o.prompt_tokens,
-            completion_tokens: o.completion_tokens,
-        },
-        timings: Timings {
-            queue_ms: o.queue_ms,
-            prompt_ms: o.prompt_ms,
-            generate_ms: o.generate_ms,
-            tokens_per_s: o.tokens_per_s,
-        },
-        done: route.stream.then_some(true),
-    });
+    let reply = reply_of(route, o);
     let payload = wire::encode_response(&reply, route.enc);
     if payload.len() <= budget {
         return (payload, Some(reply));
@@ -278,4 +275,60 @@ fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> (Vec<u8>, Option<
         },
     });
     (wire::encode_response(&e, route.enc), None)
+}
+
+/// The final reply of a finished job.
+fn reply_of(route: &Route, o: JobOutcome) -> Response {
+    Response::Reply(Reply {
+        id: route.id.clone(),
+        model: o.model,
+        text: o.text,
+        finish_reason: finish_reason(o.finish_reason),
+        usage: Usage {
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.completion_tokens,
+        },
+        timings: Timings {
+            queue_ms: o.queue_ms,
+            prompt_ms: o.prompt_ms,
+            generate_ms: o.generate_ms,
+            tokens_per_s: o.tokens_per_s,
+        },
+        done: route.stream.then_some(true),
+    })
+}
+
+/// The Home Assistant publishes of a final reply or an error (attributes, then state).
+pub(super) fn ha_publishes(ha: &HaBridge, route: &Route, reply: &Response) -> Vec<Outgoing> {
+    let id = route.id.as_deref().unwrap_or("");
+    let outcome = match reply {
+        Response::Reply(r) => Outcome::Answer {
+            text: &r.text,
+            model: &r.model,
+            finish_reason: r.finish_reason.as_str(),
+            prompt_tokens: r.usage.prompt_tokens,
+            completion_tokens: r.usage.completion_tokens,
+            tokens_per_s: r.timings.tokens_per_s,
+        },
+        Response::Error(e) => Outcome::Error {
+            code: e.error.code.as_str(),
+            message: &e.error.message,
+        },
+        Response::Chunk(_) => return Vec::new(),
+    };
+    ha.answer(id, outcome).into_iter().map(retained).collect()
+}
+
+/// A retained QoS 1 publish (Home Assistant discovery and state).
+pub(super) fn retained(r: Retained) -> Outgoing {
+    Outgoing {
+        topic: r.topic,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        payload: r.payload,
+        props: PublishProperties {
+            payload_format_indicator: Some(1),
+            ..PublishProperties::default()
+        },
+    }
 }

@@ -27,12 +27,14 @@ impl Loop {
             Err(e) => return self.reload_refused(&e),
         };
         let old = self.settings.clone();
-        if new.mqtt != old.mqtt || new.node != old.node {
+        if new.mqtt != old.mqtt || new.node != old.node || new.homeassistant != old.homeassistant {
             warn!(
-                "reload: [mqtt] and [node] changes apply after a restart; keeping the running ones"
+                "reload: [mqtt], [node] and [homeassistant] changes apply after a restart; \
+                 keeping the running ones"
             );
             new.mqtt = old.mqtt.clone();
             new.node = old.node.clone();
+            new.homeassistant = old.homeassistant.clone();
         }
         let plan = models::plan_reload(&old, &new);
         if !plan.load.is_empty() || !plan.removed.is_empty() {

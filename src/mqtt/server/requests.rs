@@ -9,7 +9,8 @@ use rumqttc::v5::mqttbytes::QoS;
 
 use super::event_loop::Loop;
 use super::messages::*;
-use super::publisher::log_refusal;
+use super::publisher::{ha_publishes, log_refusal};
+use crate::mqtt::homeassistant::topics::{is_birth, HaIncoming};
 use crate::engine::{Engine, JobEvent, PromptInput};
 use crate::mqtt::dedup::{self, Seen};
 use crate::mqtt::topics::{self, Incoming};
@@ -37,10 +38,28 @@ impl Loop {
                 self.on_cancel(device, &p.payload);
                 self.ack_now(ack);
             }
-            None => {
-                debug!("ignoring a message on {topic}");
-                self.ack_now(ack);
-            }
+            None => match self.ha.as_ref().and_then(|ha| ha.topics.classify(&topic)) {
+                Some(HaIncoming::Ask) if self.draining => {
+                    debug!("shutting down: leaving a Home Assistant request for redelivery");
+                }
+                Some(HaIncoming::Ask) => self.on_ha_ask(p, ack),
+                Some(HaIncoming::Cancel) => {
+                    self.on_ha_cancel();
+                    self.ack_now(ack);
+                }
+                Some(HaIncoming::Birth) => {
+                    if let Some(ha) = self.ha.as_ref().filter(|_| is_birth(&p.payload)) {
+                        info!("Home Assistant is online: publishing the discovery again");
+                        self.publish_all(ha.on_birth());
+                        self.status_now.notify_one();
+                    }
+                    self.ack_now(ack);
+                }
+                None => {
+                    debug!("ignoring a message on {topic}");
+                    self.ack_now(ack);
+                }
+            },
         }
     }
 
@@ -74,7 +93,7 @@ impl Loop {
     }
 
     /// Sends one error reply (and logs it).
-    fn refuse(&self, route: &Route, code: ErrorCode, message: String) {
+    pub(super) fn refuse(&self, route: &Route, code: ErrorCode, message: String) {
         log_refusal(route, code, &message);
         let reply = Response::Error(ErrorReply {
             id: route.id.clone(),
@@ -85,6 +104,15 @@ impl Loop {
 
     /// Publishes `reply` as `route` asks, then the request's acks behind it.
     fn answer(&self, route: &Route, reply: &Response) {
+        if let (true, Some(ha)) = (route.ha, &self.ha) {
+            for out in ha_publishes(ha, route, reply) {
+                let _ = self.tx.send(Msg::Publish(out));
+            }
+            if !route.acks.is_empty() {
+                let _ = self.tx.send(Msg::Ack(route.acks.clone()));
+            }
+            return;
+        }
         let _ = self.tx.send(Msg::Publish(Outgoing {
             topic: route.topic.clone(),
             qos: route.qos,
@@ -166,16 +194,17 @@ impl Loop {
             cancel_key: None,
             acks: ack.into_iter().collect(),
             dedup_key: None,
+            ha: false,
         };
         let too_big = p.payload.len() > s.limits.max_payload_bytes as usize;
 
         // MQTT 5 Response Topic first: it decides where even a malformed request is answered.
         if let Some(rt) = &pprops.response_topic {
-            if let Err(e) = topics::check_reply_topic(rt, allowed) {
+            if let Err(e) = self.check_reply_topic(rt, allowed) {
                 if !too_big {
                     route.id = wire::salvage_id(&p.payload, enc);
                 }
-                return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+                return self.refuse(&route, ErrorCode::ReplyTopicDenied, e);
             }
             route.topic = rt.clone();
         }
@@ -198,8 +227,8 @@ impl Loop {
         route.stream = req.stream.unwrap_or(false);
         if pprops.response_topic.is_none() {
             if let Some(rt) = &req.reply_to {
-                if let Err(e) = topics::check_reply_topic(rt, allowed) {
-                    return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+                if let Err(e) = self.check_reply_topic(rt, allowed) {
+                    return self.refuse(&route, ErrorCode::ReplyTopicDenied, e);
                 }
                 route.topic = rt.clone();
             }
@@ -225,7 +254,7 @@ impl Loop {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn submit(
+    pub(super) fn submit(
         &mut self,
         device: &str,
         mut route: Route,
@@ -292,11 +321,14 @@ impl Loop {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), (job_id, job.cancel.clone()));
-            self.dedup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .start(key.clone(), job_id);
-            route.dedup_key = Some(key.clone());
+            // Home Assistant ids are ours, one per request: nothing to recognise again.
+            if !route.ha {
+                self.dedup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .start(key.clone(), job_id);
+                route.dedup_key = Some(key.clone());
+            }
             route.cancel_key = Some(key);
         }
         debug!(

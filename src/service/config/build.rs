@@ -11,6 +11,7 @@ use super::layers::Origins;
 use super::{ConfigError, PASSWORD_CREDENTIAL};
 use crate::engine::{PromptMode, DEFAULT_STEP_TOKENS};
 use crate::model::session::MAX_UBATCH;
+use crate::mqtt::homeassistant::{HomeAssistantSettings, DEFAULT_DISCOVERY_PREFIX};
 use crate::mqtt::settings::*;
 use crate::mqtt::topics;
 use crate::sampler::SamplingParams;
@@ -31,6 +32,16 @@ pub(super) struct FileConfig {
     models: Option<Vec<ModelFile>>,
     #[serde(default)]
     log: LogFile,
+    #[serde(default)]
+    homeassistant: HomeAssistantFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HomeAssistantFile {
+    enabled: Option<bool>,
+    discovery_prefix: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,6 +148,25 @@ pub(super) fn build(
         limits,
         models,
         default_model,
+        homeassistant: homeassistant(f.homeassistant, &err)?,
+    })
+}
+
+/// `[homeassistant]`: the discovery prefix is a topic prefix like `mqtt.prefix`; the name,
+/// when set, is not empty.
+fn homeassistant(h: HomeAssistantFile, err: Err<'_>) -> Result<HomeAssistantSettings, ConfigError> {
+    let discovery_prefix = h
+        .discovery_prefix
+        .unwrap_or_else(|| DEFAULT_DISCOVERY_PREFIX.to_owned());
+    topics::check_prefix(&discovery_prefix)
+        .map_err(|why| err("homeassistant.discovery_prefix", why))?;
+    if h.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(err("homeassistant.name", "must not be empty".into()));
+    }
+    Ok(HomeAssistantSettings {
+        enabled: h.enabled.unwrap_or(false),
+        discovery_prefix,
+        name: h.name,
     })
 }
 

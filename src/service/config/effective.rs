@@ -122,6 +122,14 @@ pub fn effective_toml(settings: &Settings) -> String {
         ("model", single),
         ("models", list),
         (
+            "homeassistant",
+            Some(table([
+                ("enabled", Some(V::Boolean(settings.homeassistant.enabled))),
+                ("discovery_prefix", s(&settings.homeassistant.discovery_prefix)),
+                ("name", settings.homeassistant.name.as_deref().and_then(s)),
+            ])),
+        ),
+        (
             "log",
             Some(table([(
                 "level",

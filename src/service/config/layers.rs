@@ -12,7 +12,15 @@ use super::ConfigError;
 
 /// The sections, as they appear in `LLAMABUS_<SECTION>_<KEY>` (`model_sampling` before
 /// `model`).
-const ENV_SECTIONS: [&str; 6] = ["model_sampling", "limits", "model", "mqtt", "node", "log"];
+const ENV_SECTIONS: [&str; 7] = [
+    "model_sampling",
+    "limits",
+    "model",
+    "mqtt",
+    "node",
+    "log",
+    "homeassistant",
+];
 
 /// The drop-in directory of a main file: `dir/config.toml` → `dir/config.d`.
 pub fn dropin_dir(main: &Path) -> PathBuf {

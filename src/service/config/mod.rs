@@ -9,7 +9,7 @@
 //!    `LLAMABUS_MODEL_SAMPLING_TEMPERATURE` (the value as a TOML string, else as a TOML
 //!    literal: `8`, `true`, `["a/#"]`); `LLAMABUS_LOG` is short for `LLAMABUS_LOG_LEVEL`;
 //!    other `LLAMABUS_*` variables (build knobs) are not configuration and are ignored;
-//! 5. command-line flags (`--model`, `--broker`, `--prefix`).
+//! 5. command-line flags (`--model`, `--broker`, `--prefix`, `--homeassistant`).
 //!
 //! Models: one `[model]` table, or a `[[models]]` list of the same keys (plus `default`) to
 //! serve several at once; both at once is an error. In the list the first entry is the default
@@ -92,6 +92,11 @@
 //!
 //! [log]
 //! level = "info"                        # error | warn | info | debug | trace | off; RUST_LOG wins
+//!
+//! [homeassistant]                       # MQTT discovery (README "Home Assistant")
+//! enabled = false                       # also LLAMABUS_HOMEASSISTANT_ENABLED, serve --homeassistant
+//! discovery_prefix = "homeassistant"
+//! name = "Kitchen LLM"                  # the device's name; default "llamabus {node}"
 //! ```
 
 mod build;
@@ -147,6 +152,8 @@ pub struct Overrides {
     pub model: Option<PathBuf>,
     pub broker: Option<String>,
     pub prefix: Option<String>,
+    /// `serve --homeassistant`: Home Assistant discovery on.
+    pub homeassistant: Option<bool>,
 }
 
 /// Everything the settings are built from; the daemon keeps it so that a reload reads the
@@ -233,6 +240,13 @@ fn finish(
     }
     if let Some(p) = &o.prefix {
         layers.add_value("mqtt.prefix", toml::Value::String(p.clone()), "--prefix")?;
+    }
+    if let Some(on) = o.homeassistant {
+        layers.add_value(
+            "homeassistant.enabled",
+            toml::Value::Boolean(on),
+            "--homeassistant",
+        )?;
     }
     let source = if layers.files.is_empty() {
         "(defaults)".to_owned()

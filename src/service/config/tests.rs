@@ -1,6 +1,7 @@
 //! Unit tests of the layering and validation rules.
 
 use super::*;
+use crate::mqtt::homeassistant::HomeAssistantSettings;
 
 fn model_path() -> String {
     // Any existing file passes the `is_file` check; the model is not loaded here.
@@ -28,6 +29,7 @@ fn overrides_win_and_are_named_in_errors() {
         model: Some(model_path().into()),
         broker: Some("mqtt://127.0.0.1:1999".into()),
         prefix: Some("lb".into()),
+        homeassistant: None,
     };
     let s = from_str("[mqtt]\nprefix = \"x\"\n", Path::new("f.toml"), &o).unwrap();
     assert_eq!(s.mqtt.prefix, "lb");
@@ -48,6 +50,49 @@ fn overrides_win_and_are_named_in_errors() {
         .unwrap_err()
         .to_string();
     assert!(e.starts_with("--broker: mqtt.broker:"), "{e}");
+}
+
+#[test]
+fn homeassistant_section_defaults_values_flag_and_errors() {
+    let m = model_path();
+    let s = load_str(&format!("[model]\npath = \"{m}\"\n")).unwrap();
+    assert_eq!(s.homeassistant, HomeAssistantSettings::default());
+    assert!(!s.homeassistant.enabled);
+    assert_eq!(s.homeassistant.discovery_prefix, "homeassistant");
+    let text = format!(
+        "[model]\npath = \"{m}\"\n[homeassistant]\nenabled = true\n\
+         discovery_prefix = \"ha/test\"\nname = \"Kitchen LLM\"\n"
+    );
+    let s = load_str(&text).unwrap();
+    assert!(s.homeassistant.enabled);
+    assert_eq!(s.homeassistant.discovery_prefix, "ha/test");
+    assert_eq!(s.homeassistant.name.as_deref(), Some("Kitchen LLM"));
+    assert!(effective_toml(&s).contains(
+        "[homeassistant]\ndiscovery_prefix = \"ha/test\"\nenabled = true\nname = \"Kitchen LLM\"\n"
+    ));
+    let flag = Overrides {
+        homeassistant: Some(true),
+        ..Overrides::default()
+    };
+    let s = from_str(&format!("[model]\npath = \"{m}\"\n"), Path::new("f"), &flag).unwrap();
+    assert!(s.homeassistant.enabled);
+    for (bad, key) in [
+        (
+            "discovery_prefix = \"ha/#\"",
+            "homeassistant.discovery_prefix",
+        ),
+        (
+            "discovery_prefix = \"$SYS\"",
+            "homeassistant.discovery_prefix",
+        ),
+        ("name = \" \"", "homeassistant.name"),
+        ("enabled = \"yes\"", "enabled"),
+        ("enable = true", "enable"),
+    ] {
+        let text = format!("[model]\npath = \"{m}\"\n[homeassistant]\n{bad}\n");
+        let e = load_str(&text).unwrap_err().to_string();
+        assert!(e.contains(key), "{bad}: {e}");
+    }
 }
 
 #[test]
