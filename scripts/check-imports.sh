@@ -7,56 +7,37 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-declare -A layer=(
-  [ggml]=0
-  [gguf]=1
-  [tokenizer]=2 [sampler]=2
-  [model]=3
-  [engine]=4
-  [mqtt]=5
-  [service]=6
-  [bench]=7 [commands]=7 [main]=7 [lib]=7
-)
-
-bad=0
-report() {
-  printf '%s\n' "$1"
-  bad=1
+find src -name '*.rs' -not -path 'src/ggml/bindings/*' | sort | xargs awk '
+BEGIN {
+  split("ggml:0 gguf:1 tokenizer:2 sampler:2 model:3 engine:4 mqtt:5 service:6 bench:7 commands:7 main:7 lib:7", pairs, " ")
+  for (i in pairs) { split(pairs[i], kv, ":"); layer[kv[1]] = kv[2] }
+  bad = 0
 }
-
-while IFS= read -r file; do
-  rel=${file#src/}
-  module=${rel%%/*}
-  module=${module%.rs}
-  own=${layer[$module]:-}
-  if [ -z "$own" ]; then
-    report "$file: module '$module' has no layer in scripts/check-imports.sh"
-    continue
-  fi
-  # Code lines only (line comments and doc comments dropped), with their numbers.
-  while IFS=: read -r line code; do
-    for target in $(grep -o 'crate::[a-z_]*' <<<"$code" | sed 's/^crate:://' | sort -u); do
-      [ "$target" = "$module" ] && continue
-      [ "$target" = "error_chain" ] && continue
-      if [ -z "$target" ]; then
-        report "$file:$line: grouped \`use crate::{...}\` hides the layers; import each module on its own line"
-        continue
-      fi
-      theirs=${layer[$target]:-}
-      if [ -z "$theirs" ]; then
-        report "$file:$line: crate::$target has no layer in scripts/check-imports.sh"
-      elif [ "$theirs" -ge "$own" ]; then
-        report "$file:$line: $module (layer $own) imports crate::$target (layer $theirs): against the flow"
-      fi
-    done
-    if [ "$module" != "mqtt" ] && grep -Eq '\brumqtt[cd]?::' <<<"$code"; then
-      report "$file:$line: only mqtt/ talks MQTT"
-    fi
-  done < <(grep -n -v -E '^\s*//' "$file" || true)
-done < <(find src -name '*.rs' -not -path 'src/ggml/bindings/*' | sort)
-
-if [ "$bad" -ne 0 ]; then
-  echo "import check: imports against the flow (see README \"Design\")" >&2
-  exit 1
-fi
-echo "import check: every import points down the layers"
+FNR == 1 {
+  module = FILENAME
+  sub(/^src\//, "", module); sub(/\/.*/, "", module); sub(/\.rs$/, "", module)
+  if (!(module in layer)) { printf "%s: module %s has no layer in scripts/check-imports.sh\n", FILENAME, module; bad = 1 }
+}
+/^[ \t]*\/\// { next }
+{
+  line = $0
+  while (match(line, /crate::[a-z_]*/)) {
+    target = substr(line, RSTART + 7, RLENGTH - 7)
+    line = substr(line, RSTART + RLENGTH)
+    if (target == module || target == "error_chain" || !(module in layer)) continue
+    if (target == "") {
+      printf "%s:%d: grouped `use crate::{...}` hides the layers; import each module on its own line\n", FILENAME, FNR; bad = 1
+    } else if (!(target in layer)) {
+      printf "%s:%d: crate::%s has no layer in scripts/check-imports.sh\n", FILENAME, FNR, target; bad = 1
+    } else if (layer[target] >= layer[module]) {
+      printf "%s:%d: %s (layer %d) imports crate::%s (layer %d): against the flow\n", FILENAME, FNR, module, layer[module], target, layer[target]; bad = 1
+    }
+  }
+  if (module != "mqtt" && $0 ~ /(^|[^a-z_])rumqtt[cd]?::/) {
+    printf "%s:%d: only mqtt/ talks MQTT\n", FILENAME, FNR; bad = 1
+  }
+}
+END {
+  if (bad) { print "import check: imports against the flow (see README \"Design\")" > "/dev/stderr"; exit 1 }
+  print "import check: every import points down the layers"
+}'

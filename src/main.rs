@@ -215,8 +215,8 @@ fn homeassistant(a: HomeAssistantArgs) -> anyhow::Result<()> {
     let s = config::load_sources(&sources)?;
     let ha = &s.homeassistant;
     if a.remove {
-        let cleared = llamabus::service::daemon::runtime()?
-            .block_on(remove::remove(&s.mqtt, &s.node, ha))?;
+        let cleared =
+            llamabus::service::daemon::runtime()?.block_on(remove::remove(&s.mqtt, &s.node, ha))?;
         for t in &cleared {
             println!("cleared {t}");
         }

@@ -10,10 +10,10 @@ use rumqttc::v5::mqttbytes::QoS;
 use super::event_loop::Loop;
 use super::messages::*;
 use super::publisher::{ha_publishes, log_refusal};
-use crate::mqtt::homeassistant::topics::{is_birth, HaIncoming};
 use crate::engine::{Engine, JobEvent, PromptInput};
 use crate::mqtt::dedup::{self, Seen};
-use crate::mqtt::topics::{self, Incoming};
+use crate::mqtt::homeassistant::topics::{is_birth, HaIncoming};
+use crate::mqtt::topics::Incoming;
 use crate::mqtt::wire::{self, Encoding, ErrorBody, ErrorCode, ErrorReply, Request, Response};
 use crate::tokenizer::chat::ChatMessage;
 

@@ -125,7 +125,10 @@ pub fn effective_toml(settings: &Settings) -> String {
             "homeassistant",
             Some(table([
                 ("enabled", Some(V::Boolean(settings.homeassistant.enabled))),
-                ("discovery_prefix", s(&settings.homeassistant.discovery_prefix)),
+                (
+                    "discovery_prefix",
+                    s(&settings.homeassistant.discovery_prefix),
+                ),
                 ("name", settings.homeassistant.name.as_deref().and_then(s)),
             ])),
         ),
