@@ -277,12 +277,14 @@ pub async fn run_service(
     let (engines, engine_rx) = watch::channel(models.clone());
     let link = Arc::new(AtomicU8::new(LINK_CONNECTING));
     let status_now = Arc::new(Notify::new());
+    let reloading = Arc::new(AtomicBool::new(false));
     let status = tokio::spawn(status_task(StatusCtx {
         client: client.clone(),
         engine: engine_rx.clone(),
         settings: settings.clone(),
         topic: status_topic.clone(),
         now: status_now.clone(),
+        reloading: reloading.clone(),
         notifier: notifier.clone(),
         link: link.clone(),
         broker: broker.clone(),
@@ -324,6 +326,7 @@ pub async fn run_service(
         epoch,
         draining: false,
         ha,
+        reloading,
     };
 
     let result = lp.serve(shutdown, &mut control.reload).await;
@@ -867,14 +870,15 @@ fn offline_status(node: &str) -> Vec<u8> {
 
 /// The status document; `uptime_s` is left out so that changes can be compared. Every model
 /// has its own entry (queue and counters included); the top-level counters are the sums, and
-/// `last_tokens_per_s` is the default model's.
-fn status_doc(node: &str, models: &Models) -> serde_json::Value {
+/// `last_tokens_per_s` is the default model's. `state` is `reloading` while a reload loads
+/// models (the running ones keep serving), else `online`.
+fn status_doc(node: &str, models: &Models, reloading: bool) -> serde_json::Value {
     let (in_flight, depth, capacity, served, failed) = models.totals();
     let s = models.default_engine().stats();
     json!({
         "node": node,
         "version": env!("CARGO_PKG_VERSION"),
-        "state": "online",
+        "state": if reloading { "reloading" } else { "online" },
         "models": models.status_entries(),
         "queue": {"depth": depth, "capacity": capacity},
         "in_flight": in_flight,
@@ -892,6 +896,8 @@ struct StatusCtx {
     settings: Arc<Settings>,
     topic: String,
     now: Arc<Notify>,
+    /// A reload is loading models.
+    reloading: Arc<AtomicBool>,
     notifier: Notifier,
     link: Arc<AtomicU8>,
     broker: String,
@@ -932,7 +938,11 @@ async fn status_task(c: StatusCtx) {
             c.notifier.status(&line);
             last_line = line;
         }
-        let doc = status_doc(&c.settings.node, &engine);
+        let doc = status_doc(
+            &c.settings.node,
+            &engine,
+            c.reloading.load(Ordering::Relaxed),
+        );
         let due = last_at.elapsed() >= c.settings.mqtt.status_interval;
         if !forced && !due && last.as_ref() == Some(&doc) {
             continue;
@@ -996,6 +1006,8 @@ struct Loop {
     draining: bool,
     /// Home Assistant discovery, when enabled.
     ha: Option<HaBridge>,
+    /// Set while a reload loads models: the status says `reloading`.
+    reloading: Arc<AtomicBool>,
 }
 
 impl Loop {
@@ -1020,6 +1032,9 @@ impl Loop {
                     let (settings, _) = self.pending.take().expect("polled above");
                     let loaded = loaded.unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
                     self.swap_engine(*settings, loaded);
+                    // After the swap, so that an `online` status names the new models.
+                    self.reloading.store(false, Ordering::Relaxed);
+                    self.status_now.notify_one();
                 }
                 ev = self.eventloop.poll() => {
                     if let Some(wait) = self.handle(ev, Duration::MAX) {
@@ -1195,6 +1210,8 @@ impl Loop {
                 Ok(models::load(plan.load))
             });
             self.pending = Some((Box::new(new), task));
+            self.reloading.store(true, Ordering::Relaxed);
+            self.status_now.notify_one();
             return;
         }
         if let Err(e) = self.models.retune(&plan) {
