@@ -3,7 +3,7 @@
 //! postcard (field and topic) and from the plain-text topic form; inline formats work from
 //! JSON; every reply validates against the schema with an independent validator (the
 //! `jsonschema` crate); `max_tokens` before completion says so; each `bad_format` case is
-//! answered and the daemon keeps serving.
+//! answered and the daemon keeps serving; `llamabus ask --format` sends a name or a file.
 
 mod common;
 mod mqtt_support;
@@ -11,6 +11,7 @@ mod mqtt_support;
 use std::process::Command;
 use std::time::Duration;
 
+use common::tempdir::TempDir;
 use llamabus::mqtt::wire::{self, Encoding, FormatRef, Request, Response};
 use mqtt_support::*;
 use rumqttc::v5::mqttbytes::v5::PublishProperties;
@@ -275,4 +276,61 @@ async fn inline_formats_length_and_bad_format() {
     let v = c.recv(60).await.json();
     assert_eq!(v["id"], "after");
     assert_eq!(v["usage"]["completion_tokens"], 4, "{v}");
+}
+
+/// `llamabus ask` (the binary) with `--format`, over the same mosquitto.
+fn ask_bin(port: u16, args: &[&str]) -> (Option<i32>, String, String) {
+    run_cmd(
+        Command::new(env!("CARGO_BIN_EXE_llamabus"))
+            .arg("ask")
+            .arg("--broker")
+            .arg(format!("mqtt://127.0.0.1:{port}"))
+            .args(["--temperature", "0"])
+            .args(args),
+        Duration::from_secs(120),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ask_takes_a_format_name_or_file() {
+    let (mosq, _d) = setup().await;
+    let light = light_validator();
+
+    // A name from the daemon's configuration.
+    let (code, out, err) = ask_bin(
+        mosq.port,
+        &["--format", "light", "Turn the kitchen light off."],
+    );
+    assert_eq!(code, Some(0), "{err}");
+    let parsed: Value = serde_json::from_str(out.trim()).expect("a JSON answer");
+    assert!(light.is_valid(&parsed), "{out}");
+
+    // A schema file, parsed as `complete --format @file` parses it, compiled by the daemon.
+    let dir = TempDir::tagged("ask-format");
+    let file = dir.join("pct.json");
+    std::fs::write(&file, r#"{"type": "regex", "pattern": "[0-9]{1,3}%"}"#).unwrap();
+    let at = format!("@{}", file.display());
+    let (code, out, err) = ask_bin(mosq.port, &["--format", &at, "How full is the tank?"]);
+    assert_eq!(code, Some(0), "{err}");
+    let pct = jsonschema::validator_for(&json!({"pattern": "^[0-9]{1,3}%$"})).unwrap();
+    assert!(pct.is_valid(&json!(out.trim())), "{out:?}");
+
+    // An answer cut short by max_tokens is printed but fails, saying why.
+    let (code, _, err) = ask_bin(
+        mosq.port,
+        &[
+            "--format",
+            "light",
+            "--max-tokens",
+            "2",
+            "Turn the hall light on.",
+        ],
+    );
+    assert_ne!(code, Some(0));
+    assert!(err.contains("before the format was complete"), "{err}");
+
+    // An unknown name is the daemon's bad_format.
+    let (code, _, err) = ask_bin(mosq.port, &["--format", "nosuch", "hi"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("bad_format: unknown format `nosuch`"), "{err}");
 }

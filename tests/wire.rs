@@ -1288,6 +1288,11 @@ fn json_replies_carry_json_and_message_when_set() {
     .unwrap();
     assert_eq!(v["json"], json!({"on": true}));
     assert!(v.get("message").is_none());
+    let bytes = encode_response(&Response::Reply(r.clone()), Encoding::Json);
+    assert_eq!(
+        decode_response(&bytes, Encoding::Json).unwrap(),
+        Response::Reply(r.clone())
+    );
     r.json = None;
     r.message = Some("the reply ended before the format was complete".into());
     r.finish_reason = FinishReason::Length;
@@ -1298,6 +1303,12 @@ fn json_replies_carry_json_and_message_when_set() {
     .unwrap();
     assert!(v.get("json").is_none());
     assert_eq!(v["finish_reason"], "length");
+    // A client decoding the JSON reply (`llamabus ask`) gets the message back.
+    let bytes = encode_response(&Response::Reply(r.clone()), Encoding::Json);
+    assert_eq!(
+        decode_response(&bytes, Encoding::Json).unwrap(),
+        Response::Reply(r.clone())
+    );
     assert_eq!(
         v["message"],
         "the reply ended before the format was complete"
