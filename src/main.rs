@@ -24,7 +24,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the build target, the SIMD features ggml was compiled with, and what this CPU has.
+    /// Print the build target, the ggml CPU variants compiled in, and the one this CPU runs.
     Sysinfo,
     /// Complete a prompt, streaming the text to stdout and timings to stderr.
     Complete(CompleteArgs),
@@ -168,17 +168,18 @@ fn long_version() -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     llamabus::service::logging::init();
-    // Before any ggml kernel runs: a binary built for a newer CPU must fail with a message,
-    // not with SIGILL in the middle of a matrix product.
-    if let Err(e) = cpu::check() {
-        eprintln!("llamabus: {e}");
-        return ExitCode::from(3);
+    // Before any ggml kernel runs: a CPU that runs no compiled-in variant (or lacks the one
+    // LLAMABUS_CPU_VARIANT forces) must fail with a message, not with SIGILL in the middle of
+    // a matrix product. `serve` applies `[model] cpu_variant` once the configuration is read;
+    // sysinfo reports even on a CPU that runs no variant.
+    if !matches!(cli.command, Command::Sysinfo) {
+        if let Err(e) = cpu::check() {
+            eprintln!("llamabus: {e}");
+            return ExitCode::from(3);
+        }
     }
     let result = match cli.command {
-        Command::Sysinfo => {
-            sysinfo();
-            Ok(())
-        }
+        Command::Sysinfo => return sysinfo(),
         Command::Complete(args) => complete(args),
         Command::Bench(args) => llamabus::bench::main(&args).map_err(Into::into),
         Command::Inspect { path } => inspect(&path),
@@ -201,20 +202,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn sysinfo() {
+fn sysinfo() -> ExitCode {
     println!("llamabus {}", env!("CARGO_PKG_VERSION"));
     println!("target:        {}", cpu::TARGET);
     println!(
         "ggml:          {} (vendored, CPU backend)",
         llamabus::ggml::GGML_VERSION
     );
-    println!("ggml flags:    {}", cpu::SIMD_FLAGS);
-    println!("compiled SIMD: {}", cpu::compiled_features().join(" "));
-    println!(
-        "ggml reports:  {}",
-        llamabus::ggml::ggml_reported_features().join(" ")
-    );
+    let all = cpu::variants();
+    let names = |vs: &[cpu::Variant]| vs.iter().map(|v| v.name()).collect::<Vec<_>>().join(" ");
+    let (runs, lacks): (Vec<_>, Vec<_>) = all.iter().partition(|v| v.runs_here());
+    println!("variants:      {}", names(&all));
+    println!("runs here:     {}", names(&runs));
+    for v in lacks {
+        println!(
+            "cannot run:    {} (lacks {})",
+            v.name(),
+            v.missing().join(" ")
+        );
+    }
+    let code = match cpu::active_variant() {
+        Ok(v) => {
+            println!("variant:       {}", v.describe());
+            println!("ggml flags:    {}", v.flags());
+            println!(
+                "ggml reports:  {}",
+                llamabus::ggml::ggml_reported_features().join(" ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("variant:       none: {e}");
+            ExitCode::from(3)
+        }
+    };
     println!("cpu threads:   {}", default_threads());
+    code
 }
 
 fn default_threads() -> usize {
@@ -286,7 +309,7 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
     let last = start.elapsed();
     let _ = writeln!(stdout);
     eprintln!(
-        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
+        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads, CPU variant {} | finish: {:?}",
         model.load_time().as_secs_f64() * 1e3,
         first.unwrap_or(last).as_secs_f64() * 1e3,
         last.as_secs_f64() * 1e3,
@@ -295,6 +318,7 @@ fn complete(a: CompleteArgs) -> anyhow::Result<()> {
         gen.tokens.len(),
         gen.generate_tps(),
         threads,
+        cpu::active_variant().map_or("none", |v| v.name()),
         gen.finish_reason
     );
     Ok(())
@@ -415,17 +439,19 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
     let sources = config::Sources::from_process(a.config, overrides(a.overrides));
     let settings = config::load_sources(&sources)?;
     logging::apply_config_level(settings.log_level);
+    let variant = cpu::select(settings.cpu_variant())?;
     let paths: Vec<String> = settings
         .models
         .iter()
         .map(|m| format!("{} ({})", m.name, m.path.display()))
         .collect();
     log::info!(
-        "llamabus {} serving {} as node {} (config: {})",
+        "llamabus {} serving {} as node {} (config: {}; ggml CPU variant {})",
         env!("CARGO_PKG_VERSION"),
         paths.join(", "),
         settings.node,
-        settings.source
+        settings.source,
+        variant.describe()
     );
     let rt = runtime()?;
     let result = rt.block_on(async {
@@ -436,6 +462,12 @@ fn serve(a: ServeArgs) -> anyhow::Result<()> {
             control,
             reload: Some(Box::new(move || {
                 let s = config::load_sources(&sources)?;
+                // The variant is chosen once per process: a reload cannot change it.
+                cpu::select(s.cpu_variant()).map_err(|e| config::ConfigError::Invalid {
+                    origin: s.source.clone(),
+                    key: "model.cpu_variant".into(),
+                    why: e.to_string(),
+                })?;
                 logging::apply_config_level(s.log_level);
                 Ok(s)
             })),

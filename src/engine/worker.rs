@@ -444,6 +444,8 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// How plain-text prompts are tokenized ([`PromptMode::Auto`] resolved).
     pub default_mode: PromptMode,
+    /// The ggml CPU variant computing (`avx2`, `dotprod`, ...; process-wide).
+    pub cpu_variant: &'static str,
 }
 
 /// Counters for the status topic.
@@ -925,6 +927,8 @@ fn model_info(cfg: &EngineConfig, model: &Model) -> ModelInfo {
             PromptMode::Auto => PromptMode::Complete,
             m => m,
         },
+        // Loading the model selected it.
+        cpu_variant: crate::ggml::cpu::active_variant().map_or("none", |v| v.name()),
     }
 }
 

@@ -8,6 +8,7 @@
 mod backend;
 mod context;
 pub mod cpu;
+mod cpu_api;
 mod mmap;
 pub mod sys;
 mod types;
@@ -20,38 +21,27 @@ pub use types::{dequantize, quantize, Type};
 /// The ggml version compiled in (from vendor/ggml, recorded by build.rs).
 pub const GGML_VERSION: &str = env!("LLAMABUS_GGML_VERSION");
 
-/// Initialises ggml's CPU tables (FP16 lookup tables, feature detection). Idempotent and
+/// Selects the CPU variant (if nothing has yet: the environment variable's, else the best this
+/// CPU runs) and initialises its tables (FP16 lookup tables, feature detection). Idempotent and
 /// thread-safe; every entry point that computes calls it.
-pub fn init() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
-        // SAFETY: ggml_cpu_init has no preconditions; Once serialises the first call.
-        unsafe { sys::ggml_cpu_init() }
-    });
+pub fn init() -> Result<cpu::Variant, cpu::CpuError> {
+    let v = cpu::active_variant()?;
+    v.api();
+    Ok(v)
 }
 
-/// ggml's own report of the CPU features its CPU backend was compiled with and sees.
+/// ggml's own report of the CPU features the variant in use was compiled with (empty if no
+/// variant runs here).
 pub fn ggml_reported_features() -> Vec<&'static str> {
-    init();
-    let mut v = Vec::new();
-    // SAFETY: these are pure queries of compile-time/CPU state.
-    unsafe {
-        let checks: [(&str, unsafe extern "C" fn() -> i32); 9] = [
-            ("avx", sys::ggml_cpu_has_avx),
-            ("avx2", sys::ggml_cpu_has_avx2),
-            ("fma", sys::ggml_cpu_has_fma),
-            ("f16c", sys::ggml_cpu_has_f16c),
-            ("avx512", sys::ggml_cpu_has_avx512),
-            ("neon", sys::ggml_cpu_has_neon),
-            ("arm_fma", sys::ggml_cpu_has_arm_fma),
-            ("fp16_va", sys::ggml_cpu_has_fp16_va),
-            ("dotprod", sys::ggml_cpu_has_dotprod),
-        ];
-        for (name, f) in checks {
-            if f() != 0 {
-                v.push(name);
-            }
-        }
-    }
-    v
+    let Ok(v) = init() else {
+        return Vec::new();
+    };
+    v.api()
+        .has
+        .iter()
+        // SAFETY: these are pure queries of compile-time state in the selected variant, which
+        // this CPU runs.
+        .filter(|(_, f)| unsafe { f() } != 0)
+        .map(|(name, _)| *name)
+        .collect()
 }

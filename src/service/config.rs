@@ -70,6 +70,8 @@
 //! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! step_tokens = 256                     # prompt tokens per decode step (watchdog: one step < 30 s)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
+//! cpu_variant = "avx2"                  # force a lower ggml CPU variant; default: the best this
+//!                                       # CPU runs (LLAMABUS_CPU_VARIANT wins over this key)
 //! [model.sampling]
 //! temperature = 0.8
 //! top_k = 40
@@ -222,6 +224,7 @@ struct ModelFile {
     prefix_cache: Option<bool>,
     step_tokens: Option<u32>,
     mode: Option<String>,
+    cpu_variant: Option<String>,
     /// `[[models]]` only: this entry is the default model.
     default: Option<bool>,
     #[serde(default)]
@@ -405,6 +408,9 @@ pub struct ModelSettings {
     pub step_tokens: usize,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
+    /// A ggml CPU variant to force (`None` or `"auto"`: the best this CPU runs). Process-wide:
+    /// models that set it must agree.
+    pub cpu_variant: Option<String>,
 }
 
 /// Everything `llamabus serve` needs; immutable once built.
@@ -427,6 +433,11 @@ impl Settings {
     /// The default model.
     pub fn model(&self) -> &ModelSettings {
         &self.models[self.default_model]
+    }
+
+    /// The ggml CPU variant the models force (they agree; validated), if any.
+    pub fn cpu_variant(&self) -> Option<&str> {
+        self.models.iter().find_map(|m| m.cpu_variant.as_deref())
     }
 
     /// The engine configuration for the default model.
@@ -1089,6 +1100,19 @@ impl ModelLimits<'_> {
                 default_model = Some(i);
             }
             let m = self.build(md, &key)?;
+            // One variant computes for the whole process.
+            if let Some(v) = &m.cpu_variant {
+                let other = |o: &ModelSettings| o.cpu_variant.as_ref().is_some_and(|w| w != v);
+                if let Some(j) = models.iter().position(other) {
+                    return Err(err(
+                        &format!("{key}.cpu_variant"),
+                        format!(
+                            "`{v}` differs from models[{j}]'s; the CPU variant is process-wide, \
+                             so set it on one model or the same on all"
+                        ),
+                    ));
+                }
+            }
             if let Some(j) = models.iter().position(|o| o.name == m.name) {
                 return Err(err(
                     &format!("{key}.name"),
@@ -1205,6 +1229,12 @@ impl ModelLimits<'_> {
         sampling
             .validate()
             .map_err(|e| err("sampling", e.to_string()))?;
+        // The name must exist in this build and run on this CPU (forcing a variant the CPU
+        // lacks would SIGILL).
+        if let Some(v) = &md.cpu_variant {
+            crate::ggml::cpu::choose(Some((v, "the configuration")), &crate::ggml::cpu::cpu_has)
+                .map_err(|e| err("cpu_variant", e.to_string()))?;
+        }
         Ok(ModelSettings {
             name,
             path,
@@ -1215,6 +1245,7 @@ impl ModelLimits<'_> {
             step_tokens,
             mode,
             sampling,
+            cpu_variant: md.cpu_variant,
         })
     }
 }
@@ -1264,6 +1295,7 @@ impl Settings {
                 ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
                 ("step_tokens", int(md.step_tokens as u64)),
                 ("mode", s(mode)),
+                ("cpu_variant", md.cpu_variant.as_deref().and_then(s)),
                 ("default", default.map(V::Boolean)),
                 (
                     "sampling",
@@ -1373,6 +1405,64 @@ mod tests {
         assert!(matches!(s.mqtt.broker, BrokerSettings::Embedded { .. }));
         assert_eq!(s.model().name, "Cargo");
         assert_eq!(s.limits.queue_capacity, 8);
+    }
+
+    #[test]
+    fn cpu_variant_must_exist_run_here_and_agree_across_models() {
+        use crate::ggml::cpu;
+        let m = model_path();
+        let runs: Vec<&str> = cpu::variants()
+            .into_iter()
+            .filter(|v| v.runs_here())
+            .map(|v| v.name())
+            .collect();
+        let s = load_str(&format!(
+            "[model]\npath = \"{m}\"\ncpu_variant = \"{}\"\n",
+            runs[0]
+        ))
+        .unwrap();
+        assert_eq!(s.cpu_variant(), Some(runs[0]));
+        let shown = s.effective_toml();
+        assert!(
+            shown.contains(&format!("cpu_variant = \"{}\"", runs[0])),
+            "{shown}"
+        );
+        let s = load_str(&format!("[model]\npath = \"{m}\"\n")).unwrap();
+        assert_eq!(s.cpu_variant(), None);
+
+        let e = load_str(&format!(
+            "[model]\npath = \"{m}\"\ncpu_variant = \"avx1024\"\n"
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("test.toml:3: model.cpu_variant:"), "{e}");
+        assert!(
+            e.contains("\"avx1024\"") && e.contains("is not compiled into this build"),
+            "{e}"
+        );
+        for v in cpu::variants().into_iter().filter(|v| !v.runs_here()) {
+            let e = load_str(&format!("[model]\npath = \"{m}\"\ncpu_variant = \"{v}\"\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("which this CPU lacks"), "{e}");
+        }
+        if let [a, b, ..] = runs[..] {
+            let text = format!(
+                "[[models]]\nname = \"a\"\npath = \"{m}\"\ncpu_variant = \"{a}\"\n\
+                 [[models]]\nname = \"b\"\npath = \"{m}\"\ncpu_variant = \"{b}\"\n"
+            );
+            let e = load_str(&text).unwrap_err().to_string();
+            assert!(
+                e.contains("models[1].cpu_variant") && e.contains("process-wide"),
+                "{e}"
+            );
+            // Set on one model, it applies to the process.
+            let text = format!(
+                "[[models]]\nname = \"a\"\npath = \"{m}\"\n\
+                 [[models]]\nname = \"b\"\npath = \"{m}\"\ncpu_variant = \"{b}\"\n"
+            );
+            assert_eq!(load_str(&text).unwrap().cpu_variant(), Some(b));
+        }
     }
 
     #[test]
