@@ -77,7 +77,7 @@ target/release/llamabus sysinfo | sed -n 's/^cannot run: */skipped, this CPU can
 read -r -a VARIANTS <<<"$(target/release/llamabus sysinfo | sed -n 's/^runs here: *//p')"
 for v in "${VARIANTS[@]}"; do
   echo "-- variant $v"
-  LLAMABUS_CPU_VARIANT=$v run_showing "variant|SIMD path|skipped|test result" \
+  LLAMABUS_CPU_VARIANT=$v run_showing "variant|SIMD path|skipped|tokens match|near tie|test result" \
     cargo test --release --test ggml_ops --test tiny_model --test golden -- --nocapture
 done
 

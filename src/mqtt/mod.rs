@@ -9,6 +9,7 @@ pub mod broker;
 pub mod client;
 pub mod conn;
 pub mod dedup;
+pub mod homeassistant;
 pub mod models;
 pub mod server;
 pub mod topics;
