@@ -187,7 +187,7 @@ fn the_active_variant_is_what_ggml_reports() {
     } else {
         assert_eq!(
             Some(v),
-            cpu::variants().into_iter().filter(|v| v.runs_here()).last()
+            cpu::variants().into_iter().rfind(|v| v.runs_here())
         );
     }
     let pairs = [
