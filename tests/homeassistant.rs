@@ -135,7 +135,10 @@ async fn discovery_states_ask_cancel_birth_and_clean_stop() {
     let mut serve = ServeProcess::start_logged(BIN, &cfg, &[]);
     let status = online(&serve, m.port, node).await;
 
-    // 1. Discovery: retained, QoS 1, valid JSON with the required fields.
+    // 1. Discovery: retained, QoS 1, valid JSON with the required fields. The first status
+    //    may reach the broker before the discovery (both follow the connection), so the
+    //    retained copies are read once a subscriber from before the start has them all.
+    discovery(&mut ha, sane).await;
     let mut late = TestClient::connect(m.port, &["homeassistant/#"]).await;
     let configs = discovery(&mut late, sane).await;
     for (object, (msg, c)) in &configs {

@@ -33,6 +33,9 @@
 //!   become the job's deadline (`expired`).
 //! * Streaming: each delta becomes numbered `{id, seq, delta}` chunks that each fit the packet
 //!   limit (split on UTF-8 boundaries), then the final reply with `done: true`.
+//! * Home Assistant ([`crate::mqtt::homeassistant`], when enabled): discovery after every
+//!   ConnAck and on Home Assistant's birth message; prompts from the "Ask" box are jobs like
+//!   any other, answered on the answer sensor's topics; reply topics never reach its topics.
 //! * Malformed input never stops the loop: every refusal is one error reply (when a reply
 //!   topic is known) and one log line.
 

@@ -2,12 +2,14 @@
 //! (status, speed, queue, requests served, model), an "Ask" text box and its answer, and a
 //! button that cancels the running Home Assistant request.
 //!
-//! Pure building blocks, one job per file; the event loop calls them:
+//! One job per file; all but the last two are pure:
 //! - [`ids`]: discovery ids sanitised to Home Assistant's `[a-zA-Z0-9_-]`;
 //! - [`topics`]: the Home Assistant topics of one node and what an incoming topic is;
 //! - [`discovery`]: the retained per-entity discovery messages (and their removal);
-//! - [`answer`]: the answer sensor's state (at most 255 characters) and its JSON attributes.
-//! - [`bridge`]: what the event loop publishes for Home Assistant, and the topics replies avoid.
+//! - [`answer`]: the answer sensor's state (at most 255 characters) and its JSON attributes;
+//! - [`bridge`]: what the event loop ([`crate::mqtt::server`]) publishes for Home Assistant
+//!   (keeping the last answer for Home Assistant's restarts), and the topics replies avoid;
+//! - [`remove`]: `llamabus homeassistant --remove`, a short-lived client clearing it all.
 //!
 //! Per-entity discovery (`<prefix>/<component>/<node_id>/<object_id>/config`), not the
 //! device-based form (`<prefix>/device/<id>/config` with `cmps`): Home Assistant reads the
