@@ -6,7 +6,7 @@
 #   1. fetches the hash-checked test data (SmolLM2 model, llama.cpp vocab files) into models/
 #   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
 #      bindgen's output for all three targets
-#   3. format and lint gates
+#   3. format and lint gates; import directions; llamabus-wire built no_std for thumbv7em
 #   4. the kernel, tiny-model and golden suites once per ggml CPU variant this machine runs
 #      (LLAMABUS_CPU_VARIANT), the x86 selector under qemu (Nehalem: sse42), then the whole suite
 #      natively (x86_64 or whatever this machine is) on the variant the selector picks
@@ -54,6 +54,18 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+# --- the layering and the wire crate (issue 17) ---------------------------------------------
+# Imports point one way (README "Design"); the protocol crate stays no_std for device firmware.
+step "import directions"
+scripts/check-imports.sh
+
+step "llamabus-wire: clippy (std and no_std), example, and a no_std build for thumbv7em-none-eabihf"
+cargo clippy -p llamabus-wire --all-targets --quiet -- -D warnings
+cargo clippy -p llamabus-wire --no-default-features --quiet -- -D warnings
+cargo run -p llamabus-wire --example firmware --quiet
+cargo build -p llamabus-wire --no-default-features --target thumbv7em-none-eabihf --quiet
+# ---------------------------------------------------------------------------------------------
 
 # Runs a test command quietly, showing only the lines matching $1 (the whole log on failure).
 run_showing() {
