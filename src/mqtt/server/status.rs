@@ -40,6 +40,7 @@ fn status_doc(node: &str, models: &Models, reloading: bool) -> serde_json::Value
         "node": node,
         "version": env!("CARGO_PKG_VERSION"),
         "state": if reloading { "reloading" } else { "online" },
+        "cpu_variant": s.model.cpu_variant,
         "models": models.status_entries(),
         "queue": {"depth": depth, "capacity": capacity},
         "in_flight": in_flight,
