@@ -78,6 +78,9 @@ async fn json_id_echo_correlation_data_and_status() {
     assert_eq!(s["models"][0]["quantization"], "Q4_1");
     assert!(s["models"][0]["parameters"].as_u64().unwrap() > 100_000_000);
     assert_eq!(s["queue"]["capacity"], 8);
+    // The ggml CPU variant the daemon's selector picked (or LLAMABUS_CPU_VARIANT's).
+    let variant = llamabus::ggml::cpu::validate(None).unwrap();
+    assert_eq!(s["cpu_variant"], variant.name(), "{s}");
     for key in ["evaluated", "cached"] {
         assert!(
             s["models"][0]["prompt_tokens"][key].is_u64(),
