@@ -188,31 +188,29 @@ impl Mosquitto {
     }
 }
 
-/// Runs `openssl` with `args` in `dir`, panicking with its stderr on failure.
+/// Runs `openssl` (apt-get install openssl) with `args` in `dir`, panicking with its stderr on
+/// failure.
 fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("openssl (apt-get install openssl)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let (code, _, err) = run_cmd(
+        Command::new("openssl").args(args).current_dir(dir),
+        Duration::from_secs(60),
     );
+    assert_eq!(code, Some(0), "openssl {args:?}: {err}");
 }
+
+/// `openssl req` arguments for a new P-256 key without a passphrase.
+const EC_KEY: [&str; 5] = [
+    "-newkey",
+    "ec",
+    "-pkeyopt",
+    "ec_paramgen_curve:prime256v1",
+    "-nodes",
+];
 
 /// A P-256 CA, a broker certificate for localhost/127.0.0.1 and a client certificate, all
 /// signed by the CA, plus mosquitto's password file. Keys are made world-readable because
 /// mosquitto started as root drops to its own user before reading them.
 fn make_tls_files(dir: &Path) -> TlsFiles {
-    let ec = [
-        "-newkey",
-        "ec",
-        "-pkeyopt",
-        "ec_paramgen_curve:prime256v1",
-        "-nodes",
-    ];
     let mut ca = vec![
         "req",
         "-x509",
@@ -221,49 +219,71 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
         "-subj",
         "/CN=llamabus test CA",
     ];
-    ca.extend(ec);
+    ca.extend(EC_KEY);
     ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
     openssl(dir, &ca);
-    let exts = dir.join("ext.cnf");
     std::fs::write(
-        &exts,
+        dir.join("ext.cnf"),
         "[server]\nsubjectAltName=DNS:localhost,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n\
          [client]\nextendedKeyUsage=clientAuth\n",
     )
     .unwrap();
     for (name, cn) in [("server", "localhost"), ("client", "llamabus-client")] {
-        let subj = format!("/CN={cn}");
-        let (key, csr, pem) = (
-            format!("{name}.key"),
-            format!("{name}.csr"),
-            format!("{name}.pem"),
-        );
-        let mut req = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
-        req.extend(ec);
-        openssl(dir, &req);
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-days",
-                "2",
-                "-in",
-                &csr,
-                "-CA",
-                "ca.pem",
-                "-CAkey",
-                "ca.key",
-                "-CAcreateserial",
-                "-extfile",
-                "ext.cnf",
-                "-extensions",
-                name,
-                "-out",
-                &pem,
-            ],
-        );
+        make_signed_cert(dir, name, cn);
     }
+    let password_file = make_passwords_and_acl(dir);
+    for f in std::fs::read_dir(dir).unwrap() {
+        use std::os::unix::fs::PermissionsExt;
+        let p = f.unwrap().path();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    }
+    TlsFiles {
+        ca: dir.join("ca.pem"),
+        client_cert: dir.join("client.pem"),
+        client_key: dir.join("client.key"),
+        password_file,
+    }
+}
+
+/// `{name}.key` and `{name}.pem`: a key and a certificate for `cn`, signed by the CA in `dir`
+/// with the `[name]` extensions of ext.cnf.
+fn make_signed_cert(dir: &Path, name: &str, cn: &str) {
+    let subj = format!("/CN={cn}");
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    let mut req = vec!["req", "-subj", &subj, "-keyout", &key, "-out", &csr];
+    req.extend(EC_KEY);
+    openssl(dir, &req);
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-days",
+            "2",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-extfile",
+            "ext.cnf",
+            "-extensions",
+            name,
+            "-out",
+            &pem,
+        ],
+    );
+}
+
+/// mosquitto's password file (the daemon's user and the devices) and ACL in `dir`, and the
+/// daemon's password file; returns the latter's path.
+fn make_passwords_and_acl(dir: &Path) -> PathBuf {
     let passwd = dir.join("passwd");
     for (i, user) in std::iter::once(TlsFiles::USER)
         .chain(TlsFiles::DEVICES)
@@ -294,17 +314,7 @@ fn make_tls_files(dir: &Path) -> TlsFiles {
     .unwrap();
     let password_file = dir.join("password");
     std::fs::write(&password_file, format!("{}\n", TlsFiles::PASSWORD)).unwrap();
-    for f in std::fs::read_dir(dir).unwrap() {
-        use std::os::unix::fs::PermissionsExt;
-        let p = f.unwrap().path();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
-    }
-    TlsFiles {
-        ca: dir.join("ca.pem"),
-        client_cert: dir.join("client.pem"),
-        client_key: dir.join("client.key"),
-        password_file,
-    }
+    password_file
 }
 
 impl Drop for Mosquitto {
