@@ -67,6 +67,20 @@ async fn serve_logging(mosq: &Mosquitto, node: &str, cfg: &str, level: &str) -> 
     p
 }
 
+/// A mosquitto, `node`'s config (see [`config`]), the daemon serving it and a client on every
+/// reply topic.
+async fn setup(
+    node: &str,
+    mqtt: &str,
+    limits: &str,
+) -> (Mosquitto, String, ServeProcess, TestClient) {
+    let mosq = Mosquitto::start();
+    let cfg = config(&mosq, node, mqtt, limits);
+    let p = serve(&mosq, node, &cfg).await;
+    let c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    (mosq, cfg, p, c)
+}
+
 /// The key of plain-text replies in [`finals`].
 const PLAIN: &str = "(plain text)";
 
@@ -273,10 +287,7 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "down", "", "default_max_tokens = 8");
-    let mut p = serve(&mosq, "down", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (mosq, cfg, mut p, mut c) = setup("down", "", "default_max_tokens = 8").await;
     // A refused request and a cancel are acknowledged too: neither comes back after the restart.
     let bad = json!({"id": "bad", "prompt": "Hi", "max_tokens": "many"});
     send(&c, "d", &bad).await;
@@ -483,9 +494,7 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_by_device_and_id_are_generated_once() {
-    let mosq = Mosquitto::start();
-    let p = serve(&mosq, "dup", &config(&mosq, "dup", "", "")).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (_mosq, _, p, mut c) = setup("dup", "", "").await;
     // A retry while the first is generating is merged into it: one answer.
     send(&c, "d", &story("dup", 60)).await;
     first_chunk(&mut c, &p, "dup").await;
@@ -522,10 +531,7 @@ async fn duplicates_by_device_and_id_are_generated_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_requests_are_answered_at_most_once() {
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "q0", "", "default_max_tokens = 4");
-    let mut p = serve(&mosq, "q0", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (mosq, cfg, mut p, mut c) = setup("q0", "", "default_max_tokens = 4").await;
     // Answered while the daemon is up, and the reply keeps the request's QoS 0.
     let body = short("zero").to_string();
     c.publish_qos("llamabus/prompt/d", QoS::AtMostOnce, body)
@@ -599,10 +605,7 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_duplicate_window_is_bounded_in_bytes() {
     // 30,000-byte device levels and a 64 KiB budget: two stored replies fit, not three.
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "dbytes", "dedup_max_bytes = 65536", "");
-    let p = serve(&mosq, "dbytes", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (_mosq, _, p, mut c) = setup("dbytes", "dedup_max_bytes = 65536", "").await;
     let device = "x".repeat(30_000);
     // k3 is still stored at the end; k1 was evicted for it, so its retry is generated again.
     for id in ["k1", "k2", "k3", "k3", "k1"] {
