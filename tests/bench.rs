@@ -14,6 +14,15 @@ use llamabus::ggml::Type;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::argmax;
 
+/// A JSON array of numbers as `f64`s (panics on anything else).
+fn numbers(v: &serde_json::Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_f64().unwrap())
+        .collect()
+}
+
 fn tiny_model(dir: &TempDir, ty: Type) -> std::path::PathBuf {
     let path = dir.join("tiny.gguf");
     write_tiny_model(&TinySpec::new(ty), &path);
@@ -97,18 +106,8 @@ fn bench_results_carry_llama_bench_fields() {
         assert_eq!(o["test"], label);
         assert!(!o.contains_key("mem_bw"), "bandwidth only when asked");
 
-        let ts: Vec<f64> = o["samples_ts"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
-        let ns: Vec<f64> = o["samples_ns"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap())
-            .collect();
+        let ts = numbers(&o["samples_ts"]);
+        let ns = numbers(&o["samples_ns"]);
         assert_eq!(ts.len(), 3, "one sample per repetition");
         assert_eq!(ns.len(), 3);
         // Each sample's rate is its tokens over its time; the average is their mean.

@@ -71,6 +71,12 @@ fn smollm2_real_template_single_user_message() {
     );
 }
 
+/// `t` rendered for one system and one user message, with the generation prompt.
+fn render_system_user(t: &ChatTemplate, system: &str, user: &str) -> String {
+    t.render(&[msg("system", system), msg("user", user)], true)
+        .unwrap()
+}
+
 #[test]
 fn smollm2_real_template_variants() {
     let t = smollm2_template();
@@ -81,9 +87,7 @@ fn smollm2_real_template_variants() {
         format!("{SMOL_SYSTEM}<|im_start|>user\nHi<|im_end|>\n")
     );
     // An explicit system message replaces the default one.
-    let got = t
-        .render(&[msg("system", "Be terse."), msg("user", "Hi")], true)
-        .unwrap();
+    let got = render_system_user(&t, "Be terse.", "Hi");
     assert_eq!(
         got,
         "<|im_start|>system\nBe terse.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
@@ -358,9 +362,7 @@ fn template_errors_carry_their_message() {
 #[test]
 fn chatml_fallback_output() {
     let t = ChatTemplate::chatml_fallback("<s>", "</s>");
-    let got = t
-        .render(&[msg("system", "S"), msg("user", "U")], true)
-        .unwrap();
+    let got = render_system_user(&t, "S", "U");
     assert_eq!(
         got,
         "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nU<|im_end|>\n<|im_start|>assistant\n"

@@ -34,6 +34,23 @@ fn rewrite(
     w.to_bytes()
 }
 
+/// `src` with every key kept and its tensors rewritten by `tensor`.
+fn rewrite_tensors(
+    src: &Gguf,
+    tensor: impl Fn(&str, &[u64], GgmlType, &[u8]) -> Option<TensorParts>,
+) -> Vec<u8> {
+    rewrite(src, |_, v| Some(v.clone()), tensor)
+}
+
+/// Loading `bytes` fails with an error matching the pattern; gives the error.
+macro_rules! load_fails {
+    ($bytes:expr, $pat:pat $(if $guard:expr)?) => {{
+        let err = load($bytes).unwrap_err();
+        assert!(matches!(err, $pat $(if $guard)?), "{err}");
+        err
+    }};
+}
+
 fn base() -> Gguf {
     Gguf::from_bytes(tiny_model_bytes(&TinySpec::new(Type::F32))).expect("valid tiny model")
 }
@@ -70,11 +87,7 @@ fn other_architectures_are_refused_by_name() {
         },
         keep_tensor,
     );
-    let err = load(bytes).unwrap_err();
-    assert!(
-        matches!(err, ModelError::UnsupportedArchitecture(ref a) if a == "gpt2"),
-        "{err}"
-    );
+    let err = load_fails!(bytes, ModelError::UnsupportedArchitecture(ref a) if a == "gpt2");
     assert!(err.to_string().contains("\"gpt2\""), "{err}");
 }
 
@@ -105,11 +118,7 @@ fn optional_keys_fall_back_to_documented_defaults() {
         |k, v| (k != "llama.attention.head_count_kv").then(|| v.clone()),
         keep_tensor,
     );
-    let err = load(bytes).unwrap_err();
-    assert!(
-        matches!(err, ModelError::TensorShape { ref name, .. } if name == "blk.0.attn_k.weight"),
-        "{err}"
-    );
+    load_fails!(bytes, ModelError::TensorShape { ref name, .. } if name == "blk.0.attn_k.weight");
     // Without rope.freq_base and dimension_count the model still loads (10000, head width).
     let bytes = rewrite(
         &g,
@@ -126,64 +135,42 @@ fn optional_keys_fall_back_to_documented_defaults() {
 #[test]
 fn a_missing_tensor_is_named() {
     let g = base();
-    let bytes = rewrite(
-        &g,
-        |_, v| Some(v.clone()),
-        |n, d, ty, b| (n != "blk.1.ffn_down.weight").then(|| (d.to_vec(), ty, b.to_vec())),
-    );
-    let err = load(bytes).unwrap_err();
-    assert!(
-        matches!(err, ModelError::MissingTensor(ref n) if n == "blk.1.ffn_down.weight"),
-        "{err}"
-    );
+    let bytes = rewrite_tensors(&g, |n, d, ty, b| {
+        (n != "blk.1.ffn_down.weight").then(|| (d.to_vec(), ty, b.to_vec()))
+    });
+    load_fails!(bytes, ModelError::MissingTensor(ref n) if n == "blk.1.ffn_down.weight");
 }
 
 #[test]
 fn a_wrong_tensor_shape_is_named() {
     let g = base();
     // Same bytes, dimensions swapped: a transposed projection.
-    let bytes = rewrite(
-        &g,
-        |_, v| Some(v.clone()),
-        |n, d, ty, b| {
-            let dims = if n == "blk.0.attn_output.weight" {
-                vec![d[0] * 2, d[1] / 2]
-            } else {
-                d.to_vec()
-            };
-            Some((dims, ty, b.to_vec()))
-        },
-    );
-    let err = load(bytes).unwrap_err();
-    assert!(
-        matches!(err, ModelError::TensorShape { ref name, .. } if name == "blk.0.attn_output.weight"),
-        "{err}"
-    );
+    let bytes = rewrite_tensors(&g, |n, d, ty, b| {
+        let dims = if n == "blk.0.attn_output.weight" {
+            vec![d[0] * 2, d[1] / 2]
+        } else {
+            d.to_vec()
+        };
+        Some((dims, ty, b.to_vec()))
+    });
+    load_fails!(bytes, ModelError::TensorShape { ref name, .. } if name == "blk.0.attn_output.weight");
 }
 
 #[test]
 fn norm_vectors_must_be_f32() {
     let g = base();
-    let bytes = rewrite(
-        &g,
-        |_, v| Some(v.clone()),
-        |n, d, ty, b| {
-            if n != "output_norm.weight" {
-                return Some((d.to_vec(), ty, b.to_vec()));
-            }
-            let f: Vec<f32> = b
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect();
-            let h = llamabus::ggml::quantize(Type::F16, &f, f.len());
-            Some((d.to_vec(), GgmlType::F16, h))
-        },
-    );
-    let err = load(bytes).unwrap_err();
-    assert!(
-        matches!(err, ModelError::TensorType { ref name, .. } if name == "output_norm.weight"),
-        "{err}"
-    );
+    let bytes = rewrite_tensors(&g, |n, d, ty, b| {
+        if n != "output_norm.weight" {
+            return Some((d.to_vec(), ty, b.to_vec()));
+        }
+        let f: Vec<f32> = b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        let h = llamabus::ggml::quantize(Type::F16, &f, f.len());
+        Some((d.to_vec(), GgmlType::F16, h))
+    });
+    load_fails!(bytes, ModelError::TensorType { ref name, .. } if name == "output_norm.weight");
 }
 
 #[test]
@@ -209,9 +196,8 @@ fn impossible_hyperparameters_are_refused() {
 #[test]
 fn vocab_only_files_are_not_runnable_models() {
     let g = base();
-    let bytes = rewrite(&g, |_, v| Some(v.clone()), |_, _, _, _| None);
-    let err = load(bytes).unwrap_err();
-    assert!(matches!(err, ModelError::MissingTensor(_)), "{err}");
+    let bytes = rewrite_tensors(&g, |_, _, _, _| None);
+    load_fails!(bytes, ModelError::MissingTensor(_));
 }
 
 #[test]

@@ -189,6 +189,13 @@ fn tiny_top_p_is_argmax() {
     assert!(draw(p, &logits, &[], 50).iter().all(|&t| t == best));
 }
 
+/// `n` draws over 4 tokens never pick tokens 2 or 3, and pick token 0 at about `share`.
+fn keeps_the_first_two(p: SamplingParams, logits: &[f32], n: usize, share: f64) {
+    let f = frequencies(&draw(p, logits, &[], n), 4);
+    assert_eq!(f[2] + f[3], 0.0, "{f:?}");
+    assert!((f[0] - share).abs() < 0.03, "{f:?}");
+}
+
 #[test]
 fn top_p_keeps_the_nucleus() {
     // p = 0.5, 0.3, 0.15, 0.05: top_p 0.75 keeps the first two (0.5 < 0.75 <= 0.8).
@@ -197,9 +204,7 @@ fn top_p_keeps_the_nucleus() {
         top_p: 0.75,
         ..plain(4)
     };
-    let f = frequencies(&draw(p, &logits, &[], 4000), 4);
-    assert_eq!(f[2] + f[3], 0.0);
-    assert!((f[0] - 0.625).abs() < 0.03, "{f:?}");
+    keeps_the_first_two(p, &logits, 4000, 0.625);
     // Unsorted path with a large vocabulary (more than the first sorting pass).
     let mut big = vec![-20.0f32; 5000];
     big[4000] = 3.0;
@@ -225,9 +230,7 @@ fn min_p_excludes_unlikely_tokens() {
         min_p: 0.2,
         ..plain(11)
     };
-    let f = frequencies(&draw(filtered, &logits, &[], 5000), 4);
-    assert_eq!(f[2] + f[3], 0.0, "{f:?}");
-    assert!((f[0] - 2.0 / 3.0).abs() < 0.03, "{f:?}");
+    keeps_the_first_two(filtered, &logits, 5000, 2.0 / 3.0);
     // Without the filter the same seed does draw them.
     let f = frequencies(&draw(plain(11), &logits, &[], 5000), 4);
     assert!(f[2] > 0.03 && f[3] > 0.03, "{f:?}");

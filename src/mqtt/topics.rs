@@ -248,21 +248,16 @@ impl Topics {
             }
             _ => (None, rest),
         };
-        if let Some(d) = rest.strip_prefix("prompt/") {
-            return level(d).map(|device| Incoming::Prompt {
-                device,
-                postcard: false,
-                model,
-                format,
-            });
-        }
-        if let Some(d) = rest.strip_prefix("pc/prompt/") {
-            return level(d).map(|device| Incoming::Prompt {
-                device,
-                postcard: true,
-                model,
-                format,
-            });
+        // JSON prompts under `prompt/`, postcard ones under `pc/prompt/`.
+        for (prefix, postcard) in [("prompt/", false), ("pc/prompt/", true)] {
+            if let Some(d) = rest.strip_prefix(prefix) {
+                return level(d).map(|device| Incoming::Prompt {
+                    device,
+                    postcard,
+                    model,
+                    format,
+                });
+            }
         }
         if model.is_some() || format.is_some() {
             return None;

@@ -4,10 +4,14 @@
 use crate::{bad, bad_json, mentions};
 use llamabus::mqtt::wire::*;
 
+/// `payload` is refused for invalid UTF-8, naming the byte offset `at`.
+fn refuses_invalid_utf8(payload: &[u8], enc: Encoding, at: &str) {
+    mentions(&bad(payload, enc), &["not valid UTF-8", at]);
+}
+
 #[test]
 fn text_invalid_utf8() {
-    let m = bad(b"ab\xffcd", Encoding::Text);
-    mentions(&m, &["not valid UTF-8", "byte 2"]);
+    refuses_invalid_utf8(b"ab\xffcd", Encoding::Text, "byte 2");
 }
 
 #[test]
@@ -25,8 +29,7 @@ fn text_whitespace_only_prompt() {
 
 #[test]
 fn json_invalid_utf8_inside_string() {
-    let m = bad(b"{\"prompt\":\"h\xc3\x28\"}", Encoding::Json);
-    mentions(&m, &["not valid UTF-8", "byte 12"]);
+    refuses_invalid_utf8(b"{\"prompt\":\"h\xc3\x28\"}", Encoding::Json, "byte 12");
 }
 
 #[test]

@@ -31,13 +31,27 @@ fn random_string(rng: &mut Rng) -> String {
         .collect()
 }
 
+/// Runs `check` on `cases` seeded random strings, each with a byte budget drawn from
+/// `min..min + span`.
+fn for_random_budgets(
+    seed: u64,
+    cases: usize,
+    min: usize,
+    span: usize,
+    mut check: impl FnMut(&str, usize),
+) {
+    let mut rng = Rng(seed);
+    for _ in 0..cases {
+        let s = random_string(&mut rng);
+        let max = min + rng.below(span);
+        check(&s, max);
+    }
+}
+
 #[test]
 fn split_utf8_property() {
-    let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
-    for _ in 0..5000 {
-        let s = random_string(&mut rng);
-        let max = 4 + rng.below(20);
-        let pieces: Vec<&str> = split_utf8(&s, max).collect();
+    for_random_budgets(0x9E37_79B9_7F4A_7C15, 5000, 4, 20, |s, max| {
+        let pieces: Vec<&str> = split_utf8(s, max).collect();
         assert_eq!(pieces.concat(), s);
         for p in &pieces {
             assert!(!p.is_empty());
@@ -48,7 +62,7 @@ fn split_utf8_property() {
             let next = w[1].chars().next().unwrap();
             assert!(w[0].len() + next.len_utf8() > max);
         }
-    }
+    });
 }
 
 #[test]
@@ -156,18 +170,15 @@ fn split_chunk_delta_reports_no_room() {
 
 #[test]
 fn chunk_delta_budget_is_conservative() {
-    let mut rng = Rng(99);
-    for _ in 0..2000 {
-        let delta = random_string(&mut rng);
-        let max = 70 + rng.below(200);
+    for_random_budgets(99, 2000, 70, 200, |delta, max| {
         for enc in [Encoding::Text, Encoding::Json, Encoding::Postcard] {
             let budget = chunk_delta_budget(max, Some("r1"), enc);
             assert!(budget >= 4, "{enc:?} {max}");
-            for p in split_utf8(&delta, budget) {
+            for p in split_utf8(delta, budget) {
                 assert!(chunk_encoded_len(Some("r1"), u32::MAX, p, enc) <= max);
             }
         }
-    }
+    });
     // All control characters: the JSON worst case is reached exactly.
     let worst = "\u{1}".repeat(1000);
     let budget = chunk_delta_budget(1000, None, Encoding::Json);

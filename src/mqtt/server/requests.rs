@@ -305,25 +305,14 @@ impl Loop {
         job.enqueued = received;
         job.stop = req.stop.unwrap_or_default();
         job.format = format;
+        // A field the request leaves out keeps the model's default.
         let sp = &mut job.sampling;
-        if let Some(v) = req.temperature {
-            sp.temperature = v;
-        }
-        if let Some(v) = req.top_k {
-            sp.top_k = v;
-        }
-        if let Some(v) = req.top_p {
-            sp.top_p = v;
-        }
-        if let Some(v) = req.min_p {
-            sp.min_p = v;
-        }
-        if let Some(v) = req.repeat_penalty {
-            sp.repeat_penalty = v;
-        }
-        if let Some(v) = req.seed {
-            sp.seed = v;
-        }
+        override_with(&mut sp.temperature, req.temperature);
+        override_with(&mut sp.top_k, req.top_k);
+        override_with(&mut sp.top_p, req.top_p);
+        override_with(&mut sp.min_p, req.min_p);
+        override_with(&mut sp.repeat_penalty, req.repeat_penalty);
+        override_with(&mut sp.seed, req.seed);
         if let Some(id) = &route.id {
             let key = (device.to_owned(), id.clone());
             self.cancels
@@ -351,5 +340,12 @@ impl Loop {
                 .tx
                 .send(Msg::Event(job_id, JobEvent::Failed(rejected.error)));
         }
+    }
+}
+
+/// Replaces `slot` with `value` when the request set it.
+fn override_with<T>(slot: &mut T, value: Option<T>) {
+    if let Some(v) = value {
+        *slot = v;
     }
 }

@@ -161,6 +161,15 @@ fn unknown_keys_are_rejected_naming_the_file() {
     assert!(e.contains("modle"), "{e}");
 }
 
+/// Loading `text` fails with an error that names the file, `line` and `key`.
+fn assert_error_names(text: &str, line: usize, key: &str) {
+    let e = load_str(text).unwrap_err().to_string();
+    assert!(
+        e.starts_with(&format!("test.toml:{line}: {key}:")),
+        "{text}: {e}"
+    );
+}
+
 #[test]
 fn invalid_values_name_the_key() {
     let m = model_path();
@@ -197,25 +206,15 @@ fn invalid_values_name_the_key() {
         ),
         ("[node]\nname = \"a/b\"", "node.name"),
     ] {
-        let text = format!("{toml}\n[model]\npath = \"{m}\"\n");
-        let e = load_str(&text).unwrap_err().to_string();
         // The fragment's key is on line 2, below its table header.
-        assert!(
-            e.starts_with(&format!("test.toml:2: {key}:")),
-            "{toml}: {e}"
-        );
+        assert_error_names(&format!("{toml}\n[model]\npath = \"{m}\"\n"), 2, key);
     }
     for (toml, key) in [
         ("mode = \"chatty\"", "model.mode"),
         ("threads = 0", "model.threads"),
         ("[model.sampling]\ntemperature = -1.0", "model.sampling"),
     ] {
-        let text = format!("[model]\npath = \"{m}\"\n{toml}\n");
-        let e = load_str(&text).unwrap_err().to_string();
-        assert!(
-            e.starts_with(&format!("test.toml:3: {key}:")),
-            "{toml}: {e}"
-        );
+        assert_error_names(&format!("[model]\npath = \"{m}\"\n{toml}\n"), 3, key);
     }
     let e = load_str("").unwrap_err().to_string();
     assert!(e.starts_with("test.toml: model.path: required"), "{e}");
