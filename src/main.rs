@@ -9,7 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use llamabus::engine::{generate, GenerateRequest};
 use llamabus::ggml::cpu;
 use llamabus::model::gguf::Gguf;
-use llamabus::model::{Model, Session};
+use llamabus::model::{LoadOptions, Model, Session};
 use llamabus::sampler::SamplingParams;
 use llamabus::service::config;
 use llamabus::tokenizer::chat::ChatMessage;
@@ -158,6 +158,10 @@ struct CompleteArgs {
     /// Context size in tokens.
     #[arg(long, default_value_t = 2048)]
     ctx: usize,
+    /// Keep every weight in the file mapping instead of repacking the ones ggml has faster
+    /// layouts for (`[model] repack = false`; llama.cpp's --no-repack).
+    #[arg(long)]
+    no_repack: bool,
 }
 
 fn long_version() -> &'static str {
@@ -224,9 +228,18 @@ fn default_threads() -> usize {
 fn complete(a: CompleteArgs) -> anyhow::Result<()> {
     use llamabus::engine::memory;
     // Refuse with the numbers rather than be OOM-killed mid-load (no budget key here).
-    let need = memory::need("complete", &a.model, a.ctx, 1)?;
+    let shape = memory::Shape {
+        kv_cells: a.ctx,
+        parallel: 1,
+        repack: !a.no_repack,
+    };
+    let need = memory::need("complete", &a.model, shape)?;
     memory::check(&[need], &memory::available())?;
-    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
+    let opts = LoadOptions {
+        repack: !a.no_repack,
+    };
+    let model = Model::load_with(&a.model, opts)
+        .with_context(|| format!("loading {}", a.model.display()))?;
     let tok = model.tokenizer();
     let prompt = if a.chat {
         let msgs = [ChatMessage::new("user", a.prompt.as_str())];
@@ -352,6 +365,23 @@ fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
                 "rope:          n_rot {} freq_base {} freq_scale {}; rms_eps {}",
                 hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, hp.rms_eps
             );
+            // What `repack = true` (the default) would copy into ggml's faster layouts here.
+            let bufts: Vec<String> = llamabus::ggml::ExtraBufferType::cpu_all()
+                .iter()
+                .map(|b| b.name())
+                .collect();
+            match llamabus::model::repacked_bytes(&gguf, &hp, LoadOptions::REPACK) {
+                Ok(n) => println!(
+                    "repack:        {:.1} MiB of weights would be repacked on this CPU ({})",
+                    n as f64 / (1 << 20) as f64,
+                    if bufts.is_empty() {
+                        "no extra buffer types".to_owned()
+                    } else {
+                        bufts.join(", ")
+                    }
+                ),
+                Err(e) => println!("repack:        not loadable: {e}"),
+            }
         }
         Err(e) => println!("hparams:       not runnable: {e}"),
     }

@@ -41,7 +41,9 @@ use serde::Serialize;
 use crate::engine::sched::{FairQueue, SeqTable, Start};
 use crate::engine::{rate, GenerateError, GenerateRequest, Stepper};
 use crate::model::session::MAX_UBATCH;
-use crate::model::{kv_cache_bytes, Batch, HParams, Model, ModelError, SeqId, Session, MAX_SEQS};
+use crate::model::{
+    kv_cache_bytes, Batch, HParams, LoadOptions, Model, ModelError, SeqId, Session, MAX_SEQS,
+};
 use crate::sampler::{FinishReason, SamplingParams};
 use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::Tokenizer;
@@ -84,6 +86,8 @@ pub struct EngineConfig {
     /// so every slot can hold a full context. Fewer makes jobs wait for cells; more keeps more
     /// idle prefixes cached. See [`kv_cache_bytes`](fn@kv_cache_bytes) for the memory.
     pub kv_cells: Option<usize>,
+    /// Copy the weights ggml has faster layouts for into them ([`LoadOptions::repack`]).
+    pub repack: bool,
     /// Keep finished sequences in the KV cache and start new jobs from the longest cached
     /// prefix of their prompt.
     pub prefix_cache: bool,
@@ -119,6 +123,7 @@ impl EngineConfig {
             n_ctx: 2048,
             parallel: 1,
             kv_cells: None,
+            repack: true,
             prefix_cache: true,
             step_tokens: DEFAULT_STEP_TOKENS,
             n_threads: thread::available_parallelism().map_or(1, |n| n.get()),
@@ -140,6 +145,7 @@ impl EngineConfig {
             || self.n_ctx != other.n_ctx
             || self.parallel != other.parallel
             || self.kv_cells() != other.kv_cells()
+            || self.repack != other.repack
             || self.prefix_cache != other.prefix_cache
             || self.step_tokens != other.step_tokens
             || self.n_threads != other.n_threads
@@ -439,6 +445,9 @@ pub struct ModelInfo {
     pub parallel: usize,
     /// KV cells of the session, shared by the running jobs and the prefix cache.
     pub kv_cells: usize,
+    /// Bytes of weights repacked into ggml's faster layouts (anonymous memory); 0 with
+    /// `repack` off or when none has one on this CPU.
+    pub repacked_bytes: u64,
     /// Context the model was trained with.
     pub n_ctx_train: u32,
     pub has_chat_template: bool,
@@ -828,7 +837,8 @@ fn worker_main(
         cfg.model_name,
         cfg.model_path.display()
     ));
-    let model = match Model::load(&cfg.model_path) {
+    let opts = LoadOptions { repack: cfg.repack };
+    let model = match Model::load_with(&cfg.model_path, opts) {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(model_err(e)));
@@ -871,8 +881,14 @@ fn worker_main(
     };
     worker.shared.beat();
     on_status(&format!(
-        "ready: {} ({}, {} params, {} cells per job, {} parallel)",
-        info.name, info.quantization, info.n_params, info.n_ctx, info.parallel
+        "ready: {} ({}, {} params, {} cells per job, {} parallel, {} KV cells, {:.1} MiB repacked)",
+        info.name,
+        info.quantization,
+        info.n_params,
+        info.n_ctx,
+        info.parallel,
+        info.kv_cells,
+        info.repacked_bytes as f64 / f64::from(1 << 20)
     ));
     if ready.send(Ok(info)).is_err() {
         return;
@@ -918,6 +934,7 @@ fn model_info(cfg: &EngineConfig, model: &Model) -> ModelInfo {
         n_ctx: cfg.n_ctx,
         parallel: cfg.parallel,
         kv_cells: cfg.kv_cells(),
+        repacked_bytes: model.repacked_bytes(),
         n_ctx_train: model.hparams().n_ctx_train,
         has_chat_template,
         default_mode: match cfg.default_mode {

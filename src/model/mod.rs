@@ -1,7 +1,8 @@
 //! Models: the GGUF container, hyperparameters, the Llama weights and forward pass, the KV cache.
 //!
 //! [`Model`] is everything read from one GGUF file: hyperparameters, the tokenizer, the chat
-//! template and the weights, which stay in the memory-mapped file (zero-copy). [`Session`]
+//! template and the weights. Weights stay in the memory-mapped file (zero-copy), except those
+//! ggml has a faster layout for on this CPU, which are copied into it ([`LoadOptions`]). [`Session`]
 //! evaluates tokens against a model with its own KV cache and compute buffers.
 
 pub mod gguf;
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ggml::{self, AllocatedContext, Context, HostBytes, Type};
+use crate::ggml::{self, AllocatedContext, Context, ExtraBufferType, HostBytes, Type};
 use crate::model::gguf::{Gguf, GgufError, TensorInfo};
 use crate::tokenizer::chat::{ChatError, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -100,18 +101,49 @@ pub(crate) struct WeightIndex {
     pub layers: Vec<LayerWeights>,
 }
 
-/// A loaded Llama model: metadata, tokenizer, chat template and memory-mapped weights.
+/// How weights are placed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Copy the weights ggml has a faster layout for into that layout (its CPU "extra" buffer
+    /// types, e.g. `CPU_REPACK`), as llama.cpp does by default and the daemon does with
+    /// `[model] repack = true` (its default). Those copies are anonymous memory; every other
+    /// weight stays zero-copy in the file mapping (page cache). `false` keeps everything in the
+    /// mapping.
+    pub repack: bool,
+}
+
+impl LoadOptions {
+    /// Every weight zero-copy in the mapping ([`Model::load`]).
+    pub const ZERO_COPY: LoadOptions = LoadOptions { repack: false };
+    /// Weights with a faster layout repacked into it (the daemon's default).
+    pub const REPACK: LoadOptions = LoadOptions { repack: true };
+}
+
+/// A loaded Llama model: metadata, tokenizer, chat template and weights (memory-mapped, or
+/// repacked into ggml's faster layouts).
 pub struct Model {
     path: Option<PathBuf>,
     hparams: HParams,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
-    weights: AllocatedContext,
+    weights: LoadedWeights,
     index: WeightIndex,
-    /// Bytes of tensor data mapped (not resident until touched).
+    /// Bytes of tensor data used by the graph (mapped or repacked).
     weight_bytes: u64,
     load_time: Duration,
     gguf: Arc<Gguf>,
+}
+
+/// The weight tensors: those left in the mapping, and those copied into extra buffer types.
+struct LoadedWeights {
+    // Field order is drop order: nothing here references another.
+    mapped: AllocatedContext,
+    repacked: Vec<AllocatedContext>,
+    /// Per weight, in [`WeightIndex`] order: which context holds it (0 = mapped,
+    /// 1.. = repacked[i - 1]) and its name.
+    order: Vec<(usize, String)>,
+    /// Bytes copied into extra buffer types.
+    repacked_bytes: u64,
 }
 
 impl std::fmt::Debug for Model {
@@ -124,21 +156,37 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Maps and validates the GGUF file at `path`.
+    /// Maps and validates the GGUF file at `path`, every weight zero-copy
+    /// ([`LoadOptions::ZERO_COPY`]).
     pub fn load(path: &Path) -> Result<Model, ModelError> {
+        Self::load_with(path, LoadOptions::ZERO_COPY)
+    }
+
+    /// Maps and validates the GGUF file at `path`.
+    pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model, ModelError> {
         let start = Instant::now();
         let gguf = Arc::new(Gguf::open(path)?);
-        let mut m = Self::from_gguf_at(gguf, start)?;
+        let mut m = Self::from_gguf_at(gguf, opts, start)?;
         m.path = Some(path.to_path_buf());
         Ok(m)
     }
 
-    /// Builds a model from an already-parsed GGUF (tests build these in memory).
+    /// Builds a model from an already-parsed GGUF (tests build these in memory), every weight
+    /// zero-copy.
     pub fn from_gguf(gguf: Arc<Gguf>) -> Result<Model, ModelError> {
-        Self::from_gguf_at(gguf, Instant::now())
+        Self::from_gguf_with(gguf, LoadOptions::ZERO_COPY)
     }
 
-    fn from_gguf_at(gguf: Arc<Gguf>, start: Instant) -> Result<Model, ModelError> {
+    /// [`Model::from_gguf`] with explicit [`LoadOptions`].
+    pub fn from_gguf_with(gguf: Arc<Gguf>, opts: LoadOptions) -> Result<Model, ModelError> {
+        Self::from_gguf_at(gguf, opts, Instant::now())
+    }
+
+    fn from_gguf_at(
+        gguf: Arc<Gguf>,
+        opts: LoadOptions,
+        start: Instant,
+    ) -> Result<Model, ModelError> {
         ggml::init();
         let md = gguf.metadata();
         let tokenizer = Tokenizer::from_metadata(md)?;
@@ -167,7 +215,7 @@ impl Model {
             }
             None => None,
         };
-        let (weights, index, weight_bytes) = map_weights(&gguf, &hparams)?;
+        let (weights, index, weight_bytes) = load_weights(&gguf, &hparams, opts)?;
         Ok(Model {
             path: None,
             hparams,
@@ -201,9 +249,15 @@ impl Model {
         &self.gguf
     }
 
-    /// Bytes of weights mapped from the file.
+    /// Bytes of weights the graph uses (mapped from the file or repacked).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Bytes of weights copied into ggml's repacked layouts (anonymous memory, besides the
+    /// mapping); 0 with `repack = false` or when no weight has a faster layout on this CPU.
+    pub fn repacked_bytes(&self) -> u64 {
+        self.weights.repacked_bytes
     }
 
     /// The file the model was loaded from (None when built in memory).
@@ -223,7 +277,18 @@ impl Model {
 
     /// The weight tensors in creation order (indexed by [`WeightIndex`]).
     pub(crate) fn weight_list(&self) -> Vec<ggml::Tensor<'_>> {
-        self.weights.tensors().collect()
+        let w = &self.weights;
+        w.order
+            .iter()
+            .map(|(ctx, name)| {
+                let holder = if *ctx == 0 {
+                    &w.mapped
+                } else {
+                    &w.repacked[ctx - 1]
+                };
+                holder.tensor(name).expect("a loaded weight")
+            })
+            .collect()
     }
 
     pub(crate) fn index(&self) -> &WeightIndex {
@@ -242,12 +307,97 @@ enum Role {
     Vector,
 }
 
-/// Validates every tensor the graph will use against the hyperparameters, then places them
-/// into the mapping without copying.
-fn map_weights(
+/// One weight the graph uses, validated, and where it goes.
+struct PlannedWeight<'g> {
+    name: String,
+    ty: Type,
+    ne: Vec<i64>,
+    info: &'g TensorInfo,
+    /// The extra buffer type it is copied into; `None` stays in the mapping.
+    repack: Option<ExtraBufferType>,
+}
+
+/// Bytes of the weights of the model in `gguf` that loading with `opts` would copy into
+/// repacked layouts on this CPU (for the memory guard, without loading anything).
+pub fn repacked_bytes(gguf: &Gguf, hp: &HParams, opts: LoadOptions) -> Result<u64, ModelError> {
+    Ok(plan_weights(gguf, hp, opts)?
+        .0
+        .iter()
+        .filter(|w| w.repack.is_some())
+        .map(|w| w.info.n_bytes)
+        .sum())
+}
+
+/// Validates the weights, then places each into the mapping without copying, or copies it
+/// into the extra buffer type the plan chose.
+fn load_weights(
     gguf: &Arc<Gguf>,
     hp: &HParams,
-) -> Result<(AllocatedContext, WeightIndex, u64), ModelError> {
+    opts: LoadOptions,
+) -> Result<(LoadedWeights, WeightIndex, u64), ModelError> {
+    let (plan, index) = plan_weights(gguf, hp, opts)?;
+    let data_offset = gguf.data_offset();
+    let offset = |w: &PlannedWeight<'_>| (data_offset + w.info.offset) as usize;
+    let weight_bytes = plan.iter().map(|w| w.info.n_bytes).sum();
+
+    // Contexts: 0 for the mapping, then one per extra buffer type in use.
+    let mut bufts: Vec<ExtraBufferType> = Vec::new();
+    for b in plan.iter().filter_map(|w| w.repack) {
+        if !bufts.contains(&b) {
+            bufts.push(b);
+        }
+    }
+    let holder = |w: &PlannedWeight<'_>| match w.repack {
+        None => 0,
+        Some(b) => 1 + bufts.iter().position(|&x| x == b).expect("listed"),
+    };
+    let ctxs: Vec<Context> = (0..=bufts.len())
+        .map(|i| Context::new_metadata(plan.iter().filter(|w| holder(w) == i).count() + 1, 0))
+        .collect();
+    for w in &plan {
+        ctxs[holder(w)].new_tensor(w.ty, &w.ne).set_name(&w.name);
+    }
+    let offsets: std::collections::HashMap<&str, usize> =
+        plan.iter().map(|w| (w.name.as_str(), offset(w))).collect();
+    let mut ctxs = ctxs.into_iter();
+    let host: Arc<dyn HostBytes> = gguf.clone();
+    let mapped = AllocatedContext::map_host(ctxs.next().expect("mapping context"), host, |n| {
+        offsets.get(n).copied()
+    })?;
+    let bytes = gguf.bytes();
+    let mut repacked = Vec::new();
+    for (ctx, buft) in ctxs.zip(&bufts) {
+        let loaded = AllocatedContext::load_into(ctx, *buft, |n| {
+            let w = plan.iter().find(|w| w.name == n)?;
+            bytes.get(offset(w)..offset(w) + w.info.n_bytes as usize)
+        })?;
+        repacked.extend(loaded);
+    }
+    let repacked_bytes = plan
+        .iter()
+        .filter(|w| w.repack.is_some())
+        .map(|w| w.info.n_bytes)
+        .sum();
+    let order = plan.iter().map(|w| (holder(w), w.name.clone())).collect();
+    let weights = LoadedWeights {
+        mapped,
+        repacked,
+        order,
+        repacked_bytes,
+    };
+    Ok((weights, index, weight_bytes))
+}
+
+/// Validates every tensor the graph will use against the hyperparameters and decides where
+/// each goes: llama.cpp's choice (`select_weight_buft`) restricted to the CPU, i.e. a matrix
+/// multiplied with `ggml_mul_mat` goes to the first extra buffer type that supports it, and
+/// everything else (norms, `rope_freqs`, the token embeddings read by `ggml_get_rows`, also
+/// when tied to the output) stays in the mapping.
+fn plan_weights<'g>(
+    gguf: &'g Gguf,
+    hp: &HParams,
+    opts: LoadOptions,
+) -> Result<(Vec<PlannedWeight<'g>>, WeightIndex), ModelError> {
     let (e, q, kv, ff, v) = (
         u64::from(hp.n_embd),
         u64::from(hp.n_embd_q()),
@@ -287,9 +437,9 @@ fn map_weights(
         ]);
     }
 
-    let ctx = Context::new_metadata(wanted.len() + 1, 0);
-    let mut infos: Vec<&TensorInfo> = Vec::with_capacity(wanted.len());
-    let mut weight_bytes = 0u64;
+    // A scratch context for asking ggml about each weight's placement.
+    let scratch = Context::new_metadata(wanted.len() + 1, 0);
+    let mut plan = Vec::with_capacity(wanted.len());
     for (name, shape, role) in &wanted {
         let info = gguf
             .tensor(name)
@@ -322,17 +472,20 @@ fn map_weights(
             });
         }
         let ne: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        ctx.new_tensor(ty, &ne).set_name(name);
-        infos.push(info);
-        weight_bytes += info.n_bytes;
+        let repack = match role {
+            Role::Matrix if opts.repack => {
+                ExtraBufferType::for_mul_mat(scratch.new_tensor(ty, &ne))
+            }
+            _ => None,
+        };
+        plan.push(PlannedWeight {
+            name: name.clone(),
+            ty,
+            ne,
+            info,
+            repack,
+        });
     }
-    let data_offset = gguf.data_offset();
-    let offsets: std::collections::HashMap<&str, usize> = infos
-        .iter()
-        .map(|i| (i.name.as_str(), (data_offset + i.offset) as usize))
-        .collect();
-    let host: Arc<dyn HostBytes> = gguf.clone();
-    let weights = AllocatedContext::map_host(ctx, host, |n| offsets.get(n).copied())?;
 
     // Indices follow the creation order of `wanted`.
     let pos = |name: &str| {
@@ -368,5 +521,5 @@ fn map_weights(
         rope_freqs: has_rope_freqs.then(|| pos("rope_freqs.weight")),
         layers,
     };
-    Ok((weights, index, weight_bytes))
+    Ok((plan, index))
 }

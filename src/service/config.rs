@@ -65,8 +65,10 @@
 //! path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! name = "smollm2"                      # default: the file stem
 //! threads = 4                           # default: every core
-//! context = 2048
-//! parallel = 1                          # jobs decoded together (continuous batching)
+//! context = 2048                        # tokens of one job (prompt + answer)
+//! parallel = 8                          # jobs decoded together (continuous batching)
+//! kv_cells = 2048                       # KV cache cells shared by all jobs; default: context
+//! repack = true                         # copy weights into ggml's faster layouts (anon memory)
 //! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! step_tokens = 256                     # prompt tokens per decode step (watchdog: one step < 30 s)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
@@ -219,6 +221,8 @@ struct ModelFile {
     threads: Option<u32>,
     context: Option<u32>,
     parallel: Option<u32>,
+    kv_cells: Option<u32>,
+    repack: Option<bool>,
     prefix_cache: Option<bool>,
     step_tokens: Option<u32>,
     mode: Option<String>,
@@ -389,6 +393,11 @@ pub struct Limits {
 /// Largest `parallel` accepted: sequences decoded together by one model.
 pub const MAX_PARALLEL: u32 = 64;
 
+/// Default `parallel`: jobs decoded together. Eight share one weight pass per step (a batch of
+/// eight costs little more than one token on a CPU), and the KV pool they share is one
+/// context's worth by default, so batching costs no extra KV memory.
+pub const DEFAULT_PARALLEL: u32 = 8;
+
 /// One model: the `[model]` section or one `[[models]]` entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSettings {
@@ -398,6 +407,11 @@ pub struct ModelSettings {
     pub context: usize,
     /// Jobs decoded together (`EngineConfig::parallel`).
     pub parallel: usize,
+    /// KV cells shared by the running jobs and the prefix cache (`EngineConfig::kv_cells`);
+    /// at least `context`.
+    pub kv_cells: usize,
+    /// Repack weights into ggml's faster layouts (`EngineConfig::repack`).
+    pub repack: bool,
     /// `EngineConfig::prefix_cache`.
     pub prefix_cache: bool,
     /// `EngineConfig::step_tokens`: the most prompt tokens one decode step computes. The
@@ -440,6 +454,8 @@ impl Settings {
         c.n_ctx = m.context;
         c.n_threads = m.threads;
         c.parallel = m.parallel;
+        c.kv_cells = Some(m.kv_cells);
+        c.repack = m.repack;
         c.prefix_cache = m.prefix_cache;
         c.step_tokens = m.step_tokens;
         c.queue_capacity = self.limits.queue_capacity as usize;
@@ -1159,12 +1175,21 @@ impl ModelLimits<'_> {
                 ),
             ));
         }
-        let parallel = match md.parallel.unwrap_or(1) {
+        let parallel = match md.parallel.unwrap_or(DEFAULT_PARALLEL) {
             n @ 1..=MAX_PARALLEL => n as usize,
             n => {
                 return Err(err(
                     "parallel",
                     format!("{n} is outside 1..={MAX_PARALLEL}"),
+                ))
+            }
+        };
+        let kv_cells = match md.kv_cells.map_or(context, |n| n as usize) {
+            n if n >= context => n,
+            n => {
+                return Err(err(
+                    "kv_cells",
+                    format!("{n} cells cannot hold one context of {context} tokens"),
                 ))
             }
         };
@@ -1211,6 +1236,8 @@ impl ModelLimits<'_> {
             threads,
             context,
             parallel,
+            kv_cells,
+            repack: md.repack.unwrap_or(true),
             prefix_cache: md.prefix_cache.unwrap_or(true),
             step_tokens,
             mode,
@@ -1261,6 +1288,8 @@ impl Settings {
                 ("threads", int(md.threads as u64)),
                 ("context", int(md.context as u64)),
                 ("parallel", int(md.parallel as u64)),
+                ("kv_cells", int(md.kv_cells as u64)),
+                ("repack", Some(V::Boolean(md.repack))),
                 ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
                 ("step_tokens", int(md.step_tokens as u64)),
                 ("mode", s(mode)),
