@@ -12,9 +12,7 @@
 use std::path::Path;
 
 use llamabus::ggml::{quantize, Type};
-use llamabus::model::gguf::{Gguf, Value};
-use llamabus::model::gguf_write::GgufWriter;
-use llamabus::model::types::GgmlType;
+use llamabus::gguf::{GgmlType, Gguf, GgufWriter, Value};
 
 const N_LAYER: u32 = 16;
 const N_EMBD: u64 = 2048;

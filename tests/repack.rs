@@ -22,7 +22,7 @@ use llamabus::ggml::{
     ggml_reported_features, quantize, AlignedBytes, AllocatedContext, Context, CpuBackend,
     ExtraBufferType, GraphAllocator, HostBytes, Type,
 };
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::model::{LoadOptions, Model};
 
 /// Whether ggml's repack offers Q4_0 and Q4_K layouts on this CPU (AVX2 on x86; dotprod or

@@ -1,10 +1,12 @@
 //! Helpers shared by the integration tests: tiny GGUF models generated on the fly
 //! ([`tiny`]), driving the inference worker ([`jobs`]), an independent plain-Rust Llama forward pass to compare ggml against
-//! ([`reference`]), and test-data locations.
+//! ([`reference`]), the llama.cpp greedy reference for the SIMD path in use ([`golden`]), and
+//! test-data locations.
 //!
 //! Each test binary pulls this in with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod golden;
 pub mod jobs;
 pub mod reference;
 pub mod tiny;
