@@ -258,21 +258,22 @@ fn context_arena_exhaustion_is_a_rust_panic() {
 
 #[test]
 fn cpu_guard_passes_here_and_reports_simd() {
-    cpu::check().expect("this machine runs what it was built for");
+    // The variant these kernels ran on: the best this CPU runs, or LLAMABUS_CPU_VARIANT's
+    // (scripts/test.sh runs this suite once per variant).
+    let variant = cpu::active_variant().expect("this machine runs a compiled-in variant");
     let compiled = cpu::compiled_features();
     let ggml = llamabus::ggml::ggml_reported_features();
     println!(
-        "target {} compiled {compiled:?}; ggml reports {ggml:?}",
-        cpu::TARGET
+        "target {} variant {} compiled {compiled:?}; ggml reports {ggml:?}",
+        cpu::TARGET,
+        variant.name()
     );
     if cfg!(target_arch = "x86_64") {
-        assert!(
-            compiled.contains(&"avx2") && compiled.contains(&"fma"),
-            "{compiled:?}"
-        );
-        assert!(
+        assert!(compiled.contains(&"sse4.2"), "{compiled:?}");
+        assert_eq!(
+            compiled.contains(&"avx2"),
             ggml.contains(&"avx2"),
-            "ggml's AVX2 path is compiled in: {ggml:?}"
+            "ggml's AVX2 path is compiled in exactly when the variant has AVX2: {ggml:?}"
         );
     }
     if cfg!(any(target_arch = "aarch64", target_arch = "arm")) {

@@ -16,7 +16,8 @@ mod common;
 
 use std::sync::Arc;
 
-use common::tiny::{write_tiny_model, TempDir, TinySpec};
+use common::tempdir::TempDir;
+use common::tiny::{write_tiny_model, TinySpec};
 use llamabus::engine::memory::{self, Shape};
 use llamabus::ggml::{
     ggml_reported_features, quantize, AlignedBytes, AllocatedContext, Context, CpuBackend,

@@ -30,6 +30,8 @@ pub enum GgmlError {
     Misaligned(usize, usize),
     #[error("could not start the ggml threadpool with {0} threads")]
     Threadpool(usize),
+    #[error(transparent)]
+    Cpu(#[from] super::cpu::CpuError),
 }
 
 /// The ggml CPU backend with a persistent threadpool: worker threads are created once and
@@ -39,6 +41,7 @@ pub struct CpuBackend {
     ptr: NonNull<sys::ggml_backend>,
     pool: NonNull<sys::ggml_threadpool>,
     n_threads: usize,
+    variant: super::cpu::Variant,
 }
 
 // SAFETY: the backend and its threadpool are owned exclusively by this value and have no
@@ -47,35 +50,43 @@ pub struct CpuBackend {
 unsafe impl Send for CpuBackend {}
 
 impl CpuBackend {
-    /// A CPU backend computing with `n_threads` threads (at least 1).
+    /// A CPU backend computing with `n_threads` threads (at least 1), on the CPU variant this
+    /// process runs ([`super::cpu::active_variant`]).
     pub fn new(n_threads: usize) -> Result<CpuBackend, GgmlError> {
+        let variant = super::init()?;
         let n_threads = n_threads.max(1);
-        super::init();
-        // SAFETY: ggml_backend_cpu_init has no preconditions beyond ggml_cpu_init (done above).
-        let ptr =
-            NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or(GgmlError::Alloc(0))?;
-        // SAFETY: params are initialised by ggml for n_threads; the pool is freed in Drop
-        // after the backend that uses it.
+        let api = variant.api();
+        // SAFETY: ggml_backend_cpu_init has no preconditions beyond ggml_cpu_init, which
+        // `api()` ran for this variant; the CPU runs the variant (selector).
+        let ptr = NonNull::new(unsafe { (api.backend_cpu_init)() }).ok_or(GgmlError::Alloc(0))?;
+        // SAFETY: params are initialised by ggml for n_threads; the pool is the same variant's
+        // as the backend and is freed in Drop after the backend that uses it.
         let pool = unsafe {
             let mut params = sys::ggml_threadpool_params_default(n_threads as i32);
-            sys::ggml_threadpool_new(&mut params)
+            (api.threadpool_new)(&mut params)
         };
         let Some(pool) = NonNull::new(pool) else {
             // SAFETY: free the backend we just created.
             unsafe { sys::ggml_backend_free(ptr.as_ptr()) };
             return Err(GgmlError::Threadpool(n_threads));
         };
-        // SAFETY: both pointers are valid; the backend keeps a non-owning reference to the
-        // pool, which lives until Drop.
+        // SAFETY: both pointers are valid and of this variant; the backend keeps a non-owning
+        // reference to the pool, which lives until Drop.
         unsafe {
-            sys::ggml_backend_cpu_set_n_threads(ptr.as_ptr(), n_threads as i32);
-            sys::ggml_backend_cpu_set_threadpool(ptr.as_ptr(), pool.as_ptr());
+            (api.backend_cpu_set_n_threads)(ptr.as_ptr(), n_threads as i32);
+            (api.backend_cpu_set_threadpool)(ptr.as_ptr(), pool.as_ptr());
         }
         Ok(CpuBackend {
             ptr,
             pool,
             n_threads,
+            variant,
         })
+    }
+
+    /// The CPU variant computing.
+    pub fn variant(&self) -> super::cpu::Variant {
+        self.variant
     }
 
     /// Threads used per compute.
@@ -116,7 +127,7 @@ impl Drop for CpuBackend {
         // SAFETY: free the backend first (it references the pool), each exactly once.
         unsafe {
             sys::ggml_backend_free(self.ptr.as_ptr());
-            sys::ggml_threadpool_free(self.pool.as_ptr());
+            (self.variant.api().threadpool_free)(self.pool.as_ptr());
         }
     }
 }
@@ -301,9 +312,11 @@ impl AllocatedContext {
 
     /// Fills the whole buffer with `byte` (e.g. to clear a KV cache).
     pub fn clear(&self, byte: u8) {
-        // SAFETY: the buffer is live; clearing writes only inside it. Weights are never
-        // cleared (a mapping is read-only memory; repacked bytes are not in ggml's layout).
+        // Weights are never cleared: a mapping is read-only memory, and repacked bytes are not
+        // in ggml's layout.
         assert!(!self.read_only, "weights are read-only");
+        // SAFETY: the buffer is live and owned by `self`; clearing writes only inside it, and
+        // the assert above rules out the read-only weights.
         unsafe { sys::ggml_backend_buffer_clear(self.buffer.ptr.as_ptr(), byte) }
     }
 
@@ -356,11 +369,13 @@ impl Context {
 impl<'ctx> Graph<'ctx> {
     /// `ggml_build_forward_expand`: adds `t` and everything it depends on.
     pub fn build_forward_expand(&mut self, t: Tensor<'ctx>) {
-        // SAFETY: live graph and tensor (the tensor outlives the graph's context borrow).
         // ggml aborts when the node limit is exceeded, so check first.
         let n = self.n_nodes();
+        // SAFETY: the graph is live (owned by `self`); reading its size has no side effects.
         let cap = unsafe { sys::ggml_graph_size(self.ptr.as_ptr()) } as usize;
         assert!(n < cap, "graph node limit reached ({cap})");
+        // SAFETY: live graph and tensor (the tensor outlives the graph's context borrow), and
+        // the node limit was checked above.
         unsafe { sys::ggml_build_forward_expand(self.ptr.as_ptr(), t.as_ptr()) }
     }
 

@@ -18,6 +18,13 @@ use std::sync::OnceLock;
 use super::context::{Context, Tensor};
 use super::{sys, Type};
 
+/// The CPU backend registry of the selected variant (`None` when no variant runs here).
+fn cpu_reg() -> Option<sys::ggml_backend_reg_t> {
+    let v = super::init().ok()?;
+    // SAFETY: the variant runs on this CPU (init checked) and its registry is a static.
+    Some(unsafe { (v.api().backend_cpu_reg)() })
+}
+
 /// A CPU "extra" buffer type (e.g. `CPU_REPACK`). A static of ggml's: copyable, never freed.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub struct ExtraBufferType {
@@ -42,12 +49,14 @@ impl ExtraBufferType {
     pub fn cpu_all() -> &'static [ExtraBufferType] {
         static LIST: OnceLock<Vec<ExtraBufferType>> = OnceLock::new();
         LIST.get_or_init(|| {
-            super::init();
+            // The buffer types are the selected variant's (each has its own repack kernels).
+            let Some(reg) = cpu_reg() else {
+                return Vec::new();
+            };
             let name = c"ggml_backend_dev_get_extra_bufts";
-            // SAFETY: ggml_backend_cpu_reg returns a static registry; get_proc_address is a
-            // lookup by NUL-terminated name that returns NULL when unknown.
+            // SAFETY: the registry is the variant's static one; get_proc_address is a lookup by
+            // NUL-terminated name that returns NULL when unknown.
             let (dev, f) = unsafe {
-                let reg = sys::ggml_backend_cpu_reg();
                 let dev = sys::ggml_backend_reg_dev_get(reg, 0);
                 (
                     dev,
@@ -110,6 +119,9 @@ impl ExtraBufferType {
         let ctx = Context::new_metadata(4, 0);
         let x = ctx.new_tensor(Type::F32, &[ne[0], 512, ne[2], ne[3]]);
         let op = ctx.mul_mat(w, x);
+        let Some(reg) = cpu_reg() else {
+            return false;
+        };
         // SAFETY: a zero-size buffer of a valid type is a dummy that owns no memory. Setting it
         // as w's buffer is what ggml's supports_op inspects (the buffer *type*); the field is
         // restored to NULL before the dummy is freed, and nothing reads w meanwhile (w has no
@@ -119,7 +131,7 @@ impl ExtraBufferType {
             if dummy.is_null() {
                 return false;
             }
-            let dev = sys::ggml_backend_reg_dev_get(sys::ggml_backend_cpu_reg(), 0);
+            let dev = sys::ggml_backend_reg_dev_get(reg, 0);
             let raw = w.as_ptr();
             (*raw).buffer = dummy;
             let ok = !dev.is_null() && sys::ggml_backend_dev_supports_op(dev, op.as_ptr());

@@ -86,9 +86,13 @@ impl Type {
 
     /// Whether the CPU backend can run `mul_mat` with weights of this type: it needs a
     /// conversion to its dot-product type (ggml_get_type_traits_cpu).
+    /// False if no CPU variant runs here.
     pub fn cpu_supports_mul_mat(self) -> bool {
-        // SAFETY: static traits table lookup for a valid id.
-        let cpu = unsafe { &*sys::ggml_get_type_traits_cpu(self.0) };
+        let Ok(v) = super::init() else {
+            return false;
+        };
+        // SAFETY: static traits table lookup for a valid id, in the variant in use.
+        let cpu = unsafe { &*(v.api().get_type_traits_cpu)(self.0) };
         cpu.vec_dot.is_some()
     }
 }
@@ -111,14 +115,14 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Vec<u8> {
         }
         return out;
     }
-    // SAFETY: src holds n_rows*n_per_row floats; out holds exactly the quantized size of that
-    // many rows; a NULL importance matrix is allowed for every type we accept here (ggml
-    // asserts for the IQ types that need one, so refuse those first).
+    // ggml asserts for the IQ types that need an importance matrix, so refuse those first.
     assert!(
         !matches!(ty.name(), n if n.starts_with("iq1") || n.starts_with("iq2")),
         "{} needs an importance matrix",
         ty.name()
     );
+    // SAFETY: src holds n_rows*n_per_row floats; out holds exactly the quantized size of that
+    // many rows; a NULL importance matrix is allowed for every type left after the assert.
     let written = unsafe {
         sys::ggml_quantize_chunk(
             ty.0,

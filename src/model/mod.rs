@@ -6,6 +6,7 @@
 //! copied into it. [`Session`] evaluates tokens against a model with its own KV cache and
 //! compute buffers.
 
+mod describe;
 pub mod hparams;
 mod kv_cache;
 mod llama;
@@ -18,9 +19,10 @@ use std::time::{Duration, Instant};
 
 use crate::ggml;
 use crate::gguf::{Gguf, GgufError};
-use crate::tokenizer::chat::{ChatError, ChatTemplate};
+use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
+pub use describe::Description;
 pub use hparams::HParams;
 pub use kv_cache::{kv_cache_bytes, SeqId, MAX_SEQS};
 pub use session::{Batch, Session};
@@ -70,13 +72,15 @@ pub enum ModelError {
     BadSeq { seq: SeqId, max: SeqId },
 }
 
-/// A loaded Llama model: metadata, tokenizer, chat template and weights (memory-mapped, or
-/// repacked into ggml's faster layouts).
+/// A loaded Llama model: metadata, tokenizer, chat template and memory-mapped weights.
 pub struct Model {
     path: Option<PathBuf>,
     hparams: HParams,
     tokenizer: Tokenizer,
-    chat_template: Option<ChatTemplate>,
+    /// The model's own chat template, else ChatML.
+    chat: ChatTemplate,
+    /// Whether `chat` came from the file.
+    own_template: bool,
     /// The weight tensors, in the mapped file or repacked; [`Model::weights`] names them.
     weights: Placed,
     /// Bytes of tensor data the graph uses (mapped or repacked).
@@ -128,7 +132,7 @@ impl Model {
         opts: LoadOptions,
         start: Instant,
     ) -> Result<Model, ModelError> {
-        ggml::init();
+        ggml::init().map_err(ggml::GgmlError::from)?;
         let md = gguf.metadata();
         let tokenizer = Tokenizer::from_metadata(md)?;
         let hparams = HParams::from_metadata(md, tokenizer.n_vocab())?;
@@ -142,33 +146,22 @@ impl Model {
                 ),
             ));
         }
-        let chat_template = match md.opt_str("tokenizer.chat_template")? {
-            Some(src) => {
-                let bos = tokenizer
-                    .bos()
-                    .and_then(|t| tokenizer.token_text(t))
-                    .unwrap_or("");
-                let eos = tokenizer
-                    .eos()
-                    .and_then(|t| tokenizer.token_text(t))
-                    .unwrap_or("");
-                Some(ChatTemplate::new(src, bos, eos)?)
-            }
-            None => None,
+        let text = |t: Option<u32>| t.and_then(|t| tokenizer.token_text(t)).unwrap_or("");
+        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
+        let (chat, own_template) = match md.opt_str("tokenizer.chat_template")? {
+            Some(src) => (ChatTemplate::new(src, bos, eos)?, true),
+            None => (ChatTemplate::chatml_fallback(bos, eos), false),
         };
         let plan = weights::plan(&gguf, &hparams, opts)?;
         let weight_bytes = plan.iter().map(|p| p.info.n_bytes).sum();
-        let repacked_bytes = plan
-            .iter()
-            .filter(|p| p.repack.is_some())
-            .map(|p| p.info.n_bytes)
-            .sum();
+        let repacked_bytes = planned_repack_bytes(&plan);
         let weights = weights::place(&gguf, &plan)?;
         let model = Model {
             path: None,
             hparams,
             tokenizer,
-            chat_template,
+            chat,
+            own_template,
             weights,
             weight_bytes,
             repacked_bytes,
@@ -192,7 +185,15 @@ impl Model {
 
     /// The model's own chat template, if it has one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+        self.own_template.then_some(&self.chat)
+    }
+
+    /// Renders `messages` with the model's chat template (ChatML when it has none) and
+    /// tokenizes the result, ending with the assistant's turn. Only the template's own text may
+    /// become control tokens, never message content; the template decides whether the text
+    /// starts with BOS.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatError> {
+        self.chat.encode(&self.tokenizer, messages, true)
     }
 
     /// The underlying GGUF file.
@@ -216,11 +217,6 @@ impl Model {
         self.path.as_deref()
     }
 
-    /// Number of weight parameters (elements of every tensor in the file).
-    pub fn n_params(&self) -> u64 {
-        self.gguf.tensors().iter().map(|t| t.n_elements()).sum()
-    }
-
     /// Wall time of [`Model::load`] (map, parse, validate, repack).
     pub fn load_time(&self) -> Duration {
         self.load_time
@@ -235,9 +231,12 @@ impl Model {
 /// Bytes of the weights of the model in `gguf` that loading with `opts` would copy into
 /// repacked layouts on this CPU (for the memory guard, without loading anything).
 pub fn repacked_bytes(gguf: &Gguf, hp: &HParams, opts: LoadOptions) -> Result<u64, ModelError> {
-    Ok(weights::plan(gguf, hp, opts)?
-        .iter()
+    Ok(planned_repack_bytes(&weights::plan(gguf, hp, opts)?))
+}
+
+fn planned_repack_bytes(plan: &[weights::Planned<'_>]) -> u64 {
+    plan.iter()
         .filter(|p| p.repack.is_some())
         .map(|p| p.info.n_bytes)
-        .sum())
+        .sum()
 }
