@@ -576,18 +576,16 @@ fn compiled_simd_features(build: &cc::Build, out: &Path, name: &str) -> Vec<Stri
         .collect()
 }
 
-/// The bindings: the committed file for a known target (src/ggml/bindings/<target>.rs, kept
+/// The bindings: the committed file for a known target (src/ggml/bindings/, one file per ABI, kept
 /// equal to bindgen's output by `scripts/gen-bindings.sh --check` in the test command), so a build
 /// needs no libclang. bindgen runs only when asked (`LLAMABUS_BINDGEN=1`) or for a target with no
 /// committed file. Either way the file carries bindgen's layout tests, which `cargo test` runs.
 fn bindings(manifest: &Path, ggml: &Path, target: &str, out: &Path) {
     println!("cargo:rerun-if-env-changed=LLAMABUS_BINDGEN");
     let dest = out.join("ggml_bindings.rs");
-    let committed = manifest
-        .join("src/ggml/bindings")
-        .join(format!("{target}.rs"));
     let forced = env::var("LLAMABUS_BINDGEN").is_ok_and(|v| v == "1");
-    if !forced && bindgen_builder::KNOWN_TARGETS.contains(&target) {
+    if let Some(file) = bindgen_builder::committed_file(target).filter(|_| !forced) {
+        let committed = manifest.join("src/ggml/bindings").join(file);
         println!("cargo:rerun-if-changed={}", committed.display());
         std::fs::copy(&committed, &dest).unwrap_or_else(|e| {
             panic!(
