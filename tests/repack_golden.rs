@@ -14,21 +14,17 @@
 //! scripts/build-oracle.sh); the reference records their sha256 and the test checks it.
 //! Without them the test says so and checks nothing.
 
+mod common;
+
 use std::path::PathBuf;
 
 use llamabus::model::{LoadOptions, Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
 
-const NEAR_TIE: f64 = 0.01;
+use common::golden::token_ids;
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array of ids")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
+const NEAR_TIE: f64 = 0.01;
 
 /// The reference for the SIMD path this ggml was compiled for; None off x86 (none made there).
 fn reference() -> Option<Value> {
@@ -81,10 +77,10 @@ fn run_case(model: &Model, case: &Value) -> Result<usize, String> {
     let tokens = model.tokenizer().encode(prompt, false);
     assert_eq!(
         tokens,
-        ids(&case["prompt_tokens"]),
+        token_ids(&case["prompt_tokens"]),
         "{prompt:?}: prompt tokens"
     );
-    let want = ids(&case["output_tokens"]);
+    let want = token_ids(&case["output_tokens"]);
     let margins: Vec<f64> = case["top2_margins"]
         .as_array()
         .unwrap()
