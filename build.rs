@@ -111,7 +111,15 @@ fn main() {
 
     let simd_flags = simd_flags(&arch, &target, &features, native);
 
-    let base = |cpp: bool| {
+    // Compiled as llama.cpp's CMake compiles ggml, because the flags change the numbers:
+    // - the GNU dialects (CMake's default C_EXTENSIONS: -std=gnu11, -std=gnu++17). In ISO mode
+    //   (-std=c11) GCC turns floating-point contraction off, so a scalar `a += b * c` in the C
+    //   kernels (ggml_vec_dot_q5_K_q8_K's min term, iq4_nl, q4_1, q5_1, quantize_row_q8_0/1) is
+    //   rounded twice instead of fused into one FMA: different logits from llama.cpp's build.
+    // - the core (ggml-base: ggml.c, ggml-quants.c, ...) without SIMD flags, only the CPU backend
+    //   with them, so the core's dequantize/quantize code (token embedding rows, requantization)
+    //   rounds as upstream's does.
+    let base = |cpp: bool, simd: bool| {
         let mut b = cc::Build::new();
         b.cpp(cpp)
             .include(ggml.join("include"))
@@ -129,9 +137,9 @@ fn main() {
             .define("GGML_USE_CPU", None)
             .flag_if_supported("-pthread");
         if cpp {
-            b.std("c++17");
+            b.std("gnu++17");
         } else {
-            b.std("c11")
+            b.std("gnu11")
                 // cc hides warnings; an implicit declaration here means a real ABI bug.
                 .flag("-Werror=implicit-function-declaration");
         }
@@ -143,8 +151,13 @@ fn main() {
         if arch == "arm" || arch == "aarch64" {
             b.flag("-Wno-psabi");
         }
-        for f in &simd_flags {
-            b.flag(f);
+        if simd {
+            for f in &simd_flags {
+                b.flag(f);
+            }
+        } else if arch == "arm" {
+            // The core needs no NEON, but every object must share the hard-float ABI.
+            b.flag("-mfloat-abi=hard");
         }
         b
     };
@@ -156,16 +169,17 @@ fn main() {
         other => panic!("llamabus: unsupported target architecture {other} (x86_64, aarch64, armv7 are supported)"),
     };
 
-    let mut c = base(false);
-    c.files(CORE_C.iter().map(|f| ggml.join("src").join(f)));
-    c.files(CPU_C.iter().map(|f| cpu.join(f)));
-    c.file(cpu.join("arch").join(arch_dir).join("quants.c"));
-    // One archive for C and C++ objects: they reference each other, so two archives would
+    // One archive for all objects: they reference each other, so several archives would
     // depend on link order.
-    let c_objects = c.compile_intermediates();
+    let mut core_c = base(false, false);
+    core_c.files(CORE_C.iter().map(|f| ggml.join("src").join(f)));
+    let mut core_cxx = base(true, false);
+    core_cxx.files(CORE_CPP.iter().map(|f| ggml.join("src").join(f)));
+    let mut cpu_c = base(false, true);
+    cpu_c.files(CPU_C.iter().map(|f| cpu.join(f)));
+    cpu_c.file(cpu.join("arch").join(arch_dir).join("quants.c"));
 
-    let mut cxx = base(true);
-    cxx.files(CORE_CPP.iter().map(|f| ggml.join("src").join(f)));
+    let mut cxx = base(true, true);
     cxx.files(CPU_CPP.iter().map(|f| cpu.join(f)));
     if arch != "arm" {
         cxx.file(cpu.join("llamafile/sgemm.cpp"));
@@ -173,13 +187,15 @@ fn main() {
     cxx.file(cpu.join("arch").join(arch_dir).join("repack.cpp"));
     // arch/*/cpu-feats.cpp only scores CPUs for dynamic backend loading (GGML_BACKEND_DL); our
     // runtime guard (src/ggml/cpu.rs) does that job for the statically linked backend.
-    cxx.objects(c_objects);
+    cxx.objects(core_c.compile_intermediates());
+    cxx.objects(core_cxx.compile_intermediates());
+    cxx.objects(cpu_c.compile_intermediates());
     cxx.compile("ggml");
 
     println!("cargo:rustc-link-lib=pthread");
     println!("cargo:rustc-link-lib=m");
 
-    let simd = compiled_simd_features(&base(false), &out);
+    let simd = compiled_simd_features(&base(false, true), &out);
     println!("cargo:rustc-env=LLAMABUS_SIMD={}", simd.join(","));
     println!("cargo:rustc-env=LLAMABUS_GGML_VERSION={GGML_VERSION}");
     println!("cargo:rustc-env=LLAMABUS_TARGET={target}");

@@ -1,10 +1,11 @@
 //! Helpers shared by the integration tests: tiny GGUF models generated on the fly
 //! ([`tiny`]), driving the inference worker ([`jobs`]), an independent plain-Rust Llama forward pass to compare ggml against
-//! ([`reference`]), and test-data locations.
+//! ([`reference`]), the format-matrix files ([`formats`]), and test-data locations.
 //!
 //! Each test binary pulls this in with `mod common;` and uses only part of it.
 #![allow(dead_code)]
 
+pub mod formats;
 pub mod jobs;
 pub mod reference;
 pub mod tiny;
