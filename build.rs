@@ -1,4 +1,5 @@
-//! Compiles the vendored ggml CPU backend with `cc` and generates its bindings with bindgen.
+//! Compiles the vendored ggml CPU backend with `cc` and provides its bindings (committed per
+//! target; bindgen only when asked or for an unknown target).
 //!
 //! Every SIMD decision is made from the *target* (`TARGET`, `CARGO_CFG_TARGET_ARCH`,
 //! `CARGO_CFG_TARGET_FEATURE`), never from the machine running the build, so cross builds for a
@@ -11,6 +12,9 @@
 use std::env;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+#[path = "scripts/gen-bindings/src/builder.rs"]
+mod bindgen_builder;
 
 const GGML_VERSION: &str = "0.26.0";
 
@@ -109,6 +113,9 @@ fn main() {
     )
     .unwrap();
 
+    // Bindings first: a missing libclang (only when bindgen must run) fails before the long compile.
+    bindings(&manifest, &ggml, &target, &out);
+
     let simd_flags = simd_flags(&arch, &target, &features, native);
 
     // Compiled as llama.cpp's CMake compiles ggml, because the flags change the numbers:
@@ -203,8 +210,6 @@ fn main() {
         "cargo:rustc-env=LLAMABUS_SIMD_FLAGS={}",
         simd_flags.join(" ")
     );
-
-    generate_bindings(&ggml, &target, &out);
 }
 
 /// Compiler flags selecting the SIMD level for the target.
@@ -299,51 +304,35 @@ fn compiled_simd_features(build: &cc::Build, out: &Path) -> Vec<String> {
         .collect()
 }
 
-/// Bindings are generated at build time for the exact target (armv7's struct layouts differ
-/// from 64-bit ones), with bindgen's layout tests, which `cargo test` runs on every target.
-fn generate_bindings(ggml: &Path, target: &str, out: &Path) {
-    let include = ggml.join("include");
-    let mut builder = bindgen::Builder::default()
-        .header_contents(
-            "llamabus-ggml.h",
-            "#include \"ggml.h\"\n#include \"ggml-alloc.h\"\n#include \"ggml-backend.h\"\n#include \"ggml-cpu.h\"\n",
-        )
-        .clang_arg(format!("-I{}", include.display()))
-        .clang_arg(format!("--target={}", clang_target(target)))
-        .allowlist_function("ggml_.*")
-        .allowlist_type("ggml_.*")
-        .allowlist_var("GGML_.*")
-        .blocklist_function("ggml_.*_opt_.*")
-        .default_enum_style(bindgen::EnumVariation::Consts)
-        .prepend_enum_name(false)
-        .layout_tests(true)
-        .derive_default(true)
-        .generate_comments(false)
-        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
-    // Point clang at the cross sysroot headers Debian's cross gcc packages install.
-    let sysroot = Path::new("/usr").join(gnu_triple(target)).join("include");
-    if sysroot.is_dir() {
-        builder = builder.clang_arg(format!("-isystem{}", sysroot.display()));
+/// The bindings: the committed file for a known target (src/ggml/bindings/<target>.rs, kept
+/// equal to bindgen's output by `scripts/gen-bindings.sh --check` in the test command), so a build
+/// needs no libclang. bindgen runs only when asked (`LLAMABUS_BINDGEN=1`) or for a target with no
+/// committed file. Either way the file carries bindgen's layout tests, which `cargo test` runs.
+fn bindings(manifest: &Path, ggml: &Path, target: &str, out: &Path) {
+    println!("cargo:rerun-if-env-changed=LLAMABUS_BINDGEN");
+    let dest = out.join("ggml_bindings.rs");
+    let committed = manifest
+        .join("src/ggml/bindings")
+        .join(format!("{target}.rs"));
+    let forced = env::var("LLAMABUS_BINDGEN").is_ok_and(|v| v == "1");
+    if !forced && bindgen_builder::KNOWN_TARGETS.contains(&target) {
+        println!("cargo:rerun-if-changed={}", committed.display());
+        std::fs::copy(&committed, &dest).unwrap_or_else(|e| {
+            panic!(
+                "llamabus: reading committed bindings {}: {e}",
+                committed.display()
+            )
+        });
+        return;
     }
-    let bindings = builder
-        .generate()
-        .expect("bindgen failed on the ggml headers (is libclang-dev installed?)");
-    bindings
-        .write_to_file(out.join("ggml_bindings.rs"))
-        .expect("writing ggml bindings");
-}
-
-fn clang_target(target: &str) -> String {
-    // clang does not know Rust's `unknown` vendor spelling for every triple.
-    target.replace("-unknown-", "-")
-}
-
-fn gnu_triple(target: &str) -> String {
-    match target {
-        t if t.starts_with("aarch64") => "aarch64-linux-gnu".into(),
-        t if t.starts_with("armv7") => "arm-linux-gnueabihf".into(),
-        t if t.starts_with("x86_64") => "x86_64-linux-gnu".into(),
-        t => t.into(),
+    let builder = bindgen_builder::builder(&ggml.join("include"), target)
+        .parse_callbacks(Box::new(bindgen::CargoCallbacks::new()));
+    match bindgen_builder::generate(builder, target) {
+        Ok(text) => std::fs::write(&dest, text).expect("writing ggml bindings"),
+        Err(e) => {
+            eprintln!("llamabus: {e}");
+            std::process::exit(1);
+        }
     }
 }
 

@@ -5,17 +5,16 @@
 # Prints executions per target; a crash fails with the reproducer in fuzz/artifacts/TARGET/.
 #
 #   scripts/fuzz.sh [SECONDS]
-# Needs a nightly toolchain (LLAMABUS_NIGHTLY, default `nightly`; .ci/run pins a dated one)
-# and cargo-fuzz, both installed here if missing. The targets are built before the clock
+# Needs a nightly toolchain (LLAMABUS_NIGHTLY, pinned in scripts/pins.sh) and cargo-fuzz, both
+# installed by scripts/setup.sh if missing. The targets are built before the clock
 # starts, so SECONDS is fuzzing time; scripts/test.sh runs this for 20 s per target.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SECS=${1:-30}
-NIGHTLY=${LLAMABUS_NIGHTLY:-nightly}
-
-rustup run "$NIGHTLY" rustc --version >/dev/null 2>&1 \
-  || rustup toolchain install "$NIGHTLY" --profile minimal
-command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked --version 0.13.2
+# shellcheck source=scripts/pins.sh
+. scripts/pins.sh
+NIGHTLY=$LLAMABUS_NIGHTLY
+LLAMABUS_SKIP_ARM=1 scripts/setup.sh >/dev/null   # the nightly and cargo-fuzz, if missing
 scripts/fetch-test-data.sh >/dev/null   # the tokenizer target reads llama.cpp's vocabularies
 
 cargo "+$NIGHTLY" fuzz build -O

@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# The test command (README "Quick start"; .ci/run calls exactly this).
+# The test command (README "Quick start"; .ci/run calls exactly this). On a fresh Debian 12 machine
+# with only rustup and gcc it installs what it needs first.
+#   0. scripts/setup.sh: apt packages (sudo when not root), rustup components and targets, the
+#      pinned nightly, cargo-deb and cargo-fuzz, each only when missing
 #   1. fetches the hash-checked test data (SmolLM2 model, llama.cpp vocab files) into models/
-#   2. verifies vendor/ggml against its recorded checksum
+#   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
+#      bindgen's output for all three targets
 #   3. format and lint gates
 #   4. the whole suite natively (x86_64 or whatever this machine is)
 #   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
@@ -25,7 +29,12 @@ step() {
   t_step=$now
   printf '\n==> %s\n' "$*"
 }
-NIGHTLY=${LLAMABUS_NIGHTLY:-nightly}
+# shellcheck source=scripts/pins.sh
+. scripts/pins.sh
+NIGHTLY=$LLAMABUS_NIGHTLY
+
+step "set-up: install what is missing"
+scripts/setup.sh
 
 step "test data"
 scripts/fetch-test-data.sh
@@ -33,17 +42,28 @@ scripts/fetch-test-data.sh
 step "vendored ggml checksum"
 scripts/vendor-ggml.sh --check
 
+step "committed bindings equal bindgen's output (x86_64, aarch64, armv7)"
+scripts/gen-bindings.sh --check
+
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
 
-# The shipped portable baseline (x86_64: AVX2+FMA+F16C) must build, and its kernels must
-# agree with the f32 reference.
-step "portable-baseline build and ggml kernel tests"
+# The shipped portable baseline (x86_64: AVX2+FMA+F16C) must build, its kernels must agree with
+# the f32 reference, and its greedy output must match llama.cpp's for the same SIMD path (AVX2
+# here on every x86 CPU; the native suite below checks this CPU's own path, AVX-512 where present).
+step "portable-baseline build, ggml kernel tests and golden check"
 cargo build --release --quiet
 cargo test --release --quiet --test ggml_ops
+log=$(mktemp)
+if ! cargo test --release --test golden -- --nocapture >"$log" 2>&1; then
+  cat "$log"; rm -f "$log"; exit 1
+fi
+# Which reference and SIMD path were used, and what matched.
+grep -E "SIMD path|skipped|tokens match|near tie|test result" "$log" || true
+rm -f "$log"
 
 step "systemd unit: verify and security score"
 scripts/check-systemd.sh target/release/llamabus
@@ -54,7 +74,11 @@ step "full suite, native build ($(uname -m))"
 RUSTFLAGS="-C target-cpu=native" cargo test --all-targets
 RUSTFLAGS="-C target-cpu=native" cargo test --doc
 
-if [ "$(uname -m)" = "x86_64" ] && [ "${LLAMABUS_SKIP_FUZZ:-0}" != "1" ]; then
+if [ "${LLAMABUS_SKIP_FUZZ:-0}" = "1" ]; then
+  echo "skipped: AddressSanitizer suite and fuzzing (LLAMABUS_SKIP_FUZZ=1)"
+elif [ "$(uname -m)" != "x86_64" ]; then
+  echo "skipped: AddressSanitizer suite and fuzzing (x86_64 hosts only)"
+else
   # The parser is ours but the bytes reach ggml: run the hostile-file suite and the loader
   # under ASan, with ggml's C/C++ instrumented too (the cc crate adds -fsanitize=address when
   # rustc sanitizes the target; only for x86_64 Linux). Own target dir: nightly + ASan flags.
@@ -66,7 +90,9 @@ if [ "$(uname -m)" = "x86_64" ] && [ "${LLAMABUS_SKIP_FUZZ:-0}" != "1" ]; then
   LLAMABUS_NIGHTLY=$NIGHTLY scripts/fuzz.sh "${FUZZ_SECONDS:-20}"
 fi
 
-if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
+if [ "${LLAMABUS_SKIP_ARM:-0}" = "1" ]; then
+  echo "skipped: aarch64 and armv7 suites under qemu (LLAMABUS_SKIP_ARM=1)"
+else
   # The cross suites: ggml kernels against the f32 reference, and the tiny-model graph against
   # the plain-Rust forward pass. qemu is 40-70x slower than native, so only these run there.
   ARM_TESTS=(--test ggml_ops)
@@ -88,6 +114,7 @@ step "packages (cargo-deb)"
 if [ "${LLAMABUS_SKIP_ARM:-0}" != "1" ]; then
   scripts/build-debs.sh amd64 arm64 armhf
 else
+  echo "skipped: arm64 and armhf packages (LLAMABUS_SKIP_ARM=1)"
   scripts/build-debs.sh amd64
 fi
 

@@ -3,8 +3,8 @@
 //! Module map (data flows top to bottom):
 //! - [`ggml`]: the only FFI and the only `unsafe` in the crate: bindings to the vendored ggml and
 //!   a safe layer (contexts, tensors, graphs, compute), plus the runtime CPU-feature guard.
-//! - [`model`]: the GGUF reader (hostile-input discipline), hyperparameters, the Llama graph,
-//!   the KV cache.
+//! - [`gguf`]: the GGUF container: reader (hostile-input discipline), writer, type table.
+//! - [`model`]: hyperparameters, named weights, the Llama graph, the KV cache.
 //! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
 //! - [`sampler`]: logits to token, seeded and deterministic.
 //! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
@@ -19,6 +19,7 @@
 pub mod bench;
 pub mod engine;
 pub mod ggml;
+pub mod gguf;
 pub mod model;
 pub mod mqtt;
 pub mod sampler;

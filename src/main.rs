@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use llamabus::engine::{generate, GenerateRequest};
 use llamabus::ggml::cpu;
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::SamplingParams;
 use llamabus::service::config;

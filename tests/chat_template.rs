@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate, MAX_RENDERED_BYTES};
 
 const FETCH_HINT: &str = "missing test data: run scripts/fetch-test-data.sh";

@@ -260,7 +260,7 @@ fn type_table_agrees_with_ggml() {
 /// The same tensors in the GGUF type table and in ggml agree on block and byte sizes.
 #[test]
 fn gguf_type_table_matches_linked_ggml() {
-    use llamabus::model::types::GgmlType;
+    use llamabus::gguf::GgmlType;
     for t in GgmlType::ALL {
         let g = Type::from_id(t.id()).unwrap_or_else(|| panic!("ggml lacks {}", t.name()));
         assert_eq!(g.name(), t.name());

@@ -3,12 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use llamabus::model::gguf::{
+use llamabus::gguf::GgmlType;
+use llamabus::gguf::GgufWriter;
+use llamabus::gguf::{
     value_type, Array, Gguf, GgufError, Value, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_KEY_LEN,
     MAX_KVS, MAX_STRING_LEN, MAX_TENSORS, MAX_TENSOR_NAME_LEN,
 };
-use llamabus::model::gguf_write::GgufWriter;
-use llamabus::model::types::GgmlType;
 
 // ---------------------------------------------------------------------------------------------
 // Hand-built bytes

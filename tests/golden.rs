@@ -1,11 +1,16 @@
 //! Golden end-to-end check against llama.cpp on the real SmolLM2-135M-Instruct Q4_1 model.
 //!
-//! For every entry of ../shared/reference/smollm2-greedy.json: identical prompt token ids, and
+//! For every entry of the greedy reference for the SIMD path in use (../shared/reference:
+//! `smollm2-greedy.json` for AVX-512, `smollm2-greedy.avx2.json` for AVX2): identical prompt token ids, and
 //! identical greedy tokens and text. A token may differ only at a step where llama.cpp's own
 //! top-2 log-probability margin was below 0.01 (a true near-tie, where summation order decides);
 //! there our own margin must be below 0.01 too, and the comparison ends at that step.
 
+mod common;
+
 use std::path::PathBuf;
+
+use common::golden::{greedy_reference, top5_reference};
 
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin};
@@ -26,39 +31,10 @@ fn require(p: &std::path::Path) {
     );
 }
 
-/// llama.cpp produced the reference with `-march=native` on an AVX-512 machine. This model is
-/// small enough that the f16 rounding inside attention turns AVX2-vs-AVX-512 summation order
-/// into visible log-probability differences (measured: up to 0.2 nats, several flipped tokens),
-/// so the golden check is only meaningful on a native build of the same SIMD level.
-fn require_native_build() {
-    use llamabus::ggml::cpu;
-    let compiled = cpu::compiled_features();
-    if cpu::cpu_has("avx512f") == Some(true) {
-        assert!(
-            compiled.contains(&"avx512f"),
-            "the golden test needs a native build on this AVX-512 CPU (the reference was made \
-             with -march=native): RUSTFLAGS=\"-C target-cpu=native\" cargo test --test golden \
-             (scripts/test.sh does this); compiled features: {compiled:?}"
-        );
-    }
-}
-
 fn load_model() -> Model {
-    require_native_build();
     let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     require(&path);
     Model::load(&path).expect("load SmolLM2")
-}
-
-fn reference(name: &str) -> Value {
-    let p = root().join("../shared/reference").join(name);
-    // The references live in ../shared next to the repository (not fetched by any script).
-    assert!(
-        p.exists(),
-        "missing {}: ../shared/reference must sit next to the repository",
-        p.display()
-    );
-    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
@@ -105,11 +81,13 @@ fn greedy(session: &mut Session<'_>, prompt: &[u32], n: usize, stop_eog: bool) -
 
 #[test]
 fn greedy_outputs_match_llama_cpp() {
+    let Some(reference) = greedy_reference() else {
+        return;
+    };
     let model = load_model();
-    let entries = reference("smollm2-greedy.json");
     let mut failures = Vec::new();
     let mut near_ties = Vec::new();
-    for e in entries.as_array().unwrap() {
+    for e in &reference.entries {
         let key = e["key"].as_str().unwrap();
         let want_prompt = ids(&e["prompt_tokens"]);
         let got_prompt = prompt_tokens(&model, e);
@@ -161,7 +139,9 @@ fn greedy_outputs_match_llama_cpp() {
     }
     assert!(
         failures.is_empty(),
-        "golden mismatches:\n{}",
+        "golden mismatches against {} ({}):\n{}",
+        reference.file,
+        reference.level,
         failures.join("\n")
     );
 }
@@ -170,9 +150,12 @@ fn greedy_outputs_match_llama_cpp() {
 /// shows drift long before a token flips.
 #[test]
 fn top5_logprobs_match_llama_cpp() {
+    let Some(top5) = top5_reference() else {
+        return;
+    };
     let model = load_model();
     let mut worst = 0f64;
-    for e in reference("smollm2-top5.json").as_array().unwrap() {
+    for e in top5.as_array().unwrap() {
         let prompt = ids(&e["prompt_tokens"]);
         let mut session = Session::new(&model, 256, 2).unwrap();
         let mut logits = session.eval(&prompt).unwrap().to_vec();

@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use common::tiny::{tiny_model_bytes, TinySpec};
 use llamabus::ggml::Type;
-use llamabus::model::gguf::{Gguf, Value};
-use llamabus::model::gguf_write::GgufWriter;
+use llamabus::gguf::GgufWriter;
+use llamabus::gguf::{Gguf, Value};
 use llamabus::model::{Model, ModelError, Session};
 
 /// Re-serialises `src`, letting `kv` drop or replace metadata and `tensor` drop or reshape
@@ -175,12 +175,7 @@ fn norm_vectors_must_be_f32() {
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let h = llamabus::ggml::quantize(Type::F16, &f, f.len());
-            w = w.tensor(
-                t.name.clone(),
-                &t.dims,
-                llamabus::model::types::GgmlType::F16,
-                h,
-            );
+            w = w.tensor(t.name.clone(), &t.dims, llamabus::gguf::GgmlType::F16, h);
         } else {
             w = w.tensor(t.name.clone(), &t.dims, t.ty, g.tensor_data(t).to_vec());
         }

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::sync::{Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::mqtt::wire::{self, Encoding, Request, Response};
 use llamabus::tokenizer::chat::{ChatMessage, ChatTemplate};
 use llamabus::tokenizer::Tokenizer;

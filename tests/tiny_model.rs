@@ -21,7 +21,7 @@ use common::tiny::{
     models_dir, require, tiny_model_bytes, write_tiny_model, Rng, TempDir, TinySpec, TinyTokenizer,
 };
 use llamabus::ggml::Type;
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::model::{Model, Session};
 
 // ---------------------------------------------------------------------------------------------

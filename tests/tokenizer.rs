@@ -3,7 +3,7 @@
 //!
 //! Model files come from `scripts/fetch-test-data.sh`; a missing file fails the test.
 
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::tokenizer::{StreamDecoder, Tokenizer, TokenizerKind};
 use serde::Deserialize;
 use std::path::{Path, PathBuf};

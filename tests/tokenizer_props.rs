@@ -9,7 +9,7 @@
 use std::path::Path;
 use std::sync::OnceLock;
 
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::tokenizer::chat::{ChatMessage, ChatTemplate};
 use llamabus::tokenizer::{StreamDecoder, Tokenizer};
 use proptest::prelude::*;

@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use libfuzzer_sys::fuzz_target;
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::model::Model;
 
 fuzz_target!(|data: &[u8]| {

@@ -9,7 +9,7 @@
 use std::sync::OnceLock;
 
 use libfuzzer_sys::fuzz_target;
-use llamabus::model::gguf::Gguf;
+use llamabus::gguf::Gguf;
 use llamabus::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use llamabus::tokenizer::Tokenizer;
 

@@ -33,7 +33,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::model::gguf::Gguf;
+use crate::gguf::Gguf;
 use crate::model::session::MAX_UBATCH;
 use crate::model::{HParams, ModelError};
 

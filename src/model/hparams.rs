@@ -3,7 +3,7 @@
 //! Required keys fail by name; every default sits next to a comment saying where it comes from
 //! (llama.cpp's `llama_model::load_hparams` for the llama architecture).
 
-use crate::model::gguf::Metadata;
+use crate::gguf::Metadata;
 use crate::model::ModelError;
 
 /// Shape and numerics of a Llama-architecture model.

@@ -11,7 +11,7 @@
 //! llama.cpp's `seq_cp`) instead of recomputing them, and a cell is free once no sequence
 //! holds it.
 
-use crate::ggml::{AllocatedContext, Context, CpuBackend, Tensor, Type};
+use crate::ggml::{AllocatedContext, Context, CpuBackend, Graph, Tensor, Type};
 use crate::model::{HParams, ModelError};
 
 /// Identifies a sequence (one conversation / request) within a cache: `0..MAX_SEQS`.
@@ -55,6 +55,19 @@ pub(crate) struct KvCache {
     tensors: AllocatedContext,
     cells: Vec<Cell>,
     n_layer: usize,
+    /// Width of one key/value head (`D`).
+    head_dim: i64,
+    /// Key/value heads (`Hkv`); a cell's row is `D * Hkv` wide.
+    n_head_kv: i64,
+}
+
+/// Reused buffers for [`KvCache::fill_mask`].
+#[derive(Debug, Default)]
+pub(crate) struct MaskBuf {
+    /// The f16 mask bits, row-major [n_kv, n_rows].
+    pub bits: Vec<u16>,
+    /// What each attended cell will hold once the batch is written.
+    view: Vec<Cell>,
 }
 
 impl std::fmt::Debug for KvCache {
@@ -85,6 +98,8 @@ impl KvCache {
             tensors,
             cells: vec![Cell::default(); size],
             n_layer,
+            head_dim: i64::from(hp.head_dim),
+            n_head_kv: i64::from(hp.n_head_kv),
         })
     }
 
@@ -99,12 +114,52 @@ impl KvCache {
     }
 
     /// (K, V) tensors of layer `il`, each [n_embd_kv, size].
-    pub fn layer(&self, il: usize) -> (Tensor<'_>, Tensor<'_>) {
+    fn layer(&self, il: usize) -> (Tensor<'_>, Tensor<'_>) {
         assert!(il < self.n_layer);
         let mut it = self.tensors.tensors().skip(2 * il);
         let k = it.next().expect("k tensor");
         let v = it.next().expect("v tensor");
         (k, v)
+    }
+
+    /// Adds to `graph` the writes of this batch's keys `k` [D, Hkv, T] and values `v`
+    /// [D*Hkv, T] of layer `il` into the cells `slots` (I64 [T]), and returns the keys and
+    /// values of the first `n_kv` cells as views [D, N, Hkv] for the attention.
+    pub fn store<'g>(
+        &'g self,
+        ctx: &'g Context,
+        graph: &mut Graph<'g>,
+        il: usize,
+        (k, v): (Tensor<'g>, Tensor<'g>),
+        slots: Tensor<'g>,
+        n_kv: usize,
+    ) -> (Tensor<'g>, Tensor<'g>) {
+        let (d, nkv) = (self.head_dim, self.n_head_kv);
+        let t = k.ne()[2];
+        // Cache rows are [D*Hkv] per cell.
+        let (cache_k, cache_v) = self.layer(il);
+        let k_store = ctx.set_rows(cache_k, ctx.reshape(k, &[d * nkv, t]), slots);
+        let v_store = ctx.set_rows(cache_v, v, slots);
+        graph.build_forward_expand(k_store);
+        graph.build_forward_expand(v_store);
+        (
+            self.cells_view(ctx, k_store, n_kv),
+            self.cells_view(ctx, v_store, n_kv),
+        )
+    }
+
+    /// A view of the first `n_kv` cells of a layer's K or V as [D, N, Hkv]: the cell stride is
+    /// one cache row, the head stride one head.
+    fn cells_view<'g>(&self, ctx: &'g Context, cache: Tensor<'g>, n_kv: usize) -> Tensor<'g> {
+        let (d, nkv) = (self.head_dim, self.n_head_kv);
+        let row = Type::F16.row_bytes(d * nkv);
+        let head = Type::F16.row_bytes(d);
+        ctx.view(
+            cache,
+            [d, n_kv as i64, nkv, 1],
+            [row, head, head * nkv as usize],
+            0,
+        )
     }
 
     /// Picks free cells for `n` tokens into `slots` (lowest indices first, so the attended
@@ -185,11 +240,9 @@ impl KvCache {
     /// Fills the f16 attention mask [n_kv, n_rows] (row-major, row per token; rows past the
     /// batch are fully masked): a token sees a cell iff the cell is of its sequence at a
     /// position not after its own, or is one of this batch's own earlier-or-equal tokens.
-    #[allow(clippy::too_many_arguments)]
     pub fn fill_mask(
         &self,
-        mask: &mut Vec<u16>,
-        view: &mut Vec<Cell>,
+        buf: &mut MaskBuf,
         n_kv: usize,
         n_rows: usize,
         slots: &[usize],
@@ -198,6 +251,7 @@ impl KvCache {
     ) {
         const ZERO: u16 = 0x0000; // f16 +0.0
         const NEG_INF: u16 = 0xFC00; // f16 -inf
+        let MaskBuf { bits: mask, view } = buf;
         mask.clear();
         mask.resize(n_kv * n_rows, NEG_INF);
         // What each cell will hold once this batch is written.

@@ -8,9 +8,10 @@
 //! RoPE in normal (adjacent-pair) mode, grouped-query attention via flash attention over an f16
 //! KV cache, SwiGLU feed-forward, and output rows selected before the last block's FFN.
 
-use crate::ggml::{Context, Tensor, Type};
+use crate::ggml::{Context, Graph, Tensor, Type};
 use crate::model::kv_cache::KvCache;
-use crate::model::{HParams, LayerWeights, Model};
+use crate::model::weights::{Layer, Weights};
+use crate::model::HParams;
 
 /// The graph's input tensors, filled after allocation.
 pub(crate) struct Inputs<'g> {
@@ -26,207 +27,180 @@ pub(crate) struct Inputs<'g> {
     pub out_ids: Tensor<'g>,
 }
 
-/// Builds the graph for one batch. Returns the inputs and the logits node, F32 [n_vocab, O].
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn build<'g>(
-    ctx: &'g Context,
-    graph: &mut crate::ggml::Graph<'g>,
-    model: &'g Model,
-    weights: &[Tensor<'g>],
-    kv: &'g KvCache,
-    n_tokens: usize,
-    n_kv: usize,
-    n_outputs: usize,
-) -> (Inputs<'g>, Tensor<'g>) {
-    let hp = model.hparams();
-    let idx = model.index();
-    let t = n_tokens as i64;
-    let inputs = Inputs {
-        tokens: ctx
-            .new_tensor(Type::I32, &[t])
-            .set_name("inp_tokens")
-            .set_input(),
-        pos: ctx
-            .new_tensor(Type::I32, &[t])
-            .set_name("inp_pos")
-            .set_input(),
-        slots: ctx
-            .new_tensor(Type::I64, &[t])
-            .set_name("inp_slots")
-            .set_input(),
-        mask: ctx
-            .new_tensor(Type::F16, &[n_kv as i64, t])
-            .set_name("inp_kq_mask")
-            .set_input(),
-        out_ids: ctx
-            .new_tensor(Type::I32, &[n_outputs as i64])
-            .set_name("inp_out_ids")
-            .set_input(),
-    };
-    let rope_freqs = idx.rope_freqs.map(|i| weights[i]);
-
-    // x: [E, T]
-    let mut x = ctx
-        .get_rows(weights[idx.tok_embd], inputs.tokens)
-        .set_name("inp_embd");
-    for (il, lw) in idx.layers.iter().enumerate() {
-        let last = il + 1 == idx.layers.len();
-        x = block(
-            ctx, graph, hp, weights, lw, kv, &inputs, rope_freqs, x, il, n_kv, last,
-        );
-    }
-    // Final norm and vocabulary projection over the selected rows only: [n_vocab, O].
-    let x = rms_norm(ctx, hp, x, weights[idx.output_norm], "result_norm", None);
-    let logits = ctx
-        .mul_mat(weights[idx.output], x)
-        .set_name("result_output")
-        .set_output();
-    graph.build_forward_expand(logits);
-    (inputs, logits)
+/// The sizes one graph is built for.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Shape {
+    /// Tokens in the batch (`T`).
+    pub n_tokens: usize,
+    /// KV cells attended (`N`).
+    pub n_kv: usize,
+    /// Rows whose logits are computed (`O`).
+    pub n_outputs: usize,
 }
 
-/// One transformer block: x + attention(norm(x)), then + ffn(norm(·)).
-#[allow(clippy::too_many_arguments)]
-fn block<'g>(
+/// One batch's graph under construction: the arena, the model's numbers, the cache and the
+/// inputs every stage reads.
+pub(crate) struct Llama<'g> {
     ctx: &'g Context,
-    graph: &mut crate::ggml::Graph<'g>,
-    hp: &HParams,
-    w: &[Tensor<'g>],
-    lw: &LayerWeights,
+    graph: Graph<'g>,
+    hp: &'g HParams,
     kv: &'g KvCache,
-    inp: &Inputs<'g>,
+    inp: Inputs<'g>,
     rope_freqs: Option<Tensor<'g>>,
-    x: Tensor<'g>,
-    il: usize,
     n_kv: usize,
-    last: bool,
-) -> Tensor<'g> {
-    let h = rms_norm(ctx, hp, x, w[lw.attn_norm], "attn_norm", Some(il));
-    let attn = attention(ctx, graph, hp, w, lw, kv, inp, rope_freqs, h, il, n_kv);
-    // In the last block only the output rows matter from here on: [E, O].
-    let (attn, x) = if last {
-        (
-            ctx.get_rows(attn, inp.out_ids),
-            ctx.get_rows(x, inp.out_ids),
-        )
-    } else {
-        (attn, x)
-    };
-    let x = ctx.add(attn, x).set_name_fmt(format_args!("ffn_inp-{il}"));
-    let h = rms_norm(ctx, hp, x, w[lw.ffn_norm], "ffn_norm", Some(il));
-    let ffn = feed_forward(ctx, w, lw, h, il);
-    ctx.add(ffn, x).set_name_fmt(format_args!("l_out-{il}"))
 }
 
-/// RMSNorm then element-wise scale by the norm weight.
-fn rms_norm<'g>(
-    ctx: &'g Context,
-    hp: &HParams,
-    x: Tensor<'g>,
-    weight: Tensor<'g>,
-    stage: &str,
-    il: Option<usize>,
-) -> Tensor<'g> {
-    let n = ctx.rms_norm(x, hp.rms_eps);
-    let out = ctx.mul(n, weight);
-    match il {
-        Some(il) => out.set_name_fmt(format_args!("{stage}-{il}")),
-        None => out.set_name(stage),
+/// A built graph: compute it after allocation and filling the inputs.
+pub(crate) struct Built<'g> {
+    pub graph: Graph<'g>,
+    pub inputs: Inputs<'g>,
+    /// F32 [n_vocab, O].
+    pub logits: Tensor<'g>,
+}
+
+impl<'g> Llama<'g> {
+    /// Builds the graph for one batch of `shape` in `ctx` (room for `graph_nodes` nodes).
+    pub fn build(
+        ctx: &'g Context,
+        graph_nodes: usize,
+        hp: &'g HParams,
+        w: &Weights<'g>,
+        kv: &'g KvCache,
+        shape: Shape,
+    ) -> Built<'g> {
+        let mut f = Llama {
+            ctx,
+            graph: ctx.new_graph(graph_nodes),
+            hp,
+            kv,
+            inp: Inputs::new(ctx, shape),
+            rope_freqs: w.rope_freqs,
+            n_kv: shape.n_kv,
+        };
+        // x: [E, T]
+        let mut x = ctx.get_rows(w.tok_embd, f.inp.tokens).set_name("inp_embd");
+        for (il, layer) in w.layers.iter().enumerate() {
+            let last = il + 1 == w.layers.len();
+            x = f.block(layer, x, il, last);
+        }
+        // Final norm and vocabulary projection over the selected rows only: [n_vocab, O].
+        let x = f.rms_norm(x, w.output_norm).set_name("result_norm");
+        let logits = ctx
+            .mul_mat(w.output, x)
+            .set_name("result_output")
+            .set_output();
+        f.graph.build_forward_expand(logits);
+        Built {
+            graph: f.graph,
+            inputs: f.inp,
+            logits,
+        }
     }
-}
 
-/// Self-attention: project, rotate, store K/V in the cache, attend, project back. h: [E, T].
-#[allow(clippy::too_many_arguments)]
-fn attention<'g>(
-    ctx: &'g Context,
-    graph: &mut crate::ggml::Graph<'g>,
-    hp: &HParams,
-    w: &[Tensor<'g>],
-    lw: &LayerWeights,
-    kv: &'g KvCache,
-    inp: &Inputs<'g>,
-    rope_freqs: Option<Tensor<'g>>,
-    h: Tensor<'g>,
-    il: usize,
-    n_kv: usize,
-) -> Tensor<'g> {
-    let (d, nh, nkv) = (
-        i64::from(hp.head_dim),
-        i64::from(hp.n_head),
-        i64::from(hp.n_head_kv),
-    );
-    let t = h.ne()[1];
-    let rope = |x: Tensor<'g>| {
-        ctx.rope_ext(
+    /// One transformer block: x + attention(norm(x)), then + ffn(norm(·)).
+    fn block(&mut self, w: &Layer<'g>, x: Tensor<'g>, il: usize, last: bool) -> Tensor<'g> {
+        let ctx = self.ctx;
+        let h = self
+            .rms_norm(x, w.attn_norm)
+            .set_name_fmt(format_args!("attn_norm-{il}"));
+        let attn = self.attention(w, h, il);
+        // In the last block only the output rows matter from here on: [E, O].
+        let (attn, x) = if last {
+            let rows = self.inp.out_ids;
+            (ctx.get_rows(attn, rows), ctx.get_rows(x, rows))
+        } else {
+            (attn, x)
+        };
+        let x = ctx.add(attn, x).set_name_fmt(format_args!("ffn_inp-{il}"));
+        let h = self
+            .rms_norm(x, w.ffn_norm)
+            .set_name_fmt(format_args!("ffn_norm-{il}"));
+        let ffn = self.feed_forward(w, h, il);
+        ctx.add(ffn, x).set_name_fmt(format_args!("l_out-{il}"))
+    }
+
+    /// RMSNorm then element-wise scale by the norm weight.
+    fn rms_norm(&self, x: Tensor<'g>, weight: Tensor<'g>) -> Tensor<'g> {
+        let n = self.ctx.rms_norm(x, self.hp.rms_eps);
+        self.ctx.mul(n, weight)
+    }
+
+    /// Rotary position embedding of `x` [D, heads, T] at the batch's positions.
+    fn rope(&self, x: Tensor<'g>) -> Tensor<'g> {
+        let hp = self.hp;
+        self.ctx.rope_ext(
             x,
-            inp.pos,
-            rope_freqs,
+            self.inp.pos,
+            self.rope_freqs,
             hp.n_rot as i32,
             hp.n_ctx_train as i32,
             hp.rope_freq_base,
             hp.rope_freq_scale,
         )
-    };
-    // q: [D, H, T], k and v: [D, Hkv, T]
-    let q = ctx.reshape(ctx.mul_mat(w[lw.wq], h), &[d, nh, t]);
-    let k = ctx.reshape(ctx.mul_mat(w[lw.wk], h), &[d, nkv, t]);
-    let v = ctx
-        .mul_mat(w[lw.wv], h)
-        .set_name_fmt(format_args!("Vcur-{il}"));
-    let q = rope(q).set_name_fmt(format_args!("Qcur-{il}"));
-    let k = rope(k).set_name_fmt(format_args!("Kcur-{il}"));
+    }
 
-    // Write this batch's keys and values into their cells: cache rows are [D*Hkv] per cell.
-    let (cache_k, cache_v) = kv.layer(il);
-    let k_store = ctx.set_rows(cache_k, ctx.reshape(k, &[d * nkv, t]), inp.slots);
-    let v_store = ctx.set_rows(cache_v, v, inp.slots);
-    graph.build_forward_expand(k_store);
-    graph.build_forward_expand(v_store);
+    /// Self-attention: project, rotate, store K/V in the cache, attend, project back. h: [E, T].
+    fn attention(&mut self, w: &Layer<'g>, h: Tensor<'g>, il: usize) -> Tensor<'g> {
+        let ctx = self.ctx;
+        let hp = self.hp;
+        let (d, nh, nkv) = (
+            i64::from(hp.head_dim),
+            i64::from(hp.n_head),
+            i64::from(hp.n_head_kv),
+        );
+        let t = h.ne()[1];
+        // q: [D, H, T], k: [D, Hkv, T], v: [D*Hkv, T]
+        let q = ctx.reshape(ctx.mul_mat(w.wq, h), &[d, nh, t]);
+        let k = ctx.reshape(ctx.mul_mat(w.wk, h), &[d, nkv, t]);
+        let v = ctx.mul_mat(w.wv, h).set_name_fmt(format_args!("Vcur-{il}"));
+        let q = self.rope(q).set_name_fmt(format_args!("Qcur-{il}"));
+        let k = self.rope(k).set_name_fmt(format_args!("Kcur-{il}"));
 
-    // Views of the first N cells as [D, N, Hkv] (cell stride = one cache row).
-    let row = Type::F16.row_bytes(d * nkv);
-    let head = Type::F16.row_bytes(d);
-    let k_all = ctx.view(
-        k_store,
-        [d, n_kv as i64, nkv, 1],
-        [row, head, head * nkv as usize],
-        0,
-    );
-    let v_all = ctx.view(
-        v_store,
-        [d, n_kv as i64, nkv, 1],
-        [row, head, head * nkv as usize],
-        0,
-    );
+        // Write this batch's keys and values into their cells; read back the first N cells
+        // of each as [D, N, Hkv].
+        let (k_all, v_all) =
+            self.kv
+                .store(ctx, &mut self.graph, il, (k, v), self.inp.slots, self.n_kv);
 
-    // softmax(q·k / sqrt(D) + mask)·v per head; result [D, H, T] -> [D*H, T].
-    let q = ctx.permute(q, [0, 2, 1, 3]);
-    let scale = 1.0 / (hp.head_dim as f32).sqrt();
-    let out = ctx.flash_attn_ext(q, k_all, v_all, Some(inp.mask), scale);
-    let out = ctx
-        .reshape(out, &[d * nh, t])
-        .set_name_fmt(format_args!("kqv_out-{il}"));
-    ctx.mul_mat(w[lw.wo], out)
-        .set_name_fmt(format_args!("attn_out-{il}"))
+        // softmax(q·k / sqrt(D) + mask)·v per head; result [D, H, T] -> [D*H, T].
+        let q = ctx.permute(q, [0, 2, 1, 3]);
+        let scale = 1.0 / (hp.head_dim as f32).sqrt();
+        let out = ctx.flash_attn_ext(q, k_all, v_all, Some(self.inp.mask), scale);
+        let out = ctx
+            .reshape(out, &[d * nh, t])
+            .set_name_fmt(format_args!("kqv_out-{il}"));
+        ctx.mul_mat(w.wo, out)
+            .set_name_fmt(format_args!("attn_out-{il}"))
+    }
+
+    /// SwiGLU feed-forward: down(silu(gate(h)) * up(h)).
+    fn feed_forward(&self, w: &Layer<'g>, h: Tensor<'g>, il: usize) -> Tensor<'g> {
+        let ctx = self.ctx;
+        let gate = ctx
+            .mul_mat(w.ffn_gate, h)
+            .set_name_fmt(format_args!("ffn_gate-{il}"));
+        let up = ctx
+            .mul_mat(w.ffn_up, h)
+            .set_name_fmt(format_args!("ffn_up-{il}"));
+        let act = ctx
+            .swiglu_split(gate, up)
+            .set_name_fmt(format_args!("ffn_swiglu-{il}"));
+        ctx.mul_mat(w.ffn_down, act)
+            .set_name_fmt(format_args!("ffn_out-{il}"))
+    }
 }
 
-/// SwiGLU feed-forward: down(silu(gate(h)) * up(h)).
-fn feed_forward<'g>(
-    ctx: &'g Context,
-    w: &[Tensor<'g>],
-    lw: &LayerWeights,
-    h: Tensor<'g>,
-    il: usize,
-) -> Tensor<'g> {
-    let gate = ctx
-        .mul_mat(w[lw.ffn_gate], h)
-        .set_name_fmt(format_args!("ffn_gate-{il}"));
-    let up = ctx
-        .mul_mat(w[lw.ffn_up], h)
-        .set_name_fmt(format_args!("ffn_up-{il}"));
-    let act = ctx
-        .swiglu_split(gate, up)
-        .set_name_fmt(format_args!("ffn_swiglu-{il}"));
-    ctx.mul_mat(w[lw.ffn_down], act)
-        .set_name_fmt(format_args!("ffn_out-{il}"))
+impl<'g> Inputs<'g> {
+    /// The input tensors for a batch of `shape`, named as llama.cpp names them.
+    fn new(ctx: &'g Context, shape: Shape) -> Inputs<'g> {
+        let t = shape.n_tokens as i64;
+        let input = |ty, ne: &[i64], name| ctx.new_tensor(ty, ne).set_name(name).set_input();
+        Inputs {
+            tokens: input(Type::I32, &[t], "inp_tokens"),
+            pos: input(Type::I32, &[t], "inp_pos"),
+            slots: input(Type::I64, &[t], "inp_slots"),
+            mask: input(Type::F16, &[shape.n_kv as i64, t], "inp_kq_mask"),
+            out_ids: input(Type::I32, &[shape.n_outputs as i64], "inp_out_ids"),
+        }
+    }
 }

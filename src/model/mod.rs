@@ -1,29 +1,28 @@
-//! Models: the GGUF container, hyperparameters, the Llama weights and forward pass, the KV cache.
+//! Models: hyperparameters, the named Llama weights, the forward pass, the KV cache.
 //!
 //! [`Model`] is everything read from one GGUF file: hyperparameters, the tokenizer, the chat
 //! template and the weights, which stay in the memory-mapped file (zero-copy). [`Session`]
 //! evaluates tokens against a model with its own KV cache and compute buffers.
 
-pub mod gguf;
-pub mod gguf_write;
 pub mod hparams;
 mod kv_cache;
 mod llama;
 pub mod session;
-pub mod types;
+mod weights;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ggml::{self, AllocatedContext, Context, HostBytes, Type};
-use crate::model::gguf::{Gguf, GgufError, TensorInfo};
+use crate::ggml::{self, AllocatedContext};
+use crate::gguf::{Gguf, GgufError};
 use crate::tokenizer::chat::{ChatError, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
 pub use hparams::HParams;
 pub use kv_cache::{kv_cache_bytes, SeqId, MAX_SEQS};
 pub use session::{Batch, Session};
+use weights::Weights;
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -68,46 +67,14 @@ pub enum ModelError {
     BadSeq { seq: SeqId, max: SeqId },
 }
 
-/// Lets ggml place tensors straight into the GGUF mapping.
-impl HostBytes for Gguf {
-    fn host_bytes(&self) -> &[u8] {
-        self.bytes()
-    }
-}
-
-/// Indices into [`Model::weight_list`] for one transformer block.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct LayerWeights {
-    pub attn_norm: usize,
-    pub wq: usize,
-    pub wk: usize,
-    pub wv: usize,
-    pub wo: usize,
-    pub ffn_norm: usize,
-    pub ffn_gate: usize,
-    pub ffn_up: usize,
-    pub ffn_down: usize,
-}
-
-/// Indices of the model-wide weights.
-#[derive(Clone, Debug)]
-pub(crate) struct WeightIndex {
-    pub tok_embd: usize,
-    pub output_norm: usize,
-    /// `output.weight`, or `token_embd.weight` when the embeddings are tied.
-    pub output: usize,
-    pub rope_freqs: Option<usize>,
-    pub layers: Vec<LayerWeights>,
-}
-
 /// A loaded Llama model: metadata, tokenizer, chat template and memory-mapped weights.
 pub struct Model {
     path: Option<PathBuf>,
     hparams: HParams,
     tokenizer: Tokenizer,
     chat_template: Option<ChatTemplate>,
+    /// The weight tensors, placed in the mapped file; [`Model::weights`] names them.
     weights: AllocatedContext,
-    index: WeightIndex,
     /// Bytes of tensor data mapped (not resident until touched).
     weight_bytes: u64,
     load_time: Duration,
@@ -167,18 +134,22 @@ impl Model {
             }
             None => None,
         };
-        let (weights, index, weight_bytes) = map_weights(&gguf, &hparams)?;
-        Ok(Model {
+        let plan = weights::plan(&gguf, &hparams)?;
+        let weight_bytes = plan.iter().map(|p| p.info.n_bytes).sum();
+        let weights = weights::place(&gguf, &plan)?;
+        let model = Model {
             path: None,
             hparams,
             tokenizer,
             chat_template,
             weights,
-            index,
             weight_bytes,
             load_time: start.elapsed(),
             gguf,
-        })
+        };
+        // Name every weight once now, so a session never meets a missing one.
+        model.weights()?;
+        Ok(model)
     }
 
     /// The hyperparameters.
@@ -221,152 +192,8 @@ impl Model {
         self.load_time
     }
 
-    /// The weight tensors in creation order (indexed by [`WeightIndex`]).
-    pub(crate) fn weight_list(&self) -> Vec<ggml::Tensor<'_>> {
-        self.weights.tensors().collect()
+    /// The weights by name, for a session's forward pass.
+    pub(crate) fn weights(&self) -> Result<Weights<'_>, ModelError> {
+        Weights::resolve(self.hparams.n_layer, |name| self.weights.tensor(name))
     }
-
-    pub(crate) fn index(&self) -> &WeightIndex {
-        &self.index
-    }
-}
-
-/// What a weight is used for, which decides the types it may have.
-#[derive(Clone, Copy, PartialEq)]
-enum Role {
-    /// Multiplied with `ggml_mul_mat`: any type the CPU backend has a dot product for.
-    Matrix,
-    /// Looked up with `ggml_get_rows` and also possibly a matrix (tied output).
-    Embedding,
-    /// Element-wise vectors (norm weights, rope frequency factors): F32.
-    Vector,
-}
-
-/// Validates every tensor the graph will use against the hyperparameters, then places them
-/// into the mapping without copying.
-fn map_weights(
-    gguf: &Arc<Gguf>,
-    hp: &HParams,
-) -> Result<(AllocatedContext, WeightIndex, u64), ModelError> {
-    let (e, q, kv, ff, v) = (
-        u64::from(hp.n_embd),
-        u64::from(hp.n_embd_q()),
-        u64::from(hp.n_embd_kv()),
-        u64::from(hp.n_ff),
-        u64::from(hp.n_vocab),
-    );
-    let tied = gguf.tensor("output.weight").is_none();
-    let has_rope_freqs = gguf.tensor("rope_freqs.weight").is_some();
-
-    let mut wanted: Vec<(String, Vec<u64>, Role)> = vec![
-        ("token_embd.weight".into(), vec![e, v], Role::Embedding),
-        ("output_norm.weight".into(), vec![e], Role::Vector),
-    ];
-    if !tied {
-        wanted.push(("output.weight".into(), vec![e, v], Role::Matrix));
-    }
-    if has_rope_freqs {
-        wanted.push((
-            "rope_freqs.weight".into(),
-            vec![u64::from(hp.n_rot / 2)],
-            Role::Vector,
-        ));
-    }
-    for i in 0..hp.n_layer {
-        let b = |s: &str| format!("blk.{i}.{s}.weight");
-        wanted.extend([
-            (b("attn_norm"), vec![e], Role::Vector),
-            (b("attn_q"), vec![e, q], Role::Matrix),
-            (b("attn_k"), vec![e, kv], Role::Matrix),
-            (b("attn_v"), vec![e, kv], Role::Matrix),
-            (b("attn_output"), vec![q, e], Role::Matrix),
-            (b("ffn_norm"), vec![e], Role::Vector),
-            (b("ffn_gate"), vec![e, ff], Role::Matrix),
-            (b("ffn_up"), vec![e, ff], Role::Matrix),
-            (b("ffn_down"), vec![ff, e], Role::Matrix),
-        ]);
-    }
-
-    let ctx = Context::new_metadata(wanted.len() + 1, 0);
-    let mut infos: Vec<&TensorInfo> = Vec::with_capacity(wanted.len());
-    let mut weight_bytes = 0u64;
-    for (name, shape, role) in &wanted {
-        let info = gguf
-            .tensor(name)
-            .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
-        if &info.dims != shape {
-            return Err(ModelError::TensorShape {
-                name: name.clone(),
-                expected: shape.clone(),
-                found: info.dims.clone(),
-            });
-        }
-        let ty = Type::from_id(info.ty.id()).ok_or(ModelError::TensorType {
-            name: name.clone(),
-            ty: info.ty.name(),
-            why: "unknown to the linked ggml",
-        })?;
-        let ok = match role {
-            Role::Vector => ty == Type::F32,
-            Role::Matrix | Role::Embedding => ty.cpu_supports_mul_mat(),
-        };
-        if !ok {
-            return Err(ModelError::TensorType {
-                name: name.clone(),
-                ty: info.ty.name(),
-                why: if *role == Role::Vector {
-                    "norm and rope vectors must be f32"
-                } else {
-                    "the ggml CPU backend has no matrix product for it"
-                },
-            });
-        }
-        let ne: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-        ctx.new_tensor(ty, &ne).set_name(name);
-        infos.push(info);
-        weight_bytes += info.n_bytes;
-    }
-    let data_offset = gguf.data_offset();
-    let offsets: std::collections::HashMap<&str, usize> = infos
-        .iter()
-        .map(|i| (i.name.as_str(), (data_offset + i.offset) as usize))
-        .collect();
-    let host: Arc<dyn HostBytes> = gguf.clone();
-    let weights = AllocatedContext::map_host(ctx, host, |n| offsets.get(n).copied())?;
-
-    // Indices follow the creation order of `wanted`.
-    let pos = |name: &str| {
-        wanted
-            .iter()
-            .position(|(n, _, _)| n == name)
-            .expect("wanted")
-    };
-    let layers = (0..hp.n_layer)
-        .map(|i| {
-            let b = |s: &str| pos(&format!("blk.{i}.{s}.weight"));
-            LayerWeights {
-                attn_norm: b("attn_norm"),
-                wq: b("attn_q"),
-                wk: b("attn_k"),
-                wv: b("attn_v"),
-                wo: b("attn_output"),
-                ffn_norm: b("ffn_norm"),
-                ffn_gate: b("ffn_gate"),
-                ffn_up: b("ffn_up"),
-                ffn_down: b("ffn_down"),
-            }
-        })
-        .collect();
-    let index = WeightIndex {
-        tok_embd: pos("token_embd.weight"),
-        output_norm: pos("output_norm.weight"),
-        output: if tied {
-            pos("token_embd.weight")
-        } else {
-            pos("output.weight")
-        },
-        rope_freqs: has_rope_freqs.then(|| pos("rope_freqs.weight")),
-        layers,
-    };
-    Ok((weights, index, weight_bytes))
 }

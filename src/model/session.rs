@@ -4,9 +4,11 @@
 //! the primitive continuous batching needs; [`Session::eval`] is the single-sequence
 //! convenience used by `complete` and the tests.
 
-use crate::ggml::{Context, CpuBackend, GraphAllocator, Tensor};
-use crate::model::kv_cache::{Cell, KvCache, SeqId, MAX_SEQS};
-use crate::model::{llama, Model, ModelError};
+use crate::ggml::{Context, CpuBackend, GraphAllocator};
+use crate::model::kv_cache::{KvCache, MaskBuf, SeqId, MAX_SEQS};
+use crate::model::llama::{Built, Llama, Shape};
+use crate::model::weights::Weights;
+use crate::model::{Model, ModelError};
 
 /// Tokens to evaluate together, each with its sequence, position and whether its logits are
 /// wanted.
@@ -59,8 +61,8 @@ pub struct Session<'m> {
     /// Logits of the last decode, one row of n_vocab per requested output, in batch order.
     logits: Vec<f32>,
     n_outputs: usize,
-    /// The weight tensors, listed once (indexed by the model's weight index).
-    weights: Vec<Tensor<'m>>,
+    /// The weights by name, resolved once.
+    weights: Weights<'m>,
     /// Metadata arena of the per-step graph: reset and reused, never reallocated.
     graph_ctx: Context,
     graph_nodes: usize,
@@ -72,8 +74,7 @@ pub struct Session<'m> {
 /// Per-step buffers kept between decodes.
 #[derive(Default)]
 struct Scratch {
-    mask: Vec<u16>,
-    mask_view: Vec<Cell>,
+    mask: MaskBuf,
     slots: Vec<usize>,
     slot_ids: Vec<i64>,
     ids: Vec<i32>,
@@ -113,7 +114,7 @@ impl<'m> Session<'m> {
             galloc: GraphAllocator::new_cpu(),
             logits: Vec::new(),
             n_outputs: 0,
-            weights: model.weight_list(),
+            weights: model.weights()?,
             graph_ctx: Context::new_metadata(graph_nodes, graph_nodes),
             graph_nodes,
             scratch: Scratch::default(),
@@ -207,16 +208,22 @@ impl<'m> Session<'m> {
 
         self.graph_ctx.reset();
         let ctx = &self.graph_ctx;
-        let mut graph = ctx.new_graph(self.graph_nodes);
-        let (inputs, logits) = llama::build(
+        let shape = Shape {
+            n_tokens: n,
+            n_kv,
+            n_outputs: n_out.max(1),
+        };
+        let Built {
+            graph,
+            inputs,
+            logits,
+        } = Llama::build(
             ctx,
-            &mut graph,
-            self.model,
+            self.graph_nodes,
+            self.model.hparams(),
             &self.weights,
             &self.kv,
-            n,
-            n_kv,
-            n_out.max(1),
+            shape,
         );
         self.galloc.alloc_graph(&graph)?;
 
@@ -227,16 +234,9 @@ impl<'m> Session<'m> {
         sc.slot_ids.clear();
         sc.slot_ids.extend(sc.slots.iter().map(|&s| s as i64));
         inputs.slots.write_i64(&sc.slot_ids);
-        self.kv.fill_mask(
-            &mut sc.mask,
-            &mut sc.mask_view,
-            n_kv,
-            n,
-            &sc.slots,
-            seq,
-            pos,
-        );
-        inputs.mask.write_f16_bits(&sc.mask);
+        self.kv
+            .fill_mask(&mut sc.mask, n_kv, n, &sc.slots, seq, pos);
+        inputs.mask.write_f16_bits(&sc.mask.bits);
         inputs.out_ids.write_i32(&sc.out_rows);
 
         self.backend.compute(&graph)?;

@@ -47,7 +47,7 @@ mod vocab;
 #[cfg(test)]
 mod tests;
 
-use crate::model::gguf::{Array, GgufError, Metadata, Value};
+use crate::gguf::{Array, GgufError, Metadata, Value};
 use pretokenize::Step;
 use std::borrow::Cow;
 use std::ops::Range;

@@ -12,9 +12,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use llamabus::ggml::{dequantize, quantize, Type};
-use llamabus::model::gguf::{Gguf, Value};
-use llamabus::model::gguf_write::GgufWriter;
-use llamabus::model::types::GgmlType;
+use llamabus::gguf::{GgmlType, Gguf, GgufWriter, Value};
 use serde_json::Value as Json;
 
 use super::tiny::models_dir;

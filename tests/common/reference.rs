@@ -23,7 +23,7 @@
 //! "different rounding" from "different maths" when a comparison is close but not tight.
 
 use llamabus::ggml::{dequantize, Type};
-use llamabus::model::gguf::{Gguf, TensorInfo};
+use llamabus::gguf::{Gguf, TensorInfo};
 
 /// Where the reference rounds intermediate values.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

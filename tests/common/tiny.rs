@@ -13,9 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use llamabus::ggml::{quantize, Type};
-use llamabus::model::gguf::{Array, Value};
-use llamabus::model::gguf_write::GgufWriter;
-use llamabus::model::types::GgmlType;
+use llamabus::gguf::GgmlType;
+use llamabus::gguf::GgufWriter;
+use llamabus::gguf::{Array, Value};
 
 /// Which tokenizer metadata the model carries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -6,8 +6,9 @@
 
 use std::path::Path;
 
-use super::gguf::{Array, Value, DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC};
+use super::reader::{DEFAULT_ALIGNMENT, KEY_ALIGNMENT, MAGIC};
 use super::types::GgmlType;
+use super::value::{Array, Value};
 
 /// One tensor queued for writing.
 #[derive(Clone, Debug)]
@@ -21,9 +22,7 @@ struct PendingTensor {
 /// Builds a GGUF v3 file in memory.
 ///
 /// ```
-/// use llamabus::model::gguf::Value;
-/// use llamabus::model::gguf_write::GgufWriter;
-/// use llamabus::model::types::GgmlType;
+/// use llamabus::gguf::{GgmlType, GgufWriter, Value};
 ///
 /// let bytes = GgufWriter::new()
 ///     .kv("general.architecture", Value::String("llama".into()))

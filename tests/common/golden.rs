@@ -1,0 +1,78 @@
+//! Which llama.cpp greedy reference applies: the one for the SIMD path the ggml in use was
+//! compiled for. On SmolLM2-135M the summation order of AVX2 vs AVX-512 kernels moves
+//! log-probabilities by up to ~0.2 and flips near-tied tokens, and llama.cpp's own output moves
+//! the same way, so ../shared/reference has one file per path (see its README). No machine is
+//! refused: the portable x86 build is AVX2 and uses the AVX2 file on every CPU, AVX-512 ones
+//! included; a native build on an AVX-512 CPU uses the AVX-512 file.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+/// The greedy reference for the path in use.
+pub struct GreedyReference {
+    /// File name in ../shared/reference.
+    pub file: &'static str,
+    /// The SIMD level it was produced with.
+    pub level: &'static str,
+    /// Its entries.
+    pub entries: Vec<Value>,
+}
+
+/// The reference for the SIMD level ggml was compiled with, or `None` (with the reason printed)
+/// for a path llama.cpp produced no reference for (NEON, or x86 below AVX2).
+pub fn greedy_reference() -> Option<GreedyReference> {
+    let compiled = llamabus::ggml::cpu::compiled_features();
+    let (file, level) = if compiled.contains(&"avx512f") {
+        ("smollm2-greedy.json", "AVX-512")
+    } else if compiled.contains(&"avx2") {
+        ("smollm2-greedy.avx2.json", "AVX2")
+    } else {
+        println!(
+            "skipped: no llama.cpp reference for this SIMD path (ggml compiled with {compiled:?}); \
+             references exist for AVX2 and AVX-512"
+        );
+        return None;
+    };
+    println!("SIMD path: {level} (ggml compiled with {compiled:?}); reference: {file}");
+    let entries = match reference_json(file) {
+        Value::Array(entries) => entries,
+        other => panic!("{file}: expected an array, got {other}"),
+    };
+    Some(GreedyReference {
+        file,
+        level,
+        entries,
+    })
+}
+
+/// The per-step top-5 log-probabilities (`smollm2-top5.json`), which llama.cpp produced on the
+/// AVX-512 path only: on AVX2 the same steps differ from it by up to ~0.07 nats (measured), as
+/// llama.cpp's own AVX2 build does, so the comparison runs only where ggml is compiled for
+/// AVX-512, and says why it does not elsewhere.
+pub fn top5_reference() -> Option<Value> {
+    let compiled = llamabus::ggml::cpu::compiled_features();
+    if !compiled.contains(&"avx512f") {
+        println!(
+            "skipped: smollm2-top5.json was produced by llama.cpp on the AVX-512 path, and ggml \
+             here is compiled with {compiled:?}; the greedy check covers this path"
+        );
+        return None;
+    }
+    println!("SIMD path: AVX-512 (ggml compiled with {compiled:?}); reference: smollm2-top5.json");
+    Some(reference_json("smollm2-top5.json"))
+}
+
+/// A JSON file of ../shared/reference (next to the repository; no script fetches it).
+pub fn reference_json(name: &str) -> Value {
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/reference")
+        .join(name);
+    assert!(
+        p.exists(),
+        "missing {}: ../shared/reference must sit next to the repository",
+        p.display()
+    );
+    serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
+}
