@@ -64,7 +64,8 @@ fn run_case(model: &Model, case: &Value) -> (Outcome, String) {
         .iter()
         .map(|m| m.as_f64().unwrap())
         .collect();
-    let mut session = Session::new(model, 512, 2).unwrap();
+    // One thread, as llama-server ran for the reference (the result does not depend on it).
+    let mut session = Session::new(model, 512, 1).unwrap();
     let mut logits = session.eval(&tokens).unwrap().to_vec();
     let mut got = Vec::new();
     let mut outcome = Outcome::Exact;
