@@ -55,6 +55,22 @@ enum Command {
     CheckConfig(CheckConfigArgs),
     /// Ask a running daemon over MQTT 5 and print the answer as it streams.
     Ask(AskArgs),
+    /// Print the Home Assistant discovery messages `serve` publishes (JSON lines), or remove
+    /// the device from Home Assistant with --remove.
+    Homeassistant(HomeAssistantArgs),
+}
+
+#[derive(Args, Debug)]
+struct HomeAssistantArgs {
+    /// The configuration file, as for `serve` (node name, broker, prefixes).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Publish empty retained configs so that Home Assistant removes the device (stop the
+    /// daemon or disable [homeassistant] first, or it announces itself again).
+    #[arg(long)]
+    remove: bool,
+    #[command(flatten)]
+    overrides: OverrideArgs,
 }
 
 #[derive(Args, Debug)]
@@ -88,6 +104,9 @@ struct OverrideArgs {
     /// Topic prefix (overrides [mqtt] prefix).
     #[arg(long)]
     prefix: Option<String>,
+    /// Announce the daemon to Home Assistant (overrides [homeassistant] enabled).
+    #[arg(long)]
+    homeassistant: bool,
 }
 
 #[derive(Args, Debug)]
@@ -191,6 +210,7 @@ fn main() -> ExitCode {
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Ask(args) => ask(args),
+        Command::Homeassistant(args) => homeassistant(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -394,7 +414,32 @@ fn overrides(a: OverrideArgs) -> config::Overrides {
         model: a.model,
         broker: a.broker,
         prefix: a.prefix,
+        homeassistant: a.homeassistant.then_some(true),
     }
+}
+
+fn homeassistant(a: HomeAssistantArgs) -> anyhow::Result<()> {
+    use llamabus::mqtt::homeassistant::{discovery, remove, topics::HaTopics};
+
+    let sources = config::Sources::from_process(a.config, overrides(a.overrides));
+    let s = config::load_sources(&sources)?;
+    let ha = &s.homeassistant;
+    if a.remove {
+        let cleared = runtime()?.block_on(remove::remove(&s.mqtt, &s.node, ha))?;
+        for t in &cleared {
+            println!("cleared {t}");
+        }
+        return Ok(());
+    }
+    if !ha.enabled {
+        eprintln!("llamabus: [homeassistant] enabled = false: `serve` publishes none of these");
+    }
+    let topics = HaTopics::new(&s.mqtt.prefix, &s.node, &ha.discovery_prefix);
+    for m in discovery::messages(ha, &s.node, &topics) {
+        let line = serde_json::json!({"topic": m.topic, "payload": m.payload});
+        println!("{line}");
+    }
+    Ok(())
 }
 
 fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {

@@ -1,7 +1,7 @@
 //! The MQTT side of the daemon: wire types and codecs ([`wire`]), the topic tree and the
 //! reply-topic rule ([`topics`]), broker connection options ([`conn`]), the window of
-//! duplicate requests ([`dedup`]), the event loop ([`server`]), the `ask` client ([`client`])
-//! and the embedded broker ([`broker`]).
+//! duplicate requests ([`dedup`]), the event loop ([`server`]), the `ask` client ([`client`]),
+//! Home Assistant discovery ([`homeassistant`]) and the embedded broker ([`broker`]).
 //! Knows nothing of ggml: it talks to the engine through jobs and events only.
 
 #[cfg(feature = "embedded-broker")]
@@ -9,6 +9,7 @@ pub mod broker;
 pub mod client;
 pub mod conn;
 pub mod dedup;
+pub mod homeassistant;
 pub mod models;
 pub mod server;
 pub mod topics;

@@ -33,6 +33,9 @@
 //!   become the job's deadline (`expired`).
 //! * Streaming: each delta becomes numbered `{id, seq, delta}` chunks that each fit the packet
 //!   limit (split on UTF-8 boundaries), then the final reply with `done: true`.
+//! * Home Assistant ([`crate::mqtt::homeassistant`], when enabled): discovery after every
+//!   ConnAck and on Home Assistant's birth message; prompts from the "Ask" box are jobs like
+//!   any other, answered on the answer sensor's topics; reply topics never reach its topics.
 //! * Malformed input never stops the loop: every refusal is one error reply (when a reply
 //!   topic is known) and one log line.
 
@@ -57,6 +60,9 @@ use tokio::task::JoinHandle;
 use crate::engine::worker::{Engine, ErrorKind, JobEvent, JobOutcome, PromptInput, StartError};
 use crate::mqtt::conn::{self, Backoff};
 use crate::mqtt::dedup::{self, DedupStore, Seen};
+use crate::mqtt::homeassistant::answer::Outcome;
+use crate::mqtt::homeassistant::bridge::{HaBridge, Retained, HA_DEVICE};
+use crate::mqtt::homeassistant::topics::{is_birth, HaIncoming};
 use crate::mqtt::models::{self, Models, ModelsError};
 use crate::mqtt::topics::{self, Incoming, Topics};
 use crate::mqtt::wire::{
@@ -245,8 +251,14 @@ pub async fn run_service(
     let cancels: Cancels = Arc::new(Mutex::new(HashMap::new()));
     let dedup = Arc::new(Mutex::new(open_dedup(&settings)));
     let epoch = Arc::new(AtomicU64::new(0));
+    let ha = HaBridge::new(
+        &settings.homeassistant,
+        &settings.mqtt.prefix,
+        &settings.node,
+    );
     let publisher = tokio::spawn(
         Publisher {
+            ha: ha.clone(),
             client: client.clone(),
             routes: HashMap::new(),
             cancels: cancels.clone(),
@@ -311,6 +323,7 @@ pub async fn run_service(
         dedup,
         epoch,
         draining: false,
+        ha,
     };
 
     let result = lp.serve(shutdown, &mut control.reload).await;
@@ -462,6 +475,8 @@ struct Route {
     acks: Vec<Ack>,
     /// `(device, id)` in the dedup window while the job runs.
     dedup_key: Option<dedup::Key>,
+    /// A Home Assistant "Ask" request: answered on the answer sensor's topics.
+    ha: bool,
 }
 
 enum Msg {
@@ -526,6 +541,8 @@ fn payload_budget(limit: u32, topic: &str, correlation: Option<&Bytes>, enc: Enc
 // The publisher task
 
 struct Publisher {
+    /// Home Assistant discovery, when enabled.
+    ha: Option<HaBridge>,
     client: AsyncClient,
     routes: HashMap<u64, Route>,
     cancels: Cancels,
@@ -683,6 +700,12 @@ impl Publisher {
                     o.tokens_per_s,
                     o.finish_reason
                 );
+                if route.ha && self.ha.is_some() {
+                    let reply = reply_of(&route, o);
+                    self.settle(&mut route, job, None);
+                    let ha = self.ha.as_ref().expect("checked above");
+                    return ha_publishes(ha, &route, &reply);
+                }
                 let (payload, reply) = final_reply(&route, o, budget);
                 self.settle(&mut route, job, reply);
                 vec![out(&route, payload)]
@@ -700,6 +723,9 @@ impl Publisher {
                         message: e.message,
                     },
                 });
+                if let (true, Some(ha)) = (route.ha, &self.ha) {
+                    return ha_publishes(ha, &route, &reply);
+                }
                 vec![out(&route, wire::encode_response(&reply, route.enc))]
             }
         }
@@ -748,23 +774,7 @@ fn log_refusal(route: &Route, code: ErrorCode, message: &str) {
 /// packet budget (the config check makes that rare), an `internal` error instead (not kept),
 /// so the broker never drops the connection.
 fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> (Vec<u8>, Option<Response>) {
-    let reply = Response::Reply(Reply {
-        id: route.id.clone(),
-        model: o.model,
-        text: o.text,
-        finish_reason: finish_reason(o.finish_reason),
-        usage: Usage {
-            prompt_tokens: o.prompt_tokens,
-            completion_tokens: o.completion_tokens,
-        },
-        timings: Timings {
-            queue_ms: o.queue_ms,
-            prompt_ms: o.prompt_ms,
-            generate_ms: o.generate_ms,
-            tokens_per_s: o.tokens_per_s,
-        },
-        done: route.stream.then_some(true),
-    });
+    let reply = reply_of(route, o);
     let payload = wire::encode_response(&reply, route.enc);
     if payload.len() <= budget {
         return (payload, Some(reply));
@@ -784,6 +794,66 @@ fn final_reply(route: &Route, o: JobOutcome, budget: usize) -> (Vec<u8>, Option<
         },
     });
     (wire::encode_response(&e, route.enc), None)
+}
+
+/// The final reply of a finished job.
+fn reply_of(route: &Route, o: JobOutcome) -> Response {
+    Response::Reply(Reply {
+        id: route.id.clone(),
+        model: o.model,
+        text: o.text,
+        finish_reason: finish_reason(o.finish_reason),
+        usage: Usage {
+            prompt_tokens: o.prompt_tokens,
+            completion_tokens: o.completion_tokens,
+        },
+        timings: Timings {
+            queue_ms: o.queue_ms,
+            prompt_ms: o.prompt_ms,
+            generate_ms: o.generate_ms,
+            tokens_per_s: o.tokens_per_s,
+        },
+        done: route.stream.then_some(true),
+    })
+}
+
+/// The Home Assistant publishes of a final reply or an error (attributes, then state).
+fn ha_publishes(ha: &HaBridge, route: &Route, reply: &Response) -> Vec<Outgoing> {
+    let id = route.id.as_deref().unwrap_or("");
+    let outcome = match reply {
+        Response::Reply(r) => Outcome::Answer {
+            text: &r.text,
+            model: &r.model,
+            finish_reason: match r.finish_reason {
+                wire::FinishReason::Stop => "stop",
+                wire::FinishReason::Length => "length",
+                wire::FinishReason::Cancelled => "cancelled",
+            },
+            prompt_tokens: r.usage.prompt_tokens,
+            completion_tokens: r.usage.completion_tokens,
+            tokens_per_s: r.timings.tokens_per_s,
+        },
+        Response::Error(e) => Outcome::Error {
+            code: e.error.code.as_str(),
+            message: &e.error.message,
+        },
+        Response::Chunk(_) => return Vec::new(),
+    };
+    ha.answer(id, outcome).into_iter().map(retained).collect()
+}
+
+/// A retained QoS 1 publish (Home Assistant discovery and state).
+fn retained(r: Retained) -> Outgoing {
+    Outgoing {
+        topic: r.topic,
+        qos: QoS::AtLeastOnce,
+        retain: true,
+        payload: r.payload,
+        props: PublishProperties {
+            payload_format_indicator: Some(1),
+            ..PublishProperties::default()
+        },
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -924,6 +994,8 @@ struct Loop {
     epoch: Arc<AtomicU64>,
     /// Shutting down: new requests are left for the broker to redeliver.
     draining: bool,
+    /// Home Assistant discovery, when enabled.
+    ha: Option<HaBridge>,
 }
 
 impl Loop {
@@ -1023,7 +1095,12 @@ impl Loop {
                     self.settings.mqtt.client_id,
                     self.topics.subscriptions().join(", ")
                 );
-                let _ = self.tx.send(Msg::Subscribe(self.topics.subscriptions()));
+                let mut filters = self.topics.subscriptions();
+                if let Some(ha) = &self.ha {
+                    filters.extend(ha.topics.subscriptions());
+                    self.publish_all(ha.discovery());
+                }
+                let _ = self.tx.send(Msg::Subscribe(filters));
             }
             Ok(Event::Incoming(Packet::SubAck(ack))) => {
                 for code in &ack.return_codes {
@@ -1093,12 +1170,14 @@ impl Loop {
             Err(e) => return self.reload_refused(&e.to_string()),
         };
         let old = self.settings.clone();
-        if new.mqtt != old.mqtt || new.node != old.node {
+        if new.mqtt != old.mqtt || new.node != old.node || new.homeassistant != old.homeassistant {
             warn!(
-                "reload: [mqtt] and [node] changes apply after a restart; keeping the running ones"
+                "reload: [mqtt], [node] and [homeassistant] changes apply after a restart; \
+                 keeping the running ones"
             );
             new.mqtt = old.mqtt.clone();
             new.node = old.node.clone();
+            new.homeassistant = old.homeassistant.clone();
         }
         let plan = models::plan_reload(&old, &new);
         if !plan.load.is_empty() || !plan.removed.is_empty() {
@@ -1213,10 +1292,99 @@ impl Loop {
                 self.on_cancel(device, &p.payload);
                 self.ack_now(ack);
             }
-            None => {
-                debug!("ignoring a message on {topic}");
-                self.ack_now(ack);
+            None => match self.ha.as_ref().and_then(|ha| ha.topics.classify(&topic)) {
+                Some(HaIncoming::Ask) if self.draining => {
+                    debug!("shutting down: leaving a Home Assistant request for redelivery");
+                }
+                Some(HaIncoming::Ask) => self.on_ha_ask(p, ack),
+                Some(HaIncoming::Cancel) => {
+                    self.on_ha_cancel();
+                    self.ack_now(ack);
+                }
+                Some(HaIncoming::Birth) => {
+                    if let Some(ha) = self.ha.as_ref().filter(|_| is_birth(&p.payload)) {
+                        info!("Home Assistant is online: publishing the discovery again");
+                        self.publish_all(ha.on_birth());
+                        self.status_now.notify_one();
+                    }
+                    self.ack_now(ack);
+                }
+                None => {
+                    debug!("ignoring a message on {topic}");
+                    self.ack_now(ack);
+                }
+            },
+        }
+    }
+
+    /// Retained publishes through the publisher, in order.
+    fn publish_all(&self, all: Vec<Retained>) {
+        for r in all {
+            let _ = self.tx.send(Msg::Publish(retained(r)));
+        }
+    }
+
+    /// A prompt from Home Assistant's "Ask" box, answered like a device's (limits, busy,
+    /// expiry) on the answer sensor's topics. The payload is always plain text and no property
+    /// redirects the answer.
+    fn on_ha_ask(&mut self, p: Publish, ack: Option<Ack>) {
+        let received = Instant::now();
+        let Some(ha) = &self.ha else { return };
+        let route = Route {
+            device: HA_DEVICE.to_owned(),
+            topic: ha.topics.answer.clone(),
+            qos: QoS::AtLeastOnce,
+            enc: Encoding::Text,
+            id: Some(format!("ha-{}", self.next_job)),
+            correlation: None,
+            stream: false,
+            next_seq: 0,
+            cancel_key: None,
+            acks: ack.into_iter().collect(),
+            dedup_key: None,
+            ha: true,
+        };
+        let limit = self.settings.limits.max_payload_bytes as usize;
+        if p.payload.len() > limit {
+            let msg = format!(
+                "the payload of {} bytes exceeds the limit of {limit} bytes",
+                p.payload.len()
+            );
+            return self.refuse(&route, ErrorCode::TooLong, msg);
+        }
+        let req = match wire::decode_request(&p.payload, Encoding::Text) {
+            Ok(r) => r,
+            Err(e) => return self.refuse(&route, e.code, e.message),
+        };
+        let deadline = p
+            .properties
+            .and_then(|pp| pp.message_expiry_interval)
+            .map(|secs| received + Duration::from_secs(secs.into()));
+        let engine = self.models.default_engine().clone();
+        self.submit(
+            HA_DEVICE,
+            route,
+            req,
+            Encoding::Text,
+            deadline,
+            received,
+            &engine,
+        );
+    }
+
+    /// The cancel button: every running Home Assistant request stops.
+    fn on_ha_cancel(&mut self) {
+        let cancels = self.cancels.lock().unwrap_or_else(|e| e.into_inner());
+        let mut n = 0;
+        for ((device, id), (job, flag)) in cancels.iter() {
+            if device == HA_DEVICE {
+                flag.store(true, Ordering::Relaxed);
+                info!("cancel: Home Assistant request {id} (job {job})");
+                n += 1;
             }
+        }
+        if n == 0 {
+            info!("cancel: no Home Assistant request is running");
         }
     }
 
@@ -1261,6 +1429,15 @@ impl Loop {
 
     /// Publishes `reply` as `route` asks, then the request's acks behind it.
     fn answer(&self, route: &Route, reply: &Response) {
+        if let (true, Some(ha)) = (route.ha, &self.ha) {
+            for out in ha_publishes(ha, route, reply) {
+                let _ = self.tx.send(Msg::Publish(out));
+            }
+            if !route.acks.is_empty() {
+                let _ = self.tx.send(Msg::Ack(route.acks.clone()));
+            }
+            return;
+        }
         let _ = self.tx.send(Msg::Publish(Outgoing {
             topic: route.topic.clone(),
             qos: route.qos,
@@ -1310,6 +1487,17 @@ impl Loop {
         }
     }
 
+    /// The reply-topic rule, plus: never a Home Assistant topic when discovery is on.
+    fn check_reply_topic(&self, rt: &str, allowed: &[String]) -> Result<(), String> {
+        topics::check_reply_topic(rt, allowed).map_err(|e| e.to_string())?;
+        match &self.ha {
+            Some(ha) if ha.reserved(rt) => {
+                Err(format!("reply topic `{rt}` is a Home Assistant topic"))
+            }
+            _ => Ok(()),
+        }
+    }
+
     fn on_prompt(
         &mut self,
         device: &str,
@@ -1342,16 +1530,17 @@ impl Loop {
             cancel_key: None,
             acks: ack.into_iter().collect(),
             dedup_key: None,
+            ha: false,
         };
         let too_big = p.payload.len() > s.limits.max_payload_bytes as usize;
 
         // MQTT 5 Response Topic first: it decides where even a malformed request is answered.
         if let Some(rt) = &pprops.response_topic {
-            if let Err(e) = topics::check_reply_topic(rt, allowed) {
+            if let Err(e) = self.check_reply_topic(rt, allowed) {
                 if !too_big {
                     route.id = wire::salvage_id(&p.payload, enc);
                 }
-                return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+                return self.refuse(&route, ErrorCode::ReplyTopicDenied, e);
             }
             route.topic = rt.clone();
         }
@@ -1374,8 +1563,8 @@ impl Loop {
         route.stream = req.stream.unwrap_or(false);
         if pprops.response_topic.is_none() {
             if let Some(rt) = &req.reply_to {
-                if let Err(e) = topics::check_reply_topic(rt, allowed) {
-                    return self.refuse(&route, ErrorCode::ReplyTopicDenied, e.to_string());
+                if let Err(e) = self.check_reply_topic(rt, allowed) {
+                    return self.refuse(&route, ErrorCode::ReplyTopicDenied, e);
                 }
                 route.topic = rt.clone();
             }
@@ -1468,11 +1657,14 @@ impl Loop {
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(key.clone(), (job_id, job.cancel.clone()));
-            self.dedup
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .start(key.clone(), job_id);
-            route.dedup_key = Some(key.clone());
+            // Home Assistant ids are ours, one per request: nothing to recognise again.
+            if !route.ha {
+                self.dedup
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .start(key.clone(), job_id);
+                route.dedup_key = Some(key.clone());
+            }
             route.cancel_key = Some(key);
         }
         debug!(

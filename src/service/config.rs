@@ -9,7 +9,7 @@
 //!    `LLAMABUS_MODEL_SAMPLING_TEMPERATURE` (the value as a TOML string, else as a TOML
 //!    literal: `8`, `true`, `["a/#"]`); `LLAMABUS_LOG` is short for `LLAMABUS_LOG_LEVEL`;
 //!    other `LLAMABUS_*` variables (build knobs) are not configuration and are ignored;
-//! 5. command-line flags (`--model`, `--broker`, `--prefix`).
+//! 5. command-line flags (`--model`, `--broker`, `--prefix`, `--homeassistant`).
 //!
 //! Models: one `[model]` table, or a `[[models]]` list of the same keys (plus `default`) to
 //! serve several at once; both at once is an error. In the list the first entry is the default
@@ -92,6 +92,11 @@
 //!
 //! [log]
 //! level = "info"                        # error | warn | info | debug | trace | off; RUST_LOG wins
+//!
+//! [homeassistant]                       # MQTT discovery (README "Home Assistant")
+//! enabled = false                       # also LLAMABUS_HOMEASSISTANT_ENABLED, serve --homeassistant
+//! discovery_prefix = "homeassistant"
+//! name = "Kitchen LLM"                  # the device's name; default "llamabus {node}"
 //! ```
 
 use std::collections::BTreeMap;
@@ -104,6 +109,7 @@ use serde::Deserialize;
 
 use crate::engine::worker::{EngineConfig, PromptMode, DEFAULT_STEP_TOKENS};
 use crate::model::session::MAX_UBATCH;
+use crate::mqtt::homeassistant::{HomeAssistantSettings, DEFAULT_DISCOVERY_PREFIX};
 use crate::mqtt::topics;
 use crate::sampler::SamplingParams;
 
@@ -121,7 +127,15 @@ pub const DEFAULT_CONFIG: &str = "/etc/llamabus/config.toml";
 pub const PASSWORD_CREDENTIAL: &str = "mqtt-password";
 /// The sections, as they appear in `LLAMABUS_<SECTION>_<KEY>` (`model_sampling` before
 /// `model`).
-const ENV_SECTIONS: [&str; 6] = ["model_sampling", "limits", "model", "mqtt", "node", "log"];
+const ENV_SECTIONS: [&str; 7] = [
+    "model_sampling",
+    "limits",
+    "model",
+    "mqtt",
+    "node",
+    "log",
+    "homeassistant",
+];
 
 /// Why the configuration is unusable. `source` is the file path or the flag.
 #[derive(Debug, thiserror::Error)]
@@ -161,6 +175,16 @@ struct FileConfig {
     models: Option<Vec<ModelFile>>,
     #[serde(default)]
     log: LogFile,
+    #[serde(default)]
+    homeassistant: HomeAssistantFile,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HomeAssistantFile {
+    enabled: Option<bool>,
+    discovery_prefix: Option<String>,
+    name: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -248,6 +272,8 @@ pub struct Overrides {
     pub model: Option<PathBuf>,
     pub broker: Option<String>,
     pub prefix: Option<String>,
+    /// `serve --homeassistant`: Home Assistant discovery on.
+    pub homeassistant: Option<bool>,
 }
 
 /// A password that never shows in `Debug` output or logs.
@@ -421,6 +447,8 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     /// Index in `models` of the default model.
     pub default_model: usize,
+    /// `[homeassistant]`: MQTT discovery for Home Assistant.
+    pub homeassistant: HomeAssistantSettings,
 }
 
 impl Settings {
@@ -742,6 +770,13 @@ fn finish(
     if let Some(p) = &o.prefix {
         layers.add_value("mqtt.prefix", toml::Value::String(p.clone()), "--prefix")?;
     }
+    if let Some(on) = o.homeassistant {
+        layers.add_value(
+            "homeassistant.enabled",
+            toml::Value::Boolean(on),
+            "--homeassistant",
+        )?;
+    }
     let source = if layers.files.is_empty() {
         "(defaults)".to_owned()
     } else {
@@ -1056,6 +1091,28 @@ fn build(
         },
         models,
         default_model,
+        homeassistant: build_homeassistant(f.homeassistant, &err)?,
+    })
+}
+
+/// `[homeassistant]`: the discovery prefix is a topic prefix like `mqtt.prefix`; the name,
+/// when set, is not empty.
+fn build_homeassistant(
+    h: HomeAssistantFile,
+    err: &dyn Fn(&str, String) -> ConfigError,
+) -> Result<HomeAssistantSettings, ConfigError> {
+    let discovery_prefix = h
+        .discovery_prefix
+        .unwrap_or_else(|| DEFAULT_DISCOVERY_PREFIX.to_owned());
+    topics::check_prefix(&discovery_prefix)
+        .map_err(|why| err("homeassistant.discovery_prefix", why))?;
+    if h.name.as_deref().is_some_and(|n| n.trim().is_empty()) {
+        return Err(err("homeassistant.name", "must not be empty".into()));
+    }
+    Ok(HomeAssistantSettings {
+        enabled: h.enabled.unwrap_or(false),
+        discovery_prefix,
+        name: h.name,
     })
 }
 
@@ -1340,6 +1397,14 @@ impl Settings {
             ("model", single),
             ("models", list),
             (
+                "homeassistant",
+                Some(table([
+                    ("enabled", Some(V::Boolean(self.homeassistant.enabled))),
+                    ("discovery_prefix", s(&self.homeassistant.discovery_prefix)),
+                    ("name", self.homeassistant.name.as_deref().and_then(s)),
+                ])),
+            ),
+            (
                 "log",
                 Some(table([(
                     "level",
@@ -1381,6 +1446,7 @@ mod tests {
             model: Some(model_path().into()),
             broker: Some("mqtt://127.0.0.1:1999".into()),
             prefix: Some("lb".into()),
+            homeassistant: None,
         };
         let s = from_str("[mqtt]\nprefix = \"x\"\n", Path::new("f.toml"), &o).unwrap();
         assert_eq!(s.mqtt.prefix, "lb");
@@ -1401,6 +1467,49 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("--broker: mqtt.broker:"), "{e}");
+    }
+
+    #[test]
+    fn homeassistant_section_defaults_values_flag_and_errors() {
+        let m = model_path();
+        let s = load_str(&format!("[model]\npath = \"{m}\"\n")).unwrap();
+        assert_eq!(s.homeassistant, HomeAssistantSettings::default());
+        assert!(!s.homeassistant.enabled);
+        assert_eq!(s.homeassistant.discovery_prefix, "homeassistant");
+        let text = format!(
+            "[model]\npath = \"{m}\"\n[homeassistant]\nenabled = true\n\
+             discovery_prefix = \"ha/test\"\nname = \"Kitchen LLM\"\n"
+        );
+        let s = load_str(&text).unwrap();
+        assert!(s.homeassistant.enabled);
+        assert_eq!(s.homeassistant.discovery_prefix, "ha/test");
+        assert_eq!(s.homeassistant.name.as_deref(), Some("Kitchen LLM"));
+        assert!(s.effective_toml().contains(
+            "[homeassistant]\ndiscovery_prefix = \"ha/test\"\nenabled = true\nname = \"Kitchen LLM\"\n"
+        ));
+        let flag = Overrides {
+            homeassistant: Some(true),
+            ..Overrides::default()
+        };
+        let s = from_str(&format!("[model]\npath = \"{m}\"\n"), Path::new("f"), &flag).unwrap();
+        assert!(s.homeassistant.enabled);
+        for (bad, key) in [
+            (
+                "discovery_prefix = \"ha/#\"",
+                "homeassistant.discovery_prefix",
+            ),
+            (
+                "discovery_prefix = \"$SYS\"",
+                "homeassistant.discovery_prefix",
+            ),
+            ("name = \" \"", "homeassistant.name"),
+            ("enabled = \"yes\"", "enabled"),
+            ("enable = true", "enable"),
+        ] {
+            let text = format!("[model]\npath = \"{m}\"\n[homeassistant]\n{bad}\n");
+            let e = load_str(&text).unwrap_err().to_string();
+            assert!(e.contains(key), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -368,6 +368,7 @@ pub fn settings(broker_url: &str, node: &str, extra: &str) -> Settings {
             model: Some(model_path()),
             broker: Some(broker_url.to_owned()),
             prefix: None,
+            homeassistant: None,
         },
     )
     .unwrap_or_else(|e| panic!("test config: {e}\n{text}"))
