@@ -21,11 +21,12 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 t_start=$(date +%s)
-t_step=$t_start
+t_step=
+# Prints the previous step's duration, then the new step's name.
 step() {
   local now
   now=$(date +%s)
-  [ "$t_step" != "$t_start" ] && printf '    (%d s)\n' $((now - t_step))
+  if [ -n "$t_step" ]; then printf '    (%d s)\n' $((now - t_step)); fi
   t_step=$now
   printf '\n==> %s\n' "$*"
 }
