@@ -4,7 +4,8 @@
 #   apt packages   mosquitto (the real broker), openssl (TLS test certificates), systemd
 #                  (systemd-analyze), clang + libclang-dev (checking the committed bindings), and
 #                  unless LLAMABUS_SKIP_ARM=1: the aarch64/armhf cross gcc and qemu-user
-#   rustup         rustfmt, clippy; the aarch64/armv7 targets unless LLAMABUS_SKIP_ARM=1
+#   rustup         rustfmt, clippy; the aarch64/armv7 targets unless LLAMABUS_SKIP_ARM=1;
+#                  thumbv7em-none-eabihf (llamabus-wire's no_std build)
 #   nightly        LLAMABUS_NIGHTLY (scripts/pins.sh) and cargo-fuzz, unless LLAMABUS_SKIP_FUZZ=1 or
 #                  the host is not x86_64 (the ASan suite and libFuzzer run there only)
 #   cargo-deb      the .deb packages (versions pinned in scripts/pins.sh)
@@ -64,6 +65,11 @@ for t in "${targets[@]}"; do
   grep -qx "$t" <<<"$installed_targets" || rustup target add "$t"
 done
 [ "$SKIP_ARM" = "1" ] && skipped "rustup targets for aarch64/armv7" "LLAMABUS_SKIP_ARM=1"
+
+# --- llamabus-wire's microcontroller target (issue 17) ---------------------------------------
+# scripts/test.sh builds the no_std protocol crate for a Cortex-M4F, as device firmware would.
+grep -qx thumbv7em-none-eabihf <<<"$(rustup target list --installed)" \
+  || rustup target add thumbv7em-none-eabihf
 
 # --- cargo tools --------------------------------------------------------------------------
 if [ "$(cargo deb --version 2>/dev/null || true)" != "cargo-deb $CARGO_DEB_VERSION" ]; then

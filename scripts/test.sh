@@ -6,7 +6,7 @@
 #   1. fetches the hash-checked test data (SmolLM2 model, llama.cpp vocab files) into models/
 #   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
 #      bindgen's output for all three targets
-#   3. format and lint gates
+#   3. format and lint gates; import directions; llamabus-wire built no_std for thumbv7em
 #   4. the whole suite natively (x86_64 or whatever this machine is)
 #   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
 #      model loading under AddressSanitizer, then every fuzz target for FUZZ_SECONDS (20) each
@@ -51,6 +51,18 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets --quiet -- -D warnings
+
+# --- the layering and the wire crate (issue 17) ---------------------------------------------
+# Imports point one way (README "Design"); the protocol crate stays no_std for device firmware.
+step "import directions"
+scripts/check-imports.sh
+
+step "llamabus-wire: clippy (std and no_std), example, and a no_std build for thumbv7em-none-eabihf"
+cargo clippy -p llamabus-wire --all-targets --quiet -- -D warnings
+cargo clippy -p llamabus-wire --no-default-features --quiet -- -D warnings
+cargo run -p llamabus-wire --example firmware --quiet
+cargo build -p llamabus-wire --no-default-features --target thumbv7em-none-eabihf --quiet
+# ---------------------------------------------------------------------------------------------
 
 # The shipped portable baseline (x86_64: AVX2+FMA+F16C) must build, its kernels must agree with
 # the f32 reference, and its greedy output must match llama.cpp's for the same SIMD path (AVX2

@@ -8,7 +8,8 @@
 //! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
 //! - [`sampler`]: logits to token, seeded and deterministic.
 //! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
-//! - [`bench`]: `llamabus bench`, throughput figures in llama-bench's terms.
+//! - [`bench`], [`commands`]: the `bench`, `complete`, `inspect` and `tokenize` commands
+//!   (`main.rs` only parses and dispatches).
 //! - [`mqtt`]: the daemon's MQTT side: wire types, topics, the event loop, `ask`, the embedded
 //!   broker; knows nothing of ggml.
 //! - [`service`]: the daemon as a systemd service: layered configuration, sd_notify readiness
@@ -17,6 +18,7 @@
 #![warn(missing_debug_implementations, rust_2018_idioms)]
 
 pub mod bench;
+pub mod commands;
 pub mod engine;
 pub mod ggml;
 pub mod gguf;

@@ -1,19 +1,14 @@
-//! The `llamabus` binary: parse the command line, check the CPU, hand over to the library.
+//! The `llamabus` binary: parse the command line, check the CPU, hand over to the library
+//! (each command is one library call), and turn errors into exit codes.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::{bail, Context as _};
+use anyhow::bail;
 use clap::{Args, Parser, Subcommand};
-use llamabus::engine::{generate, GenerateRequest};
+use llamabus::commands;
 use llamabus::ggml::cpu;
-use llamabus::gguf::Gguf;
-use llamabus::model::{Model, Session};
-use llamabus::sampler::SamplingParams;
 use llamabus::service::config;
-use llamabus::tokenizer::chat::ChatMessage;
-use llamabus::tokenizer::Tokenizer;
 
 #[derive(Parser, Debug)]
 #[command(name = "llamabus", version, long_version = long_version(), about)]
@@ -27,7 +22,7 @@ enum Command {
     /// Print the build target, the SIMD features ggml was compiled with, and what this CPU has.
     Sysinfo,
     /// Complete a prompt, streaming the text to stdout and timings to stderr.
-    Complete(CompleteArgs),
+    Complete(llamabus::commands::CompleteArgs),
     /// Measure throughput like llama-bench (pp/tg tokens per second, load, first token, RSS).
     Bench(llamabus::bench::BenchArgs),
     /// Describe a GGUF model: architecture, hyperparameters, tokenizer, tensor types.
@@ -142,43 +137,6 @@ struct AskArgs {
     prompt: String,
 }
 
-#[derive(Args, Debug)]
-struct CompleteArgs {
-    /// The GGUF model file.
-    #[arg(long)]
-    model: PathBuf,
-    /// The prompt (raw completion, or the user message with --chat).
-    prompt: String,
-    /// Apply the model's chat template to the prompt as a single user message.
-    #[arg(long)]
-    chat: bool,
-    /// Maximum new tokens.
-    #[arg(long, default_value_t = 128)]
-    max_tokens: usize,
-    /// Sampling temperature; 0 is greedy.
-    #[arg(long, default_value_t = 0.8)]
-    temperature: f32,
-    #[arg(long, default_value_t = 40)]
-    top_k: u32,
-    #[arg(long, default_value_t = 0.95)]
-    top_p: f32,
-    #[arg(long, default_value_t = 0.05)]
-    min_p: f32,
-    #[arg(long, default_value_t = 1.0)]
-    repeat_penalty: f32,
-    #[arg(long, default_value_t = 42)]
-    seed: u64,
-    /// Stop strings (repeatable).
-    #[arg(long)]
-    stop: Vec<String>,
-    /// Compute threads (default: all cores).
-    #[arg(long)]
-    threads: Option<usize>,
-    /// Context size in tokens.
-    #[arg(long, default_value_t = 2048)]
-    ctx: usize,
-}
-
 fn long_version() -> &'static str {
     let s = format!("{}\n{}", env!("CARGO_PKG_VERSION"), cpu::summary());
     Box::leak(s.into_boxed_str())
@@ -198,15 +156,15 @@ fn main() -> ExitCode {
             sysinfo();
             Ok(())
         }
-        Command::Complete(args) => complete(args),
+        Command::Complete(args) => commands::complete(&args).map_err(Into::into),
         Command::Bench(args) => llamabus::bench::main(&args).map_err(Into::into),
-        Command::Inspect { path } => inspect(&path),
+        Command::Inspect { path } => commands::inspect(&path).map_err(Into::into),
         Command::Tokenize {
             model,
             special,
             bos,
             text,
-        } => tokenize(&model, special, bos, &text),
+        } => commands::tokenize(&model, special, bos, &text).map_err(Into::into),
         Command::Serve(args) => serve(args),
         Command::CheckConfig(args) => check_config(args),
         Command::Ask(args) => ask(args),
@@ -241,174 +199,6 @@ fn default_threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
-fn complete(a: CompleteArgs) -> anyhow::Result<()> {
-    use llamabus::engine::memory;
-    // Refuse with the numbers rather than be OOM-killed mid-load (no budget key here).
-    let need = memory::need("complete", &a.model, a.ctx, 1)?;
-    memory::check(&[need], &memory::available())?;
-    let model = Model::load(&a.model).with_context(|| format!("loading {}", a.model.display()))?;
-    let tok = model.tokenizer();
-    let prompt = if a.chat {
-        let msgs = [ChatMessage::new("user", a.prompt.as_str())];
-        // Special tokens are parsed only in the template's own text, never in the prompt;
-        // the template decides whether it starts with BOS.
-        match model.chat_template() {
-            Some(t) => t.encode(tok, &msgs, true)?,
-            None => {
-                eprintln!("llamabus: model has no chat template; using ChatML");
-                let bos = tok.bos().and_then(|t| tok.token_text(t)).unwrap_or("");
-                let eos = tok.eos().and_then(|t| tok.token_text(t)).unwrap_or("");
-                llamabus::tokenizer::chat::ChatTemplate::chatml_fallback(bos, eos)
-                    .encode(tok, &msgs, true)?
-            }
-        }
-    } else {
-        with_bos(tok, tok.encode(&a.prompt, false))
-    };
-    if prompt.is_empty() {
-        bail!("the prompt is empty after tokenization");
-    }
-    let sampling = SamplingParams {
-        temperature: a.temperature,
-        top_k: a.top_k,
-        top_p: a.top_p,
-        min_p: a.min_p,
-        repeat_penalty: a.repeat_penalty,
-        seed: a.seed,
-        ..SamplingParams::default()
-    };
-    let threads = a.threads.unwrap_or_else(default_threads);
-    let mut session = Session::new(&model, a.ctx, threads)?;
-    let req = GenerateRequest {
-        prompt,
-        max_tokens: a.max_tokens,
-        sampling,
-        stop: a.stop,
-    };
-    let mut stdout = std::io::stdout().lock();
-    // First and last text emitted, from the start of prompt evaluation: the in-process
-    // counterpart of `ask --timings`.
-    let start = std::time::Instant::now();
-    let mut first = None;
-    let gen = generate(
-        &mut session,
-        0,
-        &req,
-        |s| {
-            if first.is_none() && !s.is_empty() {
-                first = Some(start.elapsed());
-            }
-            let _ = stdout.write_all(s.as_bytes());
-            let _ = stdout.flush();
-        },
-        || false,
-    )?;
-    let last = start.elapsed();
-    let _ = writeln!(stdout);
-    eprintln!(
-        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
-        model.load_time().as_secs_f64() * 1e3,
-        first.unwrap_or(last).as_secs_f64() * 1e3,
-        last.as_secs_f64() * 1e3,
-        gen.prompt_tokens,
-        gen.prompt_tps(),
-        gen.tokens.len(),
-        gen.generate_tps(),
-        threads,
-        gen.finish_reason
-    );
-    Ok(())
-}
-
-fn with_bos(tok: &Tokenizer, mut ids: Vec<u32>) -> Vec<u32> {
-    if tok.add_bos() {
-        if let Some(b) = tok.bos() {
-            ids.insert(0, b);
-        }
-    }
-    ids
-}
-
-fn inspect(path: &std::path::Path) -> anyhow::Result<()> {
-    let gguf = Gguf::open(path).with_context(|| format!("reading {}", path.display()))?;
-    let md = gguf.metadata();
-    println!("file:          {}", path.display());
-    println!("gguf version:  {}", gguf.version());
-    println!(
-        "architecture:  {}",
-        md.opt_str("general.architecture")?.unwrap_or("(none)")
-    );
-    if let Some(name) = md.opt_str("general.name")? {
-        println!("name:          {name}");
-    }
-    let tokenizer = Tokenizer::from_metadata(md)?;
-    println!(
-        "tokenizer:     {:?}, {} tokens",
-        tokenizer.kind(),
-        tokenizer.n_vocab()
-    );
-    println!(
-        "special:       bos {:?} eos {:?} eot {:?} add_bos {}",
-        tokenizer.bos(),
-        tokenizer.eos(),
-        tokenizer.eot(),
-        tokenizer.add_bos()
-    );
-    println!(
-        "chat template: {}",
-        if md.opt_str("tokenizer.chat_template")?.is_some() {
-            "yes"
-        } else {
-            "no (ChatML fallback)"
-        }
-    );
-    match llamabus::model::HParams::from_metadata(md, tokenizer.n_vocab()) {
-        Ok(hp) => {
-            println!(
-                "hparams:       n_embd {} n_layer {} n_head {} n_head_kv {} head_dim {} n_ff {} n_ctx_train {}",
-                hp.n_embd, hp.n_layer, hp.n_head, hp.n_head_kv, hp.head_dim, hp.n_ff, hp.n_ctx_train
-            );
-            println!(
-                "rope:          n_rot {} freq_base {} freq_scale {}; rms_eps {}",
-                hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, hp.rms_eps
-            );
-        }
-        Err(e) => println!("hparams:       not runnable: {e}"),
-    }
-    let mut by_type: std::collections::BTreeMap<&str, (usize, u64)> = Default::default();
-    for t in gguf.tensors() {
-        let e = by_type.entry(t.ty.name()).or_default();
-        e.0 += 1;
-        e.1 += t.n_bytes;
-    }
-    println!("tensors:       {}", gguf.tensors().len());
-    for (ty, (n, bytes)) in by_type {
-        println!(
-            "  {ty:<8} {n:>5} tensors {:>10.1} MiB",
-            bytes as f64 / (1 << 20) as f64
-        );
-    }
-    Ok(())
-}
-
-fn tokenize(model: &std::path::Path, special: bool, bos: bool, text: &str) -> anyhow::Result<()> {
-    let gguf = Gguf::open(model).with_context(|| format!("reading {}", model.display()))?;
-    let tok = Tokenizer::from_metadata(gguf.metadata())?;
-    let mut ids = tok.encode(text, special);
-    if bos {
-        ids = with_bos(&tok, ids);
-    }
-    println!("{}", serde_json::to_string(&ids)?);
-    Ok(())
-}
-
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()?)
-}
-
 fn overrides(a: OverrideArgs) -> config::Overrides {
     config::Overrides {
         model: a.model,
@@ -425,7 +215,8 @@ fn homeassistant(a: HomeAssistantArgs) -> anyhow::Result<()> {
     let s = config::load_sources(&sources)?;
     let ha = &s.homeassistant;
     if a.remove {
-        let cleared = runtime()?.block_on(remove::remove(&s.mqtt, &s.node, ha))?;
+        let cleared =
+            llamabus::service::daemon::runtime()?.block_on(remove::remove(&s.mqtt, &s.node, ha))?;
         for t in &cleared {
             println!("cleared {t}");
         }
@@ -449,48 +240,17 @@ fn check_config(a: CheckConfigArgs) -> anyhow::Result<()> {
         "# llamabus check-config: valid; read from {}",
         settings.source
     );
-    print!("{}", settings.effective_toml());
+    print!("{}", config::effective_toml(&settings));
     Ok(())
 }
 
 fn serve(a: ServeArgs) -> anyhow::Result<()> {
-    use llamabus::mqtt::server::{serve_service, Service};
-    use llamabus::service::{logging, notify::Notifier, signals};
-
-    let sources = config::Sources::from_process(a.config, overrides(a.overrides));
-    let settings = config::load_sources(&sources)?;
-    logging::apply_config_level(settings.log_level);
-    let paths: Vec<String> = settings
-        .models
-        .iter()
-        .map(|m| format!("{} ({})", m.name, m.path.display()))
-        .collect();
-    log::info!(
-        "llamabus {} serving {} as node {} (config: {})",
-        env!("CARGO_PKG_VERSION"),
-        paths.join(", "),
-        settings.node,
-        settings.source
-    );
-    let rt = runtime()?;
-    let result = rt.block_on(async {
-        let control = signals::install()?;
-        let shutdown = control.shutdown();
-        let svc = Service {
-            notifier: Notifier::from_env(),
-            control,
-            reload: Some(Box::new(move || {
-                let s = config::load_sources(&sources)?;
-                logging::apply_config_level(s.log_level);
-                Ok(s)
-            })),
-            stall_after_ready: debug_stall(),
-        };
-        anyhow::Ok(serve_service(settings, shutdown, svc).await?)
-    });
-    // A model load abandoned by a shutdown must not hold up the exit.
-    rt.shutdown_timeout(std::time::Duration::from_secs(1));
-    result
+    let overrides = overrides(a.overrides);
+    Ok(llamabus::service::daemon::serve(
+        a.config,
+        overrides,
+        debug_stall(),
+    )?)
 }
 
 /// Debug builds only: `LLAMABUS_DEBUG_STALL=AFTER_MS,FOR_MS` stalls the inference thread
@@ -528,6 +288,7 @@ fn ask(a: AskArgs) -> anyhow::Result<()> {
         prompt: a.prompt,
     };
     let mut stdout = std::io::stdout().lock();
-    runtime()?.block_on(llamabus::mqtt::client::ask(&opts, &mut stdout))?;
+    llamabus::service::daemon::runtime()?
+        .block_on(llamabus::mqtt::client::ask(&opts, &mut stdout))?;
     Ok(())
 }

@@ -17,9 +17,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::golden::greedy_reference;
-use common::jobs::{done, gated_sink, sink, start, PATIENCE};
-use common::tiny::{models_dir, require, write_tiny_model, TempDir, TinySpec};
-use llamabus::engine::worker::{
+use common::jobs::{done, gated_sink, order_sink, sink, start, PATIENCE};
+use common::tempdir::TempDir;
+use common::tiny::{models_dir, require, write_tiny_model, TinySpec};
+use llamabus::engine::{
     kv_cache_bytes_for, Engine, EngineConfig, EventSink, JobEvent, JobOutcome, PromptInput,
     StartError,
 };
@@ -301,14 +302,7 @@ fn a_chatty_device_cannot_starve_another() {
     let engine = start(config(&path, parallel));
     let order = Arc::new(Mutex::new(Vec::new()));
     let submit_from = |client: &str, id: u64| {
-        let (tx, rx) = mpsc::channel();
-        let order = order.clone();
-        let s: EventSink = Box::new(move |e| {
-            if matches!(e, JobEvent::Started { .. }) {
-                order.lock().unwrap().push(id);
-            }
-            let _ = tx.send(e);
-        });
+        let (s, rx) = order_sink(id, &order);
         let mut job = engine.job(id, PromptInput::Raw(format!("job {id}")), s);
         job.max_tokens = Some(4);
         job.client = client.into();

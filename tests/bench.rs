@@ -7,7 +7,8 @@ mod common;
 
 use std::process::Command;
 
-use common::tiny::{write_tiny_model, TempDir, TinySpec};
+use common::tempdir::TempDir;
+use common::tiny::{write_tiny_model, TinySpec};
 use llamabus::bench::{self, BenchOptions, Test};
 use llamabus::ggml::Type;
 use llamabus::model::{Model, Session};

@@ -1,4 +1,4 @@
-//! The inference worker ([`llamabus::engine::worker`]) on the real SmolLM2-135M-Instruct Q4_1
+//! The inference worker ([`llamabus::engine::Engine`]) on the real SmolLM2-135M-Instruct Q4_1
 //! model: results equal to `generate()` and `llamabus complete`, streaming, the bounded FIFO
 //! queue (busy, order), cancellation, expiry, limits, heartbeat, panics and shutdown.
 //!
@@ -15,12 +15,14 @@ use std::sync::{Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::jobs::{done, events_until_final, failed, gated_sink, sink, start, PATIENCE};
+use common::jobs::{
+    done, events_until_final, failed, gated_sink, order_sink, sink, start, PATIENCE,
+};
 use common::tiny::{models_dir, require};
-use llamabus::engine::worker::{
+use llamabus::engine::{generate, GenerateRequest};
+use llamabus::engine::{
     Engine, EngineConfig, ErrorKind, EventSink, Job, JobEvent, PromptInput, PromptMode, StartError,
 };
-use llamabus::engine::{generate, GenerateRequest};
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{FinishReason, SamplingParams};
 use llamabus::tokenizer::chat::ChatMessage;
@@ -262,14 +264,7 @@ fn jobs_are_served_in_arrival_order() {
 
     let mut finals = Vec::new();
     for id in [11, 3, 7, 5, 2, 9] {
-        let (tx, rx) = mpsc::channel();
-        let order = order.clone();
-        let s: EventSink = Box::new(move |e| {
-            if matches!(e, JobEvent::Started { .. }) {
-                order.lock().unwrap().push(id);
-            }
-            let _ = tx.send(e);
-        });
+        let (s, rx) = order_sink(id, &order);
         let mut job = engine.job(id, PromptInput::Raw(format!("Number {id} is")), s);
         job.max_tokens = Some(2);
         engine.submit(job).unwrap();

@@ -3,6 +3,7 @@
 //! (minijinja, Jinja2's rules) against the status documents the daemon really published.
 //! `scripts/ha-discovery-check.py` checks the same messages with Home Assistant's own schemas.
 
+mod common;
 mod mqtt_support;
 
 use std::collections::BTreeMap;

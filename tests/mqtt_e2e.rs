@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::tiny::{write_tiny_model, TempDir, TinySpec, TinyTokenizer};
+use common::tempdir::TempDir;
+use common::tiny::{write_tiny_model, TinySpec, TinyTokenizer};
 use llamabus::ggml::Type;
 use llamabus::mqtt::wire::{self, Encoding, Request, Response};
 use mqtt_support::*;
@@ -428,126 +429,161 @@ async fn busy_expired_and_cancelled_while_the_worker_is_stalled() {
     assert!(fin["usage"]["completion_tokens"].as_u64().unwrap() < 500);
 }
 
-/// (payload, content type, expected code, echoed id)
-type Case<'a> = (Vec<u8>, Option<&'a str>, &'a str, Option<&'a str>);
+/// One malformed request and the error reply it must get.
+struct Case<'a> {
+    /// Printed when the case fails.
+    name: &'a str,
+    payload: Vec<u8>,
+    content_type: Option<&'a str>,
+    /// The expected error code.
+    code: &'a str,
+    /// The id the error reply must echo (None when it cannot be salvaged).
+    id: Option<&'a str>,
+}
+
+fn case<'a>(
+    name: &'a str,
+    payload: impl Into<Vec<u8>>,
+    content_type: Option<&'a str>,
+    code: &'a str,
+    id: Option<&'a str>,
+) -> Case<'a> {
+    Case {
+        name,
+        payload: payload.into(),
+        content_type,
+        code,
+        id,
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_input_gets_one_error_reply_each_and_serving_continues() {
     let (mosq, _d) = setup("[limits]\nmax_payload_bytes = 4096").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     let big = "x".repeat(5000);
-    // (payload, content type, code, echoed id)
-    let cases: Vec<Case<'_>> = vec![
-        (vec![0xff, 0xfe, b'a'], None, "bad_request", None),
-        (b"".to_vec(), None, "bad_request", None),
-        (b"   \n".to_vec(), None, "bad_request", None),
-        (
-            // Truncated JSON: the id cannot be salvaged.
-            b"{\"id\": \"j1\", \"prompt\": ".to_vec(),
+    let bad = "bad_request";
+    let json = Some("application/json");
+    let postcard = Some("application/postcard");
+    let cases = [
+        case("invalid UTF-8", vec![0xff, 0xfe, b'a'], None, bad, None),
+        case("empty payload", "", None, bad, None),
+        case("whitespace only", "   \n", None, bad, None),
+        // Truncated JSON: the id cannot be salvaged.
+        case(
+            "truncated JSON",
+            "{\"id\": \"j1\", \"prompt\": ",
             None,
-            "bad_request",
+            bad,
             None,
         ),
-        (
-            br#"{"id": "j2", "prompt": 5}"#.to_vec(),
+        case(
+            "prompt is a number",
+            r#"{"id": "j2", "prompt": 5}"#,
             None,
-            "bad_request",
+            bad,
             Some("j2"),
         ),
-        (
-            // NaN is not JSON: the document does not parse, so no id.
-            br#"{"id": "j3", "prompt": "a", "temperature": NaN}"#.to_vec(),
+        // NaN is not JSON: the document does not parse, so no id.
+        case(
+            "NaN temperature",
+            r#"{"id": "j3", "prompt": "a", "temperature": NaN}"#,
             None,
-            "bad_request",
+            bad,
             None,
         ),
-        (
-            br#"{"id": "j4", "prompt": "a", "max_tokens": -1}"#.to_vec(),
+        case(
+            "negative max_tokens",
+            r#"{"id": "j4", "prompt": "a", "max_tokens": -1}"#,
             None,
-            "bad_request",
+            bad,
             Some("j4"),
         ),
-        (
-            br#"{"id": "j5", "prompt": "a", "temperature": -0.5}"#.to_vec(),
+        case(
+            "negative temperature",
+            r#"{"id": "j5", "prompt": "a", "temperature": -0.5}"#,
             None,
-            "bad_request",
+            bad,
             Some("j5"),
         ),
-        (
-            br#"{"id": "j6", "prompt": "a", "frobnicate": 1}"#.to_vec(),
+        case(
+            "unknown field",
+            r#"{"id": "j6", "prompt": "a", "frobnicate": 1}"#,
             None,
-            "bad_request",
+            bad,
             Some("j6"),
         ),
-        (
-            br#"{"id": "j7", "prompt": ""}"#.to_vec(),
+        case(
+            "empty prompt",
+            r#"{"id": "j7", "prompt": ""}"#,
             None,
-            "bad_request",
+            bad,
             Some("j7"),
         ),
-        (
-            br#"{"id": "j8", "messages": []}"#.to_vec(),
+        case(
+            "no messages",
+            r#"{"id": "j8", "messages": []}"#,
             None,
-            "bad_request",
+            bad,
             Some("j8"),
         ),
-        (
-            br#"{"id": "j9", "prompt": "a", "model": "gpt-9"}"#.to_vec(),
+        case(
+            "unknown model",
+            r#"{"id": "j9", "prompt": "a", "model": "gpt-9"}"#,
             None,
             "unknown_model",
             Some("j9"),
         ),
-        (
-            br#"{"id": "j10", "prompt": "a", "max_tokens": 100000}"#.to_vec(),
+        case(
+            "max_tokens over the cap",
+            r#"{"id": "j10", "prompt": "a", "max_tokens": 100000}"#,
             None,
-            "bad_request",
+            bad,
             Some("j10"),
         ),
-        (
-            br#"[1, 2]"#.to_vec(),
-            Some("application/json"),
-            "bad_request",
-            None,
-        ),
-        (
+        case("JSON array", "[1, 2]", json, bad, None),
+        case(
+            "bad postcard",
             vec![1, 0xff, 0xff, 0xff],
-            Some("application/postcard"),
-            "bad_request",
+            postcard,
+            bad,
             None,
         ),
-        (
-            format!("{{\"id\": \"big\", \"prompt\": \"{big}\"}}").into_bytes(),
+        case(
+            "payload over max_payload_bytes",
+            format!("{{\"id\": \"big\", \"prompt\": \"{big}\"}}"),
             None,
             "too_long",
             None,
         ),
     ];
-    for (i, (payload, ct, code, id)) in cases.iter().enumerate() {
+    for (i, case) in cases.iter().enumerate() {
+        let name = case.name;
         let corr = format!("m{i}");
         c.publish(
             "llamabus/prompt/bad",
-            payload.clone(),
-            rr("llamabus/reply/bad", &corr, *ct),
+            case.payload.clone(),
+            rr("llamabus/reply/bad", &corr, case.content_type),
         )
         .await;
         let m = c.recv(30).await;
-        assert_eq!(m.correlation(), Some(corr.as_bytes()), "case {i}");
-        let enc = wire::sniff(payload, *ct);
-        match wire::decode_response(&m.payload, enc).unwrap_or_else(|e| panic!("case {i}: {e}")) {
+        assert_eq!(m.correlation(), Some(corr.as_bytes()), "{name}");
+        let enc = wire::sniff(&case.payload, case.content_type);
+        match wire::decode_response(&m.payload, enc).unwrap_or_else(|e| panic!("{name}: {e}")) {
             Response::Error(e) => {
                 assert_eq!(
                     e.error.code.as_str(),
-                    *code,
-                    "case {i}: {}",
+                    case.code,
+                    "{name}: {}",
                     e.error.message
                 );
-                assert_eq!(e.id.as_deref(), *id, "case {i}");
-                assert!(!e.error.message.is_empty());
+                assert_eq!(e.id.as_deref(), case.id, "{name}");
+                assert!(!e.error.message.is_empty(), "{name}");
             }
-            other => panic!("case {i}: expected an error, got {other:?}"),
+            other => panic!("{name}: expected an error, got {other:?}"),
         }
         // Exactly one reply per request.
-        assert!(c.try_recv(50).await.is_none(), "case {i}: a second reply");
+        assert!(c.try_recv(50).await.is_none(), "{name}: a second reply");
     }
     // Still serving.
     let v = ask_greedy(

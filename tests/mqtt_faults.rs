@@ -7,6 +7,7 @@
 //! `figures:` line: requests sent / answered / duplicated / lost (an answer is a final reply or
 //! an error reply; stream chunks are not counted).
 
+mod common;
 mod mqtt_support;
 
 use std::collections::HashMap;
@@ -206,11 +207,11 @@ async fn broker_killed_mid_generation_loses_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn daemon_killed_mid_request_answers_once_after_restart() {
     let mosq = Mosquitto::start();
-    let state = TempDir::new("state");
+    let state = TempDir::tagged("state");
     let cfg = config(
         &mosq,
         "dk",
-        &format!("state_dir = \"{}\"", state.0.display()),
+        &format!("state_dir = \"{}\"", state.path().display()),
         "",
     );
     let p = serve(&mosq, "dk", &cfg).await;
@@ -414,19 +415,19 @@ fn refuses_to_start(mosq: &Mosquitto, case: &str, model: &Path, why: &str) {
 #[test]
 fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
     let mosq = Mosquitto::start();
-    let dir = TempDir::new("badmodel");
+    let dir = TempDir::tagged("badmodel");
     refuses_to_start(
         &mosq,
         "missing",
-        &dir.0.join("absent.gguf"),
+        &dir.join("absent.gguf"),
         "not a readable file",
     );
 
-    let cut = dir.0.join("truncated.gguf");
+    let cut = dir.join("truncated.gguf");
     truncated_copy(&cut);
     refuses_to_start(&mosq, "truncated", &cut, "run past the end");
 
-    let locked = dir.0.join("locked.gguf");
+    let locked = dir.join("locked.gguf");
     std::fs::copy(model_path(), &locked).unwrap();
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&locked, std::fs::Permissions::from_mode(0o000)).unwrap();
@@ -440,8 +441,8 @@ fn a_missing_unreadable_or_truncated_model_refuses_to_start() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() {
     let mosq = Mosquitto::start();
-    let dir = TempDir::new("reload");
-    let model: PathBuf = dir.0.join("model.gguf");
+    let dir = TempDir::tagged("reload");
+    let model: PathBuf = dir.join("model.gguf");
     std::fs::copy(model_path(), &model).unwrap();
     let cfg_for = |threads: u32| {
         config(&mosq, "rl", "", "")
@@ -465,7 +466,7 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
 
     // The file is replaced by a truncated copy (renamed over it, as package managers do), and
     // a reload that needs a new engine (another thread count) tries to load it.
-    let cut = dir.0.join("cut.gguf");
+    let cut = dir.join("cut.gguf");
     truncated_copy(&cut);
     std::fs::rename(&cut, &model).unwrap();
     std::fs::write(&p.config, cfg_for(2)).unwrap();

@@ -7,6 +7,7 @@
 //! `tests/mqtt_e2e.rs` (malformed input) and `tests/wire.rs` cover the decoders case by case;
 //! here the cases come through the broker and the whole daemon, one follow-up request each.
 
+mod common;
 mod mqtt_support;
 
 use std::process::Command;
@@ -438,7 +439,7 @@ impl Rig {
     /// Publishes with mosquitto_pub (MQTT 3.1.1, no size limit of its own), for payloads
     /// larger than the test client's packet limit.
     fn mosquitto_pub_file(&self, topic: &str, payload: &[u8]) -> (Option<i32>, String) {
-        let dir = TempDir::new("hostile");
+        let dir = TempDir::tagged("hostile");
         let file = dir.write("payload", "");
         std::fs::write(&file, payload).unwrap();
         let (code, out, err) = run_cmd(
@@ -607,7 +608,7 @@ async fn a_broker_packet_limit_refuses_oversized_publishes_at_the_publisher() {
     let mosq = Mosquitto::start_with_conf("max_packet_size 262144\n");
     let _d = Daemon::start(settings(&mosq.url(), "limited", ""));
     wait_status(mosq.port, "llamabus", "limited", "online").await;
-    let dir = TempDir::new("hostile-big");
+    let dir = TempDir::tagged("hostile-big");
     let file = dir.write("payload", &long_text(300_000));
     let publish = |version: &str| {
         run_cmd(

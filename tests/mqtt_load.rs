@@ -8,7 +8,6 @@ mod common;
 mod mqtt_support;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,16 +27,6 @@ const MAX_PEAK_RSS_KIB: u64 = 160 * 1024;
 const MAX_FDS: usize = 64;
 /// Hang guard for the whole burst; it takes seconds.
 const BURST_LIMIT: Duration = Duration::from_secs(180);
-
-/// Kills the daemon if the test fails before stopping it.
-struct Serve(std::process::Child);
-
-impl Drop for Serve {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// Resident memory (VmRSS, VmHWM in KiB) and open fds of process `pid`.
 fn sample(pid: u32) -> Option<(u64, u64, usize)> {
@@ -110,7 +99,7 @@ async fn client(port: u16, c: usize) -> Replies {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
-    let dir = common::tiny::TempDir::new();
+    let dir = common::tempdir::TempDir::new();
     let model = dir.join("load.gguf");
     // Long pieces, never EOS: every answer is exactly MAX_TOKENS tokens.
     let spec = TinySpec {
@@ -120,31 +109,17 @@ async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
     };
     write_tiny_model(&spec, &model);
     let mosq = Mosquitto::start();
-    let config = dir.join("load.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[node]\nname = \"load\"\n[mqtt]\nbroker = \"{}\"\n\
+    let config = format!(
+        "[node]\nname = \"load\"\n[mqtt]\nbroker = \"{}\"\n\
              [limits]\nqueue_capacity = 16\nmax_prompt_tokens = 64\nmax_tokens_cap = 16\n\
              default_max_tokens = 8\n[model]\npath = \"{}\"\nthreads = 1\ncontext = 256\n\
              parallel = 4\n\
              [log]\nlevel = \"warn\"\n",
-            mosq.url(),
-            model.display()
-        ),
-    )
-    .unwrap();
-    let stderr = std::fs::File::create(dir.join("serve.log")).unwrap();
-    let mut serve = Serve(
-        Command::new(env!("CARGO_BIN_EXE_llamabus"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&config)
-            .stderr(Stdio::from(stderr))
-            .spawn()
-            .expect("llamabus serve"),
+        mosq.url(),
+        model.display()
     );
-    let pid = serve.0.id();
+    let mut serve = ServeProcess::start_logged(env!("CARGO_BIN_EXE_llamabus"), &config, &[]);
+    let pid = serve.child.id();
     wait_status(mosq.port, "llamabus", "load", "online").await;
     let (idle_rss, _, idle_fds) = sample(pid).expect("daemon running");
 
@@ -196,9 +171,9 @@ async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
          fds idle {idle_fds}, peak {peak_fds}, after {after_fds} ({samples} samples)"
     );
 
-    let log = std::fs::read_to_string(dir.join("serve.log")).unwrap();
+    let log = serve.log();
     assert!(!log.contains("panicked"), "the daemon panicked:\n{log}");
-    assert!(serve.0.try_wait().unwrap().is_none(), "the daemon exited");
+    assert!(serve.alive(), "the daemon exited");
     assert_eq!(lost, 0, "requests without a reply");
     assert_eq!(dup, 0, "duplicate replies");
     assert!(other.is_empty(), "unexpected errors: {other:?}");
@@ -214,18 +189,7 @@ async fn a_burst_of_1000_requests_from_50_clients_gets_one_final_reply_each() {
     assert!(after_fds <= idle_fds + 2, "fds {idle_fds} -> {after_fds}");
 
     // A clean stop after the burst: SIGTERM drains and exits 0.
-    let (code, _, err) = run_cmd(
-        Command::new("kill").args(["-TERM", &pid.to_string()]),
-        Duration::from_secs(5),
-    );
-    assert_eq!(code, Some(0), "{err}");
-    let t = Instant::now();
-    let status = loop {
-        if let Some(s) = serve.0.try_wait().unwrap() {
-            break s;
-        }
-        assert!(t.elapsed() < Duration::from_secs(30), "no exit on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    serve.signal("TERM");
+    let status = serve.wait_exit(Duration::from_secs(30));
     assert!(status.success(), "{status:?}");
 }

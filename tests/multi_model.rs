@@ -10,7 +10,9 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::tiny::{write_tiny_model, TinySpec, TinyTokenizer};
+use llamabus::engine::EngineConfig;
 use llamabus::ggml::Type;
+use llamabus::mqtt::models::plan_reload;
 use llamabus::mqtt::wire::{self, Encoding, Request, Response};
 use llamabus::service::config::{self, Overrides};
 use mqtt_support::{run_cmd, Mosquitto, NotifySocket, ServeProcess, TempDir, TestClient};
@@ -143,9 +145,9 @@ fn pub_311(port: u16, topic: &str, text: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
     let mosq = Mosquitto::start();
-    let dir = TempDir::new("mm-route");
-    let alpha = tiny_model(&dir.0, "alpha", 1);
-    let beta = tiny_model(&dir.0, "beta", 2);
+    let dir = TempDir::tagged("mm-route");
+    let alpha = tiny_model(dir.path(), "alpha", 1);
+    let beta = tiny_model(dir.path(), "beta", 2);
     let cfg = daemon_config(
         &mosq.url(),
         "",
@@ -249,11 +251,11 @@ async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_fit() {
     let mosq = Mosquitto::start();
-    let dir = TempDir::new("mm-reload");
-    let alpha = tiny_model(&dir.0, "alpha", 1);
-    let beta = tiny_model(&dir.0, "beta", 2);
-    let gamma = tiny_model(&dir.0, "gamma", 3);
-    let broken = dir.0.join("broken.gguf");
+    let dir = TempDir::tagged("mm-reload");
+    let alpha = tiny_model(dir.path(), "alpha", 1);
+    let beta = tiny_model(dir.path(), "beta", 2);
+    let gamma = tiny_model(dir.path(), "gamma", 3);
+    let broken = dir.join("broken.gguf");
     broken_model(&beta, &broken);
     let notify = NotifySocket::new();
     let start = daemon_config(
@@ -349,9 +351,9 @@ async fn a_reload_applies_per_model_and_the_memory_guard_refuses_what_does_not_f
 #[test]
 fn the_memory_guard_refuses_to_start_with_the_numbers_and_no_ready() {
     let mosq = Mosquitto::start();
-    let dir = TempDir::new("mm-guard");
-    let alpha = tiny_model(&dir.0, "alpha", 1);
-    let beta = tiny_model(&dir.0, "beta", 2);
+    let dir = TempDir::tagged("mm-guard");
+    let alpha = tiny_model(dir.path(), "alpha", 1);
+    let beta = tiny_model(dir.path(), "beta", 2);
     // beta takes every core, so the two models' threads exceed them: a warning.
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let beta_entry =
@@ -434,9 +436,9 @@ fn config_error_contains(text: &str, part: &str) {
 
 #[test]
 fn config_errors_name_the_problem() {
-    let dir = TempDir::new("mm-cfg");
-    let a = tiny_model(&dir.0, "a", 1);
-    let b = tiny_model(&dir.0, "b", 2);
+    let dir = TempDir::tagged("mm-cfg");
+    let a = tiny_model(dir.path(), "a", 1);
+    let b = tiny_model(dir.path(), "b", 2);
     let e = |name: &str, p: &Path| {
         format!(
             "[[models]]\nname = \"{name}\"\npath = \"{}\"\n",
@@ -490,4 +492,50 @@ fn config_errors_name_the_problem() {
     let s = load(&format!("{}{}default = true\n", e("a", &a), e("b", &b))).unwrap();
     assert_eq!(s.model().name, "b");
     assert_eq!(s.models[0].parallel, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reload plans (no model is loaded)
+
+/// Settings with one `[[models]]` entry per `(name, extra keys)`; the model file is any
+/// existing file (nothing is loaded).
+fn plan_settings(models: &[(&str, &str)]) -> config::Settings {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
+    let text: String = models
+        .iter()
+        .map(|(n, extra)| format!("[[models]]\nname = \"{n}\"\npath = \"{path}\"\n{extra}\n"))
+        .collect();
+    config::from_str(&text, Path::new("t.toml"), &Overrides::default()).unwrap()
+}
+
+fn names(cfgs: &[EngineConfig]) -> Vec<&str> {
+    cfgs.iter().map(|c| c.model_name.as_str()).collect()
+}
+
+#[test]
+fn a_reload_plan_is_made_model_by_model() {
+    let old = plan_settings(&[
+        ("a", "threads = 1"),
+        ("b", "threads = 1"),
+        ("c", "threads = 1"),
+    ]);
+    let new = plan_settings(&[
+        // Sampling only: the running engine takes it.
+        ("a", "threads = 1\n[models.sampling]\ntemperature = 0.1"),
+        // Context and parallel need a new engine.
+        ("b", "threads = 1\ncontext = 4096"),
+        ("c", "threads = 1\nparallel = 2"),
+        ("d", "threads = 1"),
+    ]);
+    let plan = plan_reload(&old, &new);
+    assert_eq!(names(&plan.load), ["b", "c", "d"]);
+    assert_eq!(plan.retune.len(), 1);
+    assert_eq!(plan.retune[0].0, "a");
+    assert_eq!(plan.retune[0].1.default_sampling.temperature, 0.1);
+    assert!(plan.removed.is_empty());
+
+    let fewer = plan_settings(&[("c", "threads = 1")]);
+    let plan = plan_reload(&old, &fewer);
+    assert!(plan.load.is_empty());
+    assert_eq!(plan.removed, ["a", "b"]);
 }

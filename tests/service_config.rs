@@ -2,6 +2,7 @@
 //! order, the error messages (file, line, key), the systemd credential, `check-config`'s
 //! redaction, and the shipped default config.
 
+mod common;
 mod mqtt_support;
 
 use std::path::{Path, PathBuf};
@@ -19,7 +20,7 @@ fn model() -> String {
 
 /// A main file plus drop-ins in `dir/config.d`.
 fn layout(main: &str, dropins: &[(&str, &str)]) -> (TempDir, PathBuf) {
-    let d = TempDir::new("cfg");
+    let d = TempDir::tagged("cfg");
     let main = d.write("config.toml", main);
     for (name, text) in dropins {
         d.write(&format!("config.d/{name}"), text);
@@ -229,7 +230,7 @@ fn the_password_comes_from_the_systemd_credential_when_not_in_a_file() {
         ),
         &[],
     );
-    let creds = d.0.join("credentials");
+    let creds = d.join("credentials");
     std::fs::create_dir_all(&creds).unwrap();
     let mut src = sources(&path, &[], Overrides::default());
     src.credentials_dir = Some(creds.clone());
@@ -241,7 +242,7 @@ fn the_password_comes_from_the_systemd_credential_when_not_in_a_file() {
     assert_eq!(s.mqtt.password.unwrap().0, "s3cret");
     // password_file wins over the credential.
     d.write("pw", "from-file\n");
-    let e = format!("password_file = \"{}\"", d.0.join("pw").display());
+    let e = format!("password_file = \"{}\"", d.join("pw").display());
     std::fs::write(
         &path,
         std::fs::read_to_string(&path).unwrap().replace(
@@ -269,7 +270,7 @@ fn check_config(args: &[&str]) -> (Option<i32>, String, String) {
 
 #[test]
 fn check_config_prints_the_effective_settings_with_secrets_redacted() {
-    let d = TempDir::new("check");
+    let d = TempDir::tagged("check");
     let pw = d.write("password", "hunter2-do-not-print\n");
     let main = d.write(
         "config.toml",
@@ -292,7 +293,7 @@ fn check_config_prints_the_effective_settings_with_secrets_redacted() {
 
     // Invalid: exit 1, the message names the file, line and key.
     std::fs::write(
-        d.0.join("config.d/50-drain.toml"),
+        d.join("config.d/50-drain.toml"),
         "[limits]\nshutdown_drain = 7\n",
     )
     .unwrap();

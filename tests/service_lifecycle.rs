@@ -3,6 +3,7 @@
 //! Covers readiness, status lines, the heartbeat-gated watchdog, SIGTERM drain, a second
 //! SIGTERM, and SIGHUP reloads.
 
+mod common;
 mod mqtt_support;
 
 use std::collections::HashMap;

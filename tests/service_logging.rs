@@ -3,6 +3,7 @@
 //! prompt or the answer at info level. A capture logger stands in for the journal logger: both
 //! receive the same `log` records and key-values (the journal logger upper-cases the keys).
 
+mod common;
 mod mqtt_support;
 
 use std::collections::BTreeMap;

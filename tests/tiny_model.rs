@@ -17,8 +17,9 @@ mod common;
 use std::sync::Arc;
 
 use common::reference::{argmax, log_softmax, rel_rms, top2_margin, Numerics, RefModel};
+use common::tempdir::TempDir;
 use common::tiny::{
-    models_dir, require, tiny_model_bytes, write_tiny_model, Rng, TempDir, TinySpec, TinyTokenizer,
+    models_dir, require, tiny_model_bytes, write_tiny_model, Rng, TinySpec, TinyTokenizer,
 };
 use llamabus::ggml::Type;
 use llamabus::gguf::Gguf;

@@ -4,9 +4,12 @@
 //! one token per step through the sampler, streaming UTF-8-safe text to a callback until EOS,
 //! a stop string, `max_tokens`, or cancellation.
 
+mod config;
+mod handle;
+mod job;
 pub mod memory;
 pub mod sched;
-pub mod worker;
+mod worker;
 
 use std::time::{Duration, Instant};
 
@@ -14,6 +17,16 @@ use crate::model::session::MAX_UBATCH;
 use crate::model::{ModelError, SeqId, Session};
 use crate::sampler::{FinishReason, Sampler, SamplerError, SamplingParams, StopMatcher};
 use crate::tokenizer::{StreamDecoder, Tokenizer};
+
+pub use config::{
+    kv_cache_bytes_for, EngineConfig, PromptMode, StartError, Tunables, DEFAULT_STEP_TOKENS,
+};
+pub use handle::Engine;
+pub use job::{
+    EngineError, EngineStats, ErrorKind, EventSink, Job, JobEvent, JobOutcome, ModelInfo,
+    PromptInput, Rejected,
+};
+pub use worker::IDLE_WAKE;
 
 /// One generation request, already tokenized.
 #[derive(Clone, Debug)]

@@ -245,9 +245,10 @@ impl AllocatedContext {
 
     /// Fills the whole buffer with `byte` (e.g. to clear a KV cache).
     pub fn clear(&self, byte: u8) {
-        // SAFETY: the buffer is live; clearing writes only inside it. Host-mapped weights are
-        // never cleared (no caller does; the buffer is read-only memory).
+        // Host-mapped weights are read-only memory: never cleared.
         assert!(self._host.is_none(), "mapped weights are read-only");
+        // SAFETY: the buffer is live and owned by `self`; clearing writes only inside it, and
+        // the assert above rules out the read-only mapping.
         unsafe { sys::ggml_backend_buffer_clear(self.buffer.ptr.as_ptr(), byte) }
     }
 
@@ -300,11 +301,13 @@ impl Context {
 impl<'ctx> Graph<'ctx> {
     /// `ggml_build_forward_expand`: adds `t` and everything it depends on.
     pub fn build_forward_expand(&mut self, t: Tensor<'ctx>) {
-        // SAFETY: live graph and tensor (the tensor outlives the graph's context borrow).
         // ggml aborts when the node limit is exceeded, so check first.
         let n = self.n_nodes();
+        // SAFETY: the graph is live (owned by `self`); reading its size has no side effects.
         let cap = unsafe { sys::ggml_graph_size(self.ptr.as_ptr()) } as usize;
         assert!(n < cap, "graph node limit reached ({cap})");
+        // SAFETY: live graph and tensor (the tensor outlives the graph's context borrow), and
+        // the node limit was checked above.
         unsafe { sys::ggml_build_forward_expand(self.ptr.as_ptr(), t.as_ptr()) }
     }
 

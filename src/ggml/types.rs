@@ -113,14 +113,14 @@ pub fn quantize(ty: Type, src: &[f32], n_per_row: usize) -> Vec<u8> {
         }
         return out;
     }
-    // SAFETY: src holds n_rows*n_per_row floats; out holds exactly the quantized size of that
-    // many rows; a NULL importance matrix is allowed for every type we accept here (ggml
-    // asserts for the IQ types that need one, so refuse those first).
+    // ggml asserts for the IQ types that need an importance matrix, so refuse those first.
     assert!(
         !matches!(ty.name(), n if n.starts_with("iq1") || n.starts_with("iq2")),
         "{} needs an importance matrix",
         ty.name()
     );
+    // SAFETY: src holds n_rows*n_per_row floats; out holds exactly the quantized size of that
+    // many rows; a NULL importance matrix is allowed for every type left after the assert.
     let written = unsafe {
         sys::ggml_quantize_chunk(
             ty.0,

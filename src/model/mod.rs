@@ -4,6 +4,7 @@
 //! template and the weights, which stay in the memory-mapped file (zero-copy). [`Session`]
 //! evaluates tokens against a model with its own KV cache and compute buffers.
 
+mod describe;
 pub mod hparams;
 mod kv_cache;
 mod llama;
@@ -16,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use crate::ggml::{self, AllocatedContext};
 use crate::gguf::{Gguf, GgufError};
-use crate::tokenizer::chat::{ChatError, ChatTemplate};
+use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
 
+pub use describe::Description;
 pub use hparams::HParams;
 pub use kv_cache::{kv_cache_bytes, SeqId, MAX_SEQS};
 pub use session::{Batch, Session};
@@ -72,7 +74,10 @@ pub struct Model {
     path: Option<PathBuf>,
     hparams: HParams,
     tokenizer: Tokenizer,
-    chat_template: Option<ChatTemplate>,
+    /// The model's own chat template, else ChatML.
+    chat: ChatTemplate,
+    /// Whether `chat` came from the file.
+    own_template: bool,
     /// The weight tensors, placed in the mapped file; [`Model::weights`] names them.
     weights: AllocatedContext,
     /// Bytes of tensor data mapped (not resident until touched).
@@ -120,19 +125,11 @@ impl Model {
                 ),
             ));
         }
-        let chat_template = match md.opt_str("tokenizer.chat_template")? {
-            Some(src) => {
-                let bos = tokenizer
-                    .bos()
-                    .and_then(|t| tokenizer.token_text(t))
-                    .unwrap_or("");
-                let eos = tokenizer
-                    .eos()
-                    .and_then(|t| tokenizer.token_text(t))
-                    .unwrap_or("");
-                Some(ChatTemplate::new(src, bos, eos)?)
-            }
-            None => None,
+        let text = |t: Option<u32>| t.and_then(|t| tokenizer.token_text(t)).unwrap_or("");
+        let (bos, eos) = (text(tokenizer.bos()), text(tokenizer.eos()));
+        let (chat, own_template) = match md.opt_str("tokenizer.chat_template")? {
+            Some(src) => (ChatTemplate::new(src, bos, eos)?, true),
+            None => (ChatTemplate::chatml_fallback(bos, eos), false),
         };
         let plan = weights::plan(&gguf, &hparams)?;
         let weight_bytes = plan.iter().map(|p| p.info.n_bytes).sum();
@@ -141,7 +138,8 @@ impl Model {
             path: None,
             hparams,
             tokenizer,
-            chat_template,
+            chat,
+            own_template,
             weights,
             weight_bytes,
             load_time: start.elapsed(),
@@ -164,7 +162,15 @@ impl Model {
 
     /// The model's own chat template, if it has one.
     pub fn chat_template(&self) -> Option<&ChatTemplate> {
-        self.chat_template.as_ref()
+        self.own_template.then_some(&self.chat)
+    }
+
+    /// Renders `messages` with the model's chat template (ChatML when it has none) and
+    /// tokenizes the result, ending with the assistant's turn. Only the template's own text may
+    /// become control tokens, never message content; the template decides whether the text
+    /// starts with BOS.
+    pub fn encode_chat(&self, messages: &[ChatMessage]) -> Result<Vec<u32>, ChatError> {
+        self.chat.encode(&self.tokenizer, messages, true)
     }
 
     /// The underlying GGUF file.
@@ -180,11 +186,6 @@ impl Model {
     /// The file the model was loaded from (None when built in memory).
     pub fn path(&self) -> Option<&Path> {
         self.path.as_deref()
-    }
-
-    /// Number of weight parameters (elements of every tensor in the file).
-    pub fn n_params(&self) -> u64 {
-        self.gguf.tensors().iter().map(|t| t.n_elements()).sum()
     }
 
     /// Wall time of [`Model::load`] (map, parse, validate).

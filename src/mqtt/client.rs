@@ -14,9 +14,9 @@ use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
 
 use crate::mqtt::conn;
+use crate::mqtt::settings::BrokerUrl;
 use crate::mqtt::topics::Topics;
 use crate::mqtt::wire::{self, Encoding, Message, Request, Response};
-use crate::service::config::BrokerUrl;
 
 /// What to ask.
 #[derive(Clone, Debug)]

@@ -12,7 +12,7 @@ use std::time::Duration;
 use rumqttc::v5::MqttOptions;
 use rumqttc::{TlsConfiguration, Transport};
 
-use crate::service::config::{BrokerSettings, BrokerUrl, MqttSettings};
+use crate::mqtt::settings::{BrokerSettings, BrokerUrl, MqttSettings};
 
 /// Where the system's trust anchors live on Debian-family systems (the default `ca_file`).
 pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";

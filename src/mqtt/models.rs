@@ -19,9 +19,9 @@ use log::{info, warn};
 use serde_json::json;
 
 use crate::engine::memory::{self, MemoryError, Need};
-use crate::engine::worker::{Engine, EngineConfig, StartError, Tunables};
+use crate::engine::{Engine, EngineConfig, StartError, Tunables};
+use crate::mqtt::settings::{ModelSettings, Settings};
 use crate::mqtt::wire::ErrorCode;
-use crate::service::config::{ModelSettings, Settings};
 
 /// The engines serving now, in configuration order; cheap to clone (engines are handles).
 #[derive(Clone, Debug)]
@@ -429,55 +429,5 @@ fn warn_oversubscribed(settings: &Settings) {
             "the models' threads add up to {threads} on {cores} cores: their engines compete \
              when several are busy at once; set `threads` per model to share the cores"
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::service::config::{from_str, Overrides};
-    use std::path::Path;
-
-    /// Settings with one `[[models]]` entry per `(name, extra keys)`; the model file is any
-    /// existing file (nothing is loaded).
-    fn settings(models: &[(&str, &str)]) -> Settings {
-        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/Cargo.toml");
-        let text: String = models
-            .iter()
-            .map(|(n, extra)| format!("[[models]]\nname = \"{n}\"\npath = \"{path}\"\n{extra}\n"))
-            .collect();
-        from_str(&text, Path::new("t.toml"), &Overrides::default()).unwrap()
-    }
-
-    fn names(cfgs: &[EngineConfig]) -> Vec<&str> {
-        cfgs.iter().map(|c| c.model_name.as_str()).collect()
-    }
-
-    #[test]
-    fn a_reload_plan_is_made_model_by_model() {
-        let old = settings(&[
-            ("a", "threads = 1"),
-            ("b", "threads = 1"),
-            ("c", "threads = 1"),
-        ]);
-        let new = settings(&[
-            // Sampling only: the running engine takes it.
-            ("a", "threads = 1\n[models.sampling]\ntemperature = 0.1"),
-            // Context and parallel need a new engine.
-            ("b", "threads = 1\ncontext = 4096"),
-            ("c", "threads = 1\nparallel = 2"),
-            ("d", "threads = 1"),
-        ]);
-        let plan = plan_reload(&old, &new);
-        assert_eq!(names(&plan.load), ["b", "c", "d"]);
-        assert_eq!(plan.retune.len(), 1);
-        assert_eq!(plan.retune[0].0, "a");
-        assert_eq!(plan.retune[0].1.default_sampling.temperature, 0.1);
-        assert!(plan.removed.is_empty());
-
-        let fewer = settings(&[("c", "threads = 1")]);
-        let plan = plan_reload(&old, &fewer);
-        assert!(plan.load.is_empty());
-        assert_eq!(plan.removed, ["a", "b"]);
     }
 }

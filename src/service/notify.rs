@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 
 use log::{debug, info, warn};
 
+use crate::mqtt::lifecycle::{Heartbeat, Lifecycle, Task};
+
 /// How long a model load may keep extending the start timeout: a load that takes longer is
 /// treated as hung, and systemd's start timeout fires.
 pub const MAX_LOAD: Duration = Duration::from_secs(15 * 60);
@@ -181,6 +183,34 @@ fn open(path: &str) -> io::Result<Socket> {
         sock: UnixDatagram::unbound()?,
         addr,
     })
+}
+
+/// The server's lifecycle as systemd notifications: the load guard while models load, the
+/// heartbeat-gated watchdog while serving.
+impl Lifecycle for Notifier {
+    fn status(&self, text: &str) {
+        Notifier::status(self, text);
+    }
+
+    fn ready(&self, text: &str) {
+        Notifier::ready(self, text);
+    }
+
+    fn reloading(&self, text: &str) {
+        Notifier::reloading(self, text);
+    }
+
+    fn stopping(&self, text: &str) {
+        Notifier::stopping(self, text);
+    }
+
+    fn while_loading(&self) -> Task {
+        Box::pin(self.clone().load_guard())
+    }
+
+    fn watch(&self, heartbeat: Heartbeat) -> Task {
+        Box::pin(self.clone().watchdog_task(move || heartbeat()))
+    }
 }
 
 /// The watchdog interval from `WATCHDOG_USEC`, unless `WATCHDOG_PID` names another process.

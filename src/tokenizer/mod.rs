@@ -501,6 +501,16 @@ impl Tokenizer {
         self.add_bos
     }
 
+    /// `ids` with BOS in front when the model wants one (`tokenizer.ggml.add_bos_token`).
+    pub fn with_bos(&self, mut ids: Vec<u32>) -> Vec<u32> {
+        if self.add_bos() {
+            if let Some(b) = self.bos() {
+                ids.insert(0, b);
+            }
+        }
+        ids
+    }
+
     /// Whether `id` ends generation: EOS, EOT, EOM and llama.cpp's text-detected EOG set
     /// (`<|im_end|>`, `<|eot_id|>`, `<|endoftext|>`, ...).
     pub fn is_eog(&self, id: u32) -> bool {

@@ -3,10 +3,10 @@
 //! job" is deterministic rather than a matter of timing) and waiting for a job's final event.
 
 use std::sync::mpsc::{self, Receiver, Sender};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llamabus::engine::worker::{Engine, EngineConfig, ErrorKind, EventSink, JobEvent, JobOutcome};
+use llamabus::engine::{Engine, EngineConfig, ErrorKind, EventSink, JobEvent, JobOutcome};
 
 /// Longest any single event may take to arrive (a loaded CI machine, a debug build): a hang
 /// guard, not a speed assertion.
@@ -25,6 +25,20 @@ pub fn sink() -> (EventSink, Receiver<JobEvent>) {
         }),
         rx,
     )
+}
+
+/// A sink that also appends `id` to `order` when the job starts: the order in which the
+/// worker admitted jobs.
+pub fn order_sink(id: u64, order: &Arc<Mutex<Vec<u64>>>) -> (EventSink, Receiver<JobEvent>) {
+    let (tx, rx) = mpsc::channel();
+    let order = order.clone();
+    let s: EventSink = Box::new(move |e| {
+        if matches!(e, JobEvent::Started { .. }) {
+            order.lock().unwrap().push(id);
+        }
+        let _ = tx.send(e);
+    });
+    (s, rx)
 }
 
 /// A sink that, on `Started`, reports through the second receiver and then blocks the worker

@@ -12,7 +12,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use llamabus::engine::worker::Engine;
+use llamabus::engine::Engine;
 use llamabus::mqtt::server;
 use llamabus::service::config::{self, Overrides, Settings};
 use rumqttc::v5::mqttbytes::v5::{Filter, Packet, Publish, PublishProperties};
@@ -734,35 +734,7 @@ pub fn sub_payloads(rx: std_mpsc::Receiver<String>, limit: Duration) -> Vec<Stri
 
 // ---- systemd service tests: a test-owned NOTIFY_SOCKET and the daemon binary ----
 
-/// A temporary directory, removed on drop.
-pub struct TempDir(pub PathBuf);
-
-impl TempDir {
-    pub fn new(tag: &str) -> TempDir {
-        let p = std::env::temp_dir().join(format!(
-            "llamabus-{tag}-{}-{}",
-            std::process::id(),
-            free_port()
-        ));
-        std::fs::create_dir_all(&p).unwrap();
-        TempDir(p)
-    }
-
-    pub fn write(&self, name: &str, text: &str) -> PathBuf {
-        let p = self.0.join(name);
-        if let Some(d) = p.parent() {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        std::fs::write(&p, text).unwrap();
-        p
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub use crate::common::tempdir::TempDir;
 
 /// A unix datagram socket standing in for systemd's notification socket: every datagram,
 /// with the time it arrived, goes to a channel.
@@ -774,8 +746,8 @@ pub struct NotifySocket {
 
 impl NotifySocket {
     pub fn new() -> NotifySocket {
-        let dir = TempDir::new("notify");
-        let path = dir.0.join("notify.sock");
+        let dir = TempDir::tagged("notify");
+        let path = dir.join("notify.sock");
         let sock = std::os::unix::net::UnixDatagram::bind(&path).unwrap();
         let (tx, rx) = std_mpsc::channel();
         std::thread::spawn(move || {
@@ -845,20 +817,20 @@ pub struct ServeProcess {
 
 impl ServeProcess {
     pub fn start(bin: &str, config: &str, env: &[(&str, String)]) -> ServeProcess {
-        ServeProcess::start_in(TempDir::new("svc"), bin, config, env, Stdio::inherit())
+        ServeProcess::start_in(TempDir::tagged("svc"), bin, config, env, Stdio::inherit())
     }
 
     /// [`ServeProcess::start`] with stderr (the log) going to `{dir}/serve.log`, read with
     /// [`ServeProcess::log`].
     pub fn start_logged(bin: &str, config: &str, env: &[(&str, String)]) -> ServeProcess {
-        let dir = TempDir::new("svc");
-        let log = std::fs::File::create(dir.0.join("serve.log")).unwrap();
+        let dir = TempDir::tagged("svc");
+        let log = std::fs::File::create(dir.join("serve.log")).unwrap();
         ServeProcess::start_in(dir, bin, config, env, Stdio::from(log))
     }
 
     /// The log written so far (see [`ServeProcess::start_logged`]).
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.0.join("serve.log")).unwrap_or_default()
+        std::fs::read_to_string(self.dir.join("serve.log")).unwrap_or_default()
     }
 
     fn start_in(dir: TempDir, bin: &str, config: &str, env: &[(&str, String)], err: Stdio) -> Self {

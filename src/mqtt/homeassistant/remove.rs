@@ -13,7 +13,7 @@ use super::discovery::removal_topics;
 use super::topics::HaTopics;
 use super::HomeAssistantSettings;
 use crate::mqtt::conn;
-use crate::service::config::MqttSettings;
+use crate::mqtt::settings::MqttSettings;
 
 /// How long the broker has to acknowledge everything.
 const REMOVE_TIMEOUT: Duration = Duration::from_secs(20);
