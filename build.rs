@@ -125,10 +125,13 @@ fn main() {
     //   rounded twice instead of fused into one FMA: different logits from llama.cpp's build.
     // - the core (ggml-base: ggml.c, ggml-quants.c, ...) without SIMD flags, only the CPU backend
     //   with them, so the core's dequantize/quantize code (token embedding rows, requantization)
-    //   rounds as upstream's does.
+    //   rounds as upstream's does. cc would otherwise copy the Rust target features
+    //   (.cargo/config.toml's +avx2,+fma...) onto every object as -mavx2 -mfma; our flags below
+    //   are already made from those features, so nothing is inherited.
     let base = |cpp: bool, simd: bool| {
         let mut b = cc::Build::new();
         b.cpp(cpp)
+            .inherit_rustflags(false)
             .include(ggml.join("include"))
             .include(ggml.join("src"))
             .include(ggml.join("src/ggml-cpu"))

@@ -7,6 +7,8 @@
 #   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
 #      bindgen's output for all three targets
 #   3. format and lint gates; import directions; llamabus-wire built no_std for thumbv7em
+#   3b. the portable x86 build: kernel tests (bit for bit against llama.cpp's build of ggml),
+#      the golden check, and the format matrix (14 quantization types vs llama.cpp's greedy tokens)
 #   4. the whole suite natively (x86_64 or whatever this machine is)
 #   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
 #      model loading under AddressSanitizer, then every fuzz target for FUZZ_SECONDS (20) each
@@ -76,6 +78,17 @@ if ! cargo test --release --test golden -- --nocapture >"$log" 2>&1; then
 fi
 # Which reference and SIMD path were used, and what matched.
 grep -E "SIMD path|skipped|tokens match|near tie|test result" "$log" || true
+rm -f "$log"
+
+# Every format llama-quantize makes (issue 19): the first run builds the 14 files from the Q4_1
+# model into models/formats/ (~1.7 GB, sha256-checked against llama-quantize's bytes), later runs
+# reuse them; the native suite below runs the same test again on this CPU's own SIMD path.
+step "format matrix (14 types x 5 prompts vs llama.cpp), portable build"
+log=$(mktemp)
+if ! cargo test --release --test format_matrix -- --nocapture >"$log" 2>&1; then
+  cat "$log"; rm -f "$log"; exit 1
+fi
+grep -E "SIMD path|skipped|near-tie|DIFFERS| path: |test result" "$log" || true
 rm -f "$log"
 
 step "systemd unit: verify and security score"
