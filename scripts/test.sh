@@ -7,13 +7,16 @@
 #   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
 #      bindgen's output for all three targets
 #   3. format and lint gates; import directions; llamabus-wire built no_std for thumbv7em
-#   3b. the portable x86 build: kernel tests (bit for bit against llama.cpp's build of ggml),
-#      the golden check, and the format matrix (14 quantization types vs llama.cpp's greedy tokens)
-#   4. the whole suite natively (x86_64 or whatever this machine is)
+#   4. the kernel (bit for bit against llama.cpp's build of ggml where it has a reference),
+#      tiny-model, golden and format-matrix (14 quantization types vs llama.cpp) suites once per
+#      ggml CPU variant this machine runs
+#      (LLAMABUS_CPU_VARIANT), the x86 selector under qemu (Nehalem: sse42), then the whole suite
+#      natively (x86_64 or whatever this machine is) on the variant the selector picks
 #   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
 #      model loading under AddressSanitizer, then every fuzz target for FUZZ_SECONDS (20) each
-#   6. the ggml and tiny-model suites for aarch64 and armv7 under qemu-user
-#      (skip with LLAMABUS_SKIP_ARM=1 on a machine without the cross toolchains)
+#   6. the ggml and tiny-model suites for aarch64 (each variant) and armv7 under qemu-user, and
+#      the aarch64 selector on cortex-a53/a76/max (skip with LLAMABUS_SKIP_ARM=1 on a machine
+#      without the cross toolchains)
 #   7. the systemd unit (systemd-analyze verify, security score <= 2.0) and the .deb packages
 #      for amd64, arm64 and armhf with their contents (skip the arm ones with LLAMABUS_SKIP_ARM=1)
 # Release builds are made once each: the baseline kernel tests, the qemu suites and the
@@ -66,39 +69,49 @@ cargo run -p llamabus-wire --example firmware --quiet
 cargo build -p llamabus-wire --no-default-features --target thumbv7em-none-eabihf --quiet
 # ---------------------------------------------------------------------------------------------
 
-# The shipped portable baseline (x86_64: AVX2+FMA+F16C) must build, its kernels must agree with
-# the f32 reference, and its greedy output must match llama.cpp's for the same SIMD path (AVX2
-# here on every x86 CPU; the native suite below checks this CPU's own path, AVX-512 where present).
-step "portable-baseline build, ggml kernel tests and golden check"
-cargo build --release --quiet
-cargo test --release --quiet --test ggml_ops
-log=$(mktemp)
-if ! cargo test --release --test golden -- --nocapture >"$log" 2>&1; then
-  cat "$log"; rm -f "$log"; exit 1
-fi
-# Which reference and SIMD path were used, and what matched.
-grep -E "SIMD path|skipped|tokens match|near tie|test result" "$log" || true
-rm -f "$log"
+# Runs a test command quietly, showing only the lines matching $1 (the whole log on failure).
+run_showing() {
+  local pattern=$1 log
+  shift
+  log=$(mktemp)
+  if ! "$@" >"$log" 2>&1; then
+    cat "$log"; rm -f "$log"; exit 1
+  fi
+  grep -E "$pattern" "$log" || true
+  rm -f "$log"
+}
 
-# Every format llama-quantize makes (issue 19): the first run builds the 14 files from the Q4_1
-# model into models/formats/ (~1.7 GB, sha256-checked against llama-quantize's bytes), later runs
-# reuse them; the native suite below runs the same test again on this CPU's own SIMD path.
-step "format matrix (14 types x 5 prompts vs llama.cpp), portable build"
-log=$(mktemp)
-if ! cargo test --release --test format_matrix -- --nocapture >"$log" 2>&1; then
-  cat "$log"; rm -f "$log"; exit 1
+# The shipped build carries every ggml CPU variant (x86_64: sse42, avx2, avx512). Each one this
+# CPU runs must pass the kernel tests and the tiny-model oracle, and match llama.cpp's greedy output
+# for its SIMD path (AVX2 and AVX-512 have references; sse42 has none and says so), also on every
+# format llama-quantize makes (format_matrix, issue 19: its first run builds the 14 files from the
+# Q4_1 model into models/formats/, ~1.7 GB, sha256-checked against llama-quantize's bytes). Variants
+# this CPU cannot run are skipped with the reason (sysinfo's "cannot run" lines).
+step "release build: kernel, tiny-model, golden and format-matrix suites on each CPU variant this machine runs"
+cargo build --release --quiet
+target/release/llamabus sysinfo | grep -E "^(variants|runs here|variant):"
+target/release/llamabus sysinfo | sed -n 's/^cannot run: */skipped, this CPU cannot run variant /p'
+read -r -a VARIANTS <<<"$(target/release/llamabus sysinfo | sed -n 's/^runs here: *//p')"
+for v in "${VARIANTS[@]}"; do
+  echo "-- variant $v"
+  LLAMABUS_CPU_VARIANT=$v run_showing \
+    "variant|SIMD path|skipped|tokens match|near tie|near-tie|DIFFERS| path: |bit-identical|test result" \
+    cargo test --release --test ggml_ops --test tiny_model --test golden --test format_matrix -- --nocapture
+done
+
+if [ "$(uname -m)" = "x86_64" ]; then
+  # A CPU without AVX (qemu's Nehalem) selects sse42 and computes correctly.
+  step "x86_64 CPU selector under qemu (Nehalem)"
+  scripts/qemu-variants.sh x86_64 target/release/llamabus
 fi
-grep -E "SIMD path|skipped|near-tie|DIFFERS| path: |test result" "$log" || true
-rm -f "$log"
 
 step "systemd unit: verify and security score"
 scripts/check-systemd.sh target/release/llamabus
 
-# Everything else runs on a build for this CPU, as on a device (and as llama.cpp produced the
-# golden reference: -march=native). RUSTFLAGS only applies here, not to the cross builds below.
-step "full suite, native build ($(uname -m))"
-RUSTFLAGS="-C target-cpu=native" cargo test --all-targets
-RUSTFLAGS="-C target-cpu=native" cargo test --doc
+# Everything else runs on the variant the selector picks for this CPU, as on a device.
+step "full suite ($(uname -m))"
+cargo test --all-targets
+cargo test --doc
 
 if [ "${LLAMABUS_SKIP_FUZZ:-0}" = "1" ]; then
   echo "skipped: AddressSanitizer suite and fuzzing (LLAMABUS_SKIP_FUZZ=1)"
@@ -121,19 +134,25 @@ if [ "${LLAMABUS_SKIP_ARM:-0}" = "1" ]; then
 else
   # The cross suites: ggml kernels against the f32 reference, and the tiny-model graph against
   # the plain-Rust forward pass. qemu is 40-70x slower than native, so only these run there.
-  ARM_TESTS=(--test ggml_ops)
+  ARM_TESTS=(--test ggml_ops --test cpu_variants)
   [ -f tests/tiny_model.rs ] && ARM_TESTS+=(--test tiny_model)
   for target in aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf; do
     step "$target tests under qemu-user (runner from .cargo/config.toml)"
-    log=$(mktemp)
-    # --release: the library and binary built here are the ones the packages ship.
-    if ! cargo test --release --target "$target" "${ARM_TESTS[@]}" -- --nocapture >"$log" 2>&1; then
-      cat "$log"; rm -f "$log"; exit 1
-    fi
-    # Show which SIMD path ran and the per-type errors, so the log proves NEON was used.
-    grep -E "compiled|ggml reports|m=|test result" "$log" || true
-    rm -f "$log"
+    # --release: the library and binary built here are the ones the packages ship. The
+    # runner's CPU (cortex-a72, cortex-a7) selects the baseline variant; the log shows which
+    # variant ran and the per-type errors.
+    run_showing "variant|m=|test result" \
+      cargo test --release --target "$target" "${ARM_TESTS[@]}" -- --nocapture
   done
+  # aarch64's other variants run the same suites on qemu's `max` CPU, which has every feature.
+  for v in dotprod i8mm; do
+    step "aarch64-unknown-linux-gnu tests on variant $v (qemu -cpu max)"
+    CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_RUNNER="qemu-aarch64 -cpu max -L /usr/aarch64-linux-gnu" \
+      LLAMABUS_CPU_VARIANT=$v run_showing "variant|m=|test result" \
+      cargo test --release --target aarch64-unknown-linux-gnu "${ARM_TESTS[@]}" -- --nocapture
+  done
+  step "aarch64 CPU selector under qemu (cortex-a53, cortex-a76, max)"
+  scripts/qemu-variants.sh aarch64 target/aarch64-unknown-linux-gnu/release/llamabus
 fi
 
 step "packages (cargo-deb)"

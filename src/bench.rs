@@ -155,10 +155,11 @@ pub fn main(args: &BenchArgs) -> Result<(), BenchError> {
     } else {
         if let Some(r) = results.first() {
             println!(
-                "model {} | load {:.1} ms | RSS after load {:.1} MiB | SIMD {}",
+                "model {} | load {:.1} ms | RSS after load {:.1} MiB | CPU variant {} ({})",
                 r.model_filename,
                 r.load_ms,
                 r.rss_after_load as f64 / (1 << 20) as f64,
+                r.cpu_variant,
                 r.simd.join(",")
             );
         }
@@ -235,8 +236,10 @@ pub struct BenchResult {
     pub rss_after: u64,
     /// Peak resident set of the process so far (VmHWM, bytes).
     pub peak_rss: u64,
-    /// SIMD features ggml was compiled with.
+    /// SIMD features of the ggml CPU variant in use.
     pub simd: Vec<&'static str>,
+    /// The ggml CPU variant in use (`avx2`, `dotprod`, ...).
+    pub cpu_variant: &'static str,
     /// With `--bandwidth`: memory read bandwidth at `n_threads` threads (bytes/s), the
     /// weight bytes one generated token reads, and generation speed as a fraction of the
     /// limit these two set (`avg_ts * bytes_per_token / mem_bw`).
@@ -394,6 +397,7 @@ fn run_one(
         rss_after: memory_status("VmRSS:").unwrap_or(0),
         peak_rss: memory_status("VmHWM:").unwrap_or(0),
         simd: cpu::compiled_features(),
+        cpu_variant: cpu::active_variant().map_or("none", |v| v.name()),
         mem_bw: None,
         bytes_per_token: None,
         bw_fraction: None,

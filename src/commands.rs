@@ -138,7 +138,7 @@ pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
     let last = start.elapsed();
     let _ = writeln!(stdout);
     eprintln!(
-        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads | finish: {:?}",
+        "\nload {:.0} ms | first token {:.1} ms, last token {:.1} ms | prompt {} tokens, {:.1} tok/s | generated {} tokens, {:.1} tok/s | {} threads, CPU variant {} | finish: {:?}",
         model.load_time().as_secs_f64() * 1e3,
         first.unwrap_or(last).as_secs_f64() * 1e3,
         last.as_secs_f64() * 1e3,
@@ -147,6 +147,7 @@ pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
         gen.tokens.len(),
         gen.generate_tps(),
         threads,
+        crate::ggml::cpu::active_variant().map_or("none", |v| v.name()),
         gen.finish_reason
     );
     Ok(())

@@ -19,7 +19,7 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Print the build target, the SIMD features ggml was compiled with, and what this CPU has.
+    /// Print the build target, the ggml CPU variants compiled in, and the one this CPU runs.
     Sysinfo,
     /// Complete a prompt, streaming the text to stdout and timings to stderr.
     Complete(llamabus::commands::CompleteArgs),
@@ -145,17 +145,18 @@ fn long_version() -> &'static str {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     llamabus::service::logging::init();
-    // Before any ggml kernel runs: a binary built for a newer CPU must fail with a message,
-    // not with SIGILL in the middle of a matrix product.
-    if let Err(e) = cpu::check() {
-        eprintln!("llamabus: {e}");
-        return ExitCode::from(3);
+    // Before any ggml kernel runs: a CPU that runs no compiled-in variant (or lacks the one
+    // LLAMABUS_CPU_VARIANT forces) must fail with a message, not with SIGILL in the middle of
+    // a matrix product. `serve` applies `[model] cpu_variant` once the configuration is read;
+    // sysinfo reports even on a CPU that runs no variant.
+    if !matches!(cli.command, Command::Sysinfo) {
+        if let Err(e) = cpu::check() {
+            eprintln!("llamabus: {e}");
+            return ExitCode::from(3);
+        }
     }
     let result = match cli.command {
-        Command::Sysinfo => {
-            sysinfo();
-            Ok(())
-        }
+        Command::Sysinfo => return sysinfo(),
         Command::Complete(args) => commands::complete(&args).map_err(Into::into),
         Command::Bench(args) => llamabus::bench::main(&args).map_err(Into::into),
         Command::Inspect { path } => commands::inspect(&path).map_err(Into::into),
@@ -179,20 +180,42 @@ fn main() -> ExitCode {
     }
 }
 
-fn sysinfo() {
+fn sysinfo() -> ExitCode {
     println!("llamabus {}", env!("CARGO_PKG_VERSION"));
     println!("target:        {}", cpu::TARGET);
     println!(
         "ggml:          {} (vendored, CPU backend)",
         llamabus::ggml::GGML_VERSION
     );
-    println!("ggml flags:    {}", cpu::SIMD_FLAGS);
-    println!("compiled SIMD: {}", cpu::compiled_features().join(" "));
-    println!(
-        "ggml reports:  {}",
-        llamabus::ggml::ggml_reported_features().join(" ")
-    );
+    let all = cpu::variants();
+    let names = |vs: &[cpu::Variant]| vs.iter().map(|v| v.name()).collect::<Vec<_>>().join(" ");
+    let (runs, lacks): (Vec<_>, Vec<_>) = all.iter().partition(|v| v.runs_here());
+    println!("variants:      {}", names(&all));
+    println!("runs here:     {}", names(&runs));
+    for v in lacks {
+        println!(
+            "cannot run:    {} (lacks {})",
+            v.name(),
+            v.missing().join(" ")
+        );
+    }
+    let code = match cpu::active_variant() {
+        Ok(v) => {
+            println!("variant:       {}", v.describe());
+            println!("ggml flags:    {}", v.flags());
+            println!(
+                "ggml reports:  {}",
+                llamabus::ggml::ggml_reported_features().join(" ")
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            println!("variant:       none: {e}");
+            ExitCode::from(3)
+        }
+    };
     println!("cpu threads:   {}", default_threads());
+    code
 }
 
 fn default_threads() -> usize {

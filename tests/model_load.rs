@@ -7,16 +7,18 @@ use std::sync::Arc;
 
 use common::tiny::{tiny_model_bytes, TinySpec};
 use llamabus::ggml::Type;
-use llamabus::gguf::GgufWriter;
-use llamabus::gguf::{Gguf, Value};
+use llamabus::gguf::{GgmlType, Gguf, GgufWriter, Value};
 use llamabus::model::{Model, ModelError, Session};
 
-/// Re-serialises `src`, letting `kv` drop or replace metadata and `tensor` drop or reshape
-/// tensors (None drops; Some((dims, data)) keeps with those dims and bytes).
+/// A tensor as [`rewrite`] writes it: dimensions, type and bytes.
+type TensorParts = (Vec<u64>, GgmlType, Vec<u8>);
+
+/// Re-serialises `src`, letting `kv` drop or replace metadata and `tensor` drop or change
+/// tensors (None drops; Some((dims, type, data)) keeps with those dims, type and bytes).
 fn rewrite(
     src: &Gguf,
     kv: impl Fn(&str, &Value) -> Option<Value>,
-    tensor: impl Fn(&str, &[u64], &[u8]) -> Option<(Vec<u64>, Vec<u8>)>,
+    tensor: impl Fn(&str, &[u64], GgmlType, &[u8]) -> Option<TensorParts>,
 ) -> Vec<u8> {
     let mut w = GgufWriter::new();
     for (k, v) in src.metadata().iter() {
@@ -25,8 +27,8 @@ fn rewrite(
         }
     }
     for t in src.tensors() {
-        if let Some((dims, data)) = tensor(&t.name, &t.dims, src.tensor_data(t)) {
-            w = w.tensor(t.name.clone(), &dims, t.ty, data);
+        if let Some((dims, ty, data)) = tensor(&t.name, &t.dims, t.ty, src.tensor_data(t)) {
+            w = w.tensor(t.name.clone(), &dims, ty, data);
         }
     }
     w.to_bytes()
@@ -40,8 +42,8 @@ fn load(bytes: Vec<u8>) -> Result<Model, ModelError> {
     Model::from_gguf(Arc::new(Gguf::from_bytes(bytes)?))
 }
 
-fn keep_tensor(_: &str, d: &[u64], b: &[u8]) -> Option<(Vec<u64>, Vec<u8>)> {
-    Some((d.to_vec(), b.to_vec()))
+fn keep_tensor(_: &str, d: &[u64], ty: GgmlType, b: &[u8]) -> Option<TensorParts> {
+    Some((d.to_vec(), ty, b.to_vec()))
 }
 
 #[test]
@@ -127,7 +129,7 @@ fn a_missing_tensor_is_named() {
     let bytes = rewrite(
         &g,
         |_, v| Some(v.clone()),
-        |n, d, b| (n != "blk.1.ffn_down.weight").then(|| (d.to_vec(), b.to_vec())),
+        |n, d, ty, b| (n != "blk.1.ffn_down.weight").then(|| (d.to_vec(), ty, b.to_vec())),
     );
     let err = load(bytes).unwrap_err();
     assert!(
@@ -143,13 +145,13 @@ fn a_wrong_tensor_shape_is_named() {
     let bytes = rewrite(
         &g,
         |_, v| Some(v.clone()),
-        |n, d, b| {
+        |n, d, ty, b| {
             let dims = if n == "blk.0.attn_output.weight" {
                 vec![d[0] * 2, d[1] / 2]
             } else {
                 d.to_vec()
             };
-            Some((dims, b.to_vec()))
+            Some((dims, ty, b.to_vec()))
         },
     );
     let err = load(bytes).unwrap_err();
@@ -162,25 +164,22 @@ fn a_wrong_tensor_shape_is_named() {
 #[test]
 fn norm_vectors_must_be_f32() {
     let g = base();
-    let out = GgufWriter::new();
-    let mut w = out;
-    for (k, v) in g.metadata().iter() {
-        w = w.kv(k, v.clone());
-    }
-    for t in g.tensors() {
-        if t.name == "output_norm.weight" {
-            let f: Vec<f32> = g
-                .tensor_data(t)
+    let bytes = rewrite(
+        &g,
+        |_, v| Some(v.clone()),
+        |n, d, ty, b| {
+            if n != "output_norm.weight" {
+                return Some((d.to_vec(), ty, b.to_vec()));
+            }
+            let f: Vec<f32> = b
                 .chunks_exact(4)
                 .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                 .collect();
             let h = llamabus::ggml::quantize(Type::F16, &f, f.len());
-            w = w.tensor(t.name.clone(), &t.dims, llamabus::gguf::GgmlType::F16, h);
-        } else {
-            w = w.tensor(t.name.clone(), &t.dims, t.ty, g.tensor_data(t).to_vec());
-        }
-    }
-    let err = load(w.to_bytes()).unwrap_err();
+            Some((d.to_vec(), GgmlType::F16, h))
+        },
+    );
+    let err = load(bytes).unwrap_err();
     assert!(
         matches!(err, ModelError::TensorType { ref name, .. } if name == "output_norm.weight"),
         "{err}"
@@ -210,7 +209,7 @@ fn impossible_hyperparameters_are_refused() {
 #[test]
 fn vocab_only_files_are_not_runnable_models() {
     let g = base();
-    let bytes = rewrite(&g, |_, v| Some(v.clone()), |_, _, _| None);
+    let bytes = rewrite(&g, |_, v| Some(v.clone()), |_, _, _, _| None);
     let err = load(bytes).unwrap_err();
     assert!(matches!(err, ModelError::MissingTensor(_)), "{err}");
 }

@@ -67,17 +67,33 @@ async fn serve_logging(mosq: &Mosquitto, node: &str, cfg: &str, level: &str) -> 
     p
 }
 
+/// A mosquitto, `node`'s config (see [`config`]), the daemon serving it and a client on every
+/// reply topic.
+async fn setup(
+    node: &str,
+    mqtt: &str,
+    limits: &str,
+) -> (Mosquitto, String, ServeProcess, TestClient) {
+    let mosq = Mosquitto::start();
+    let cfg = config(&mosq, node, mqtt, limits);
+    let p = serve(&mosq, node, &cfg).await;
+    let c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    (mosq, cfg, p, c)
+}
+
 /// The key of plain-text replies in [`finals`].
 const PLAIN: &str = "(plain text)";
 
 /// Final replies (chunks skipped) by id, plain-text replies under [`PLAIN`], collected until
-/// every id in `ids` has one (or `limit` passes), then for `linger` more to catch duplicates.
+/// every id in `ids` has one (or `limit_s` seconds pass), then for `linger_s` more seconds to
+/// catch duplicates.
 async fn finals(
     c: &mut TestClient,
     ids: &[&str],
-    limit: Duration,
-    linger: Duration,
+    limit_s: u64,
+    linger_s: u64,
 ) -> HashMap<String, Vec<Value>> {
+    let (limit, linger) = (Duration::from_secs(limit_s), Duration::from_secs(linger_s));
     let mut out: HashMap<String, Vec<Value>> = HashMap::new();
     let deadline = Instant::now() + limit;
     let mut until = deadline;
@@ -147,6 +163,31 @@ fn assert_answer(v: &Value) {
     );
 }
 
+/// [`figures`] for `ids`, once each has a real answer (a lost id fails the test by name).
+fn answered(test: &str, ids: &[&str], got: &HashMap<String, Vec<Value>>) -> Figures {
+    let f = figures(test, ids, got);
+    for id in ids {
+        assert_answer(&got.get(*id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
+    }
+    f
+}
+
+/// The one final reply to `id`, collected by [`finals`] within `limit_s` and `linger_s` more
+/// seconds, with its [`figures`] printed under `test`: exactly one, and a real answer.
+async fn answered_once(
+    c: &mut TestClient,
+    test: &str,
+    id: &str,
+    limit_s: u64,
+    linger_s: u64,
+) -> Value {
+    let got = finals(c, &[id], limit_s, linger_s).await;
+    figures(test, &[id], &got);
+    assert_eq!(got[id].len(), 1, "{got:?}");
+    assert_answer(&got[id][0]);
+    got[id][0].clone()
+}
+
 /// Waits until the daemon's log satisfies `pred`, or panics with the log after `limit`.
 fn wait_log(p: &ServeProcess, limit: Duration, what: &str, pred: impl Fn(&str) -> bool) -> String {
     let t0 = Instant::now();
@@ -176,17 +217,8 @@ async fn broker_killed_mid_generation_loses_nothing() {
         send(&c, "d", &short(id)).await;
     }
     let ids = ["long", "q1", "q2", "q3"];
-    let got = finals(
-        &mut c,
-        &ids,
-        Duration::from_secs(120),
-        Duration::from_secs(3),
-    )
-    .await;
-    let f = figures("broker killed mid-generation", &ids, &got);
-    for id in ids {
-        assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
-    }
+    let got = finals(&mut c, &ids, 120, 3).await;
+    let f = answered("broker killed mid-generation", &ids, &got);
     assert_eq!(f.lost, 0);
     let reason = &got["long"][0]["finish_reason"];
     assert!(reason == "length" || reason == "stop", "{reason}");
@@ -223,13 +255,7 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
 
     let p = serve(&mosq, "dk", &cfg).await;
     let ids = ["long", "while-down"];
-    let got = finals(
-        &mut c,
-        &ids,
-        Duration::from_secs(120),
-        Duration::from_secs(3),
-    )
-    .await;
+    let got = finals(&mut c, &ids, 120, 3).await;
     let f = figures("daemon SIGKILLed mid-request", &ids, &got);
     assert_eq!(
         f,
@@ -249,17 +275,9 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
     drop(p);
     let p = serve(&mosq, "dk", &cfg).await;
     send(&c, "d", &story("long", 120)).await;
-    let again = finals(
-        &mut c,
-        &["long"],
-        Duration::from_secs(60),
-        Duration::from_secs(2),
-    )
-    .await;
-    figures("retry after a second restart", &["long"], &again);
-    assert_eq!(again["long"].len(), 1, "{again:?}");
-    assert_eq!(again["long"][0]["text"], long["text"]);
-    assert_eq!(again["long"][0]["usage"], long["usage"]);
+    let again = answered_once(&mut c, "retry after a second restart", "long", 60, 2).await;
+    assert_eq!(again["text"], long["text"]);
+    assert_eq!(again["usage"], long["usage"]);
     let log = p.log();
     assert!(
         log.contains("was answered already") && !log.contains("answered on"),
@@ -269,17 +287,14 @@ async fn daemon_killed_mid_request_answers_once_after_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "down", "", "default_max_tokens = 8");
-    let mut p = serve(&mosq, "down", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (mosq, cfg, mut p, mut c) = setup("down", "", "default_max_tokens = 8").await;
     // A refused request and a cancel are acknowledged too: neither comes back after the restart.
     let bad = json!({"id": "bad", "prompt": "Hi", "max_tokens": "many"});
     send(&c, "d", &bad).await;
     let cancel = b"nothing-runs".to_vec();
     c.publish("llamabus/cancel/d", cancel, PublishProperties::default())
         .await;
-    let refused = finals(&mut c, &["bad"], Duration::from_secs(30), Duration::ZERO).await;
+    let refused = finals(&mut c, &["bad"], 30, 0).await;
     assert_eq!(refused["bad"][0]["error"]["code"], "bad_request");
     wait_log(&p, Duration::from_secs(30), "the cancel", |l| {
         l.contains("no running request")
@@ -299,17 +314,8 @@ async fn requests_sent_while_the_daemon_is_down_are_answered_when_it_returns() {
     .await;
     let p = serve(&mosq, "down", &cfg).await;
     let ids = ["a", "b", "c", "d", PLAIN];
-    let got = finals(
-        &mut c,
-        &ids,
-        Duration::from_secs(120),
-        Duration::from_secs(2),
-    )
-    .await;
-    let f = figures("published while the daemon was down", &ids, &got);
-    for id in ids {
-        assert_answer(&got.get(id).unwrap_or_else(|| panic!("{id} lost: {got:?}"))[0]);
-    }
+    let got = finals(&mut c, &ids, 120, 2).await;
+    let f = answered("published while the daemon was down", &ids, &got);
     assert_eq!((f.lost, f.duplicated), (0, 0));
     assert!(!got.contains_key("bad"), "the refusal came back: {got:?}");
     let log = p.log();
@@ -330,7 +336,7 @@ async fn a_broker_stalled_past_the_keep_alive_is_detected_and_recovered_from() {
     .await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     send(&c, "d", &short("before")).await;
-    let got = finals(&mut c, &["before"], Duration::from_secs(60), Duration::ZERO).await;
+    let got = finals(&mut c, &["before"], 60, 0).await;
     assert_answer(&got["before"][0]);
 
     mosq.signal("STOP");
@@ -347,23 +353,12 @@ async fn a_broker_stalled_past_the_keep_alive_is_detected_and_recovered_from() {
     send(&c, "d", &short("after")).await;
     let ids = ["before", "during", "after"];
     let mut all = got;
-    all.extend(
-        finals(
-            &mut c,
-            &ids[1..],
-            Duration::from_secs(90),
-            Duration::from_secs(2),
-        )
-        .await,
-    );
+    all.extend(finals(&mut c, &ids[1..], 90, 2).await);
     println!(
         "figures: broker SIGSTOPped: dead link detected after {:.1} s (keep-alive 5 s)",
         detected.as_secs_f64()
     );
-    let f = figures("broker SIGSTOPped past the keep-alive", &ids, &all);
-    for id in ids {
-        assert_answer(&all.get(id).unwrap_or_else(|| panic!("{id} lost: {all:?}"))[0]);
-    }
+    let f = answered("broker SIGSTOPped past the keep-alive", &ids, &all);
     assert_eq!(f.lost, 0);
 }
 
@@ -492,37 +487,19 @@ async fn a_truncated_model_at_reload_is_refused_and_the_old_one_keeps_serving() 
         "{log}"
     );
     send(&c, "d", &short("after-reload")).await;
-    let got = finals(
-        &mut c,
-        &["after-reload"],
-        Duration::from_secs(60),
-        Duration::ZERO,
-    )
-    .await;
+    let got = finals(&mut c, &["after-reload"], 60, 0).await;
     figures("truncated model at reload", &["after-reload"], &got);
     assert_answer(&got["after-reload"][0]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn duplicates_by_device_and_id_are_generated_once() {
-    let mosq = Mosquitto::start();
-    let p = serve(&mosq, "dup", &config(&mosq, "dup", "", "")).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (_mosq, _, p, mut c) = setup("dup", "", "").await;
     // A retry while the first is generating is merged into it: one answer.
     send(&c, "d", &story("dup", 60)).await;
     first_chunk(&mut c, &p, "dup").await;
     send(&c, "d", &story("dup", 60)).await;
-    let got = finals(
-        &mut c,
-        &["dup"],
-        Duration::from_secs(90),
-        Duration::from_secs(3),
-    )
-    .await;
-    figures("retry while running", &["dup"], &got);
-    assert_eq!(got["dup"].len(), 1, "{got:?}");
-    let answer = got["dup"][0].clone();
-    assert_answer(&answer);
+    let answer = answered_once(&mut c, "retry while running", "dup", 90, 3).await;
 
     // A retry after the answer gets the stored reply on its own reply topic, unstreamed
     // requests get it without `done`; another device with the same id is another request.
@@ -539,13 +516,7 @@ async fn duplicates_by_device_and_id_are_generated_once() {
     );
     assert!(v.get("done").is_none(), "{v}");
     send(&c, "other", &short("dup")).await;
-    let other = finals(
-        &mut c,
-        &["dup"],
-        Duration::from_secs(60),
-        Duration::from_secs(1),
-    )
-    .await;
+    let other = finals(&mut c, &["dup"], 60, 1).await;
     assert_answer(&other["dup"][0]);
     assert_ne!(other["dup"][0]["text"], answer["text"]);
     let log = p.log();
@@ -560,10 +531,7 @@ async fn duplicates_by_device_and_id_are_generated_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos0_requests_are_answered_at_most_once() {
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "q0", "", "default_max_tokens = 4");
-    let mut p = serve(&mosq, "q0", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (mosq, cfg, mut p, mut c) = setup("q0", "", "default_max_tokens = 4").await;
     // Answered while the daemon is up, and the reply keeps the request's QoS 0.
     let body = short("zero").to_string();
     c.publish_qos("llamabus/prompt/d", QoS::AtMostOnce, body)
@@ -586,13 +554,7 @@ async fn qos0_requests_are_answered_at_most_once() {
     send(&c, "d", &short("one-while-down")).await;
     let _p = serve(&mosq, "q0", &cfg).await;
     let ids = ["one-while-down", "zero-while-down"];
-    let got = finals(
-        &mut c,
-        &ids[..1],
-        Duration::from_secs(60),
-        Duration::from_secs(3),
-    )
-    .await;
+    let got = finals(&mut c, &ids[..1], 60, 3).await;
     let f = figures(
         "QoS 0 and QoS 1 sent while the daemon was stopped",
         &ids,
@@ -617,8 +579,7 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
         for id in &ids {
             send(c, "d", &short(id)).await;
         }
-        let limit = Duration::from_secs(90);
-        let got = finals(c, &ids, limit, Duration::from_secs(2)).await;
+        let got = finals(c, &ids, 90, 2).await;
         figures(test, &ids, &got)
     }
     // Both members take requests.
@@ -644,15 +605,12 @@ async fn a_share_group_member_that_stops_leaves_its_share_to_the_others() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_duplicate_window_is_bounded_in_bytes() {
     // 30,000-byte device levels and a 64 KiB budget: two stored replies fit, not three.
-    let mosq = Mosquitto::start();
-    let cfg = config(&mosq, "dbytes", "dedup_max_bytes = 65536", "");
-    let p = serve(&mosq, "dbytes", &cfg).await;
-    let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
+    let (_mosq, _, p, mut c) = setup("dbytes", "dedup_max_bytes = 65536", "").await;
     let device = "x".repeat(30_000);
     // k3 is still stored at the end; k1 was evicted for it, so its retry is generated again.
     for id in ["k1", "k2", "k3", "k3", "k1"] {
         send(&c, &device, &short(id)).await;
-        let got = finals(&mut c, &[id], Duration::from_secs(60), Duration::ZERO).await;
+        let got = finals(&mut c, &[id], 60, 0).await;
         assert_answer(&got[id][0]);
     }
     let log = p.log();

@@ -308,12 +308,22 @@ async fn sighup_applies_a_good_config_and_refuses_a_bad_one() {
     let d = default_length_answer(&mut c, "d").await;
     assert_eq!(d["usage"]["completion_tokens"], 9, "{d}");
 
-    // A changed model section: the new engine loads beside the old one, then takes over.
+    // A changed model section: the new engine loads beside the old one, then takes over;
+    // meanwhile the retained status says `reloading`.
+    let mut st = TestClient::connect(mosq.port, &["llamabus/status/hup"]).await;
+    st.recv_where(10, |m| m.json()["state"] == "online").await;
     let renamed = service_config(&mosq.url(), "hup", "default_max_tokens = 5", "")
         .replace("threads = 1", "threads = 1\nname = \"renamed\"");
     std::fs::write(&p.config, &renamed).unwrap();
     p.signal("HUP");
     let seen = n.until(Duration::from_secs(60), |m| has(m, "READY=1"));
+    st.recv_where(10, |m| m.json()["state"] == "reloading")
+        .await;
+    let back = st
+        .recv_where(10, |m| m.json()["state"] == "online")
+        .await
+        .json();
+    assert_eq!(back["models"][0]["name"], "renamed", "{back}");
     assert!(
         seen.iter()
             .any(|m| status_of(&m.1) == Some("reloading: loading model renamed")),

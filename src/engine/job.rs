@@ -197,6 +197,8 @@ pub struct ModelInfo {
     pub has_chat_template: bool,
     /// How plain-text prompts are tokenized ([`PromptMode::Auto`] resolved).
     pub default_mode: PromptMode,
+    /// The ggml CPU variant computing (`avx2`, `dotprod`, ...; process-wide).
+    pub cpu_variant: &'static str,
 }
 
 /// Counters for the status topic.

@@ -138,6 +138,8 @@ fn model_info(cfg: &EngineConfig, model: &Model) -> ModelInfo {
             PromptMode::Auto => PromptMode::Complete,
             m => m,
         },
+        // Loading the model selected it.
+        cpu_variant: crate::ggml::cpu::active_variant().map_or("none", |v| v.name()),
     }
 }
 

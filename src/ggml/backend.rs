@@ -29,6 +29,8 @@ pub enum GgmlError {
     Misaligned(usize, usize),
     #[error("could not start the ggml threadpool with {0} threads")]
     Threadpool(usize),
+    #[error(transparent)]
+    Cpu(#[from] super::cpu::CpuError),
 }
 
 /// The ggml CPU backend with a persistent threadpool: worker threads are created once and
@@ -38,6 +40,7 @@ pub struct CpuBackend {
     ptr: NonNull<sys::ggml_backend>,
     pool: NonNull<sys::ggml_threadpool>,
     n_threads: usize,
+    variant: super::cpu::Variant,
 }
 
 // SAFETY: the backend and its threadpool are owned exclusively by this value and have no
@@ -46,35 +49,43 @@ pub struct CpuBackend {
 unsafe impl Send for CpuBackend {}
 
 impl CpuBackend {
-    /// A CPU backend computing with `n_threads` threads (at least 1).
+    /// A CPU backend computing with `n_threads` threads (at least 1), on the CPU variant this
+    /// process runs ([`super::cpu::active_variant`]).
     pub fn new(n_threads: usize) -> Result<CpuBackend, GgmlError> {
+        let variant = super::init()?;
         let n_threads = n_threads.max(1);
-        super::init();
-        // SAFETY: ggml_backend_cpu_init has no preconditions beyond ggml_cpu_init (done above).
-        let ptr =
-            NonNull::new(unsafe { sys::ggml_backend_cpu_init() }).ok_or(GgmlError::Alloc(0))?;
-        // SAFETY: params are initialised by ggml for n_threads; the pool is freed in Drop
-        // after the backend that uses it.
+        let api = variant.api();
+        // SAFETY: ggml_backend_cpu_init has no preconditions beyond ggml_cpu_init, which
+        // `api()` ran for this variant; the CPU runs the variant (selector).
+        let ptr = NonNull::new(unsafe { (api.backend_cpu_init)() }).ok_or(GgmlError::Alloc(0))?;
+        // SAFETY: params are initialised by ggml for n_threads; the pool is the same variant's
+        // as the backend and is freed in Drop after the backend that uses it.
         let pool = unsafe {
             let mut params = sys::ggml_threadpool_params_default(n_threads as i32);
-            sys::ggml_threadpool_new(&mut params)
+            (api.threadpool_new)(&mut params)
         };
         let Some(pool) = NonNull::new(pool) else {
             // SAFETY: free the backend we just created.
             unsafe { sys::ggml_backend_free(ptr.as_ptr()) };
             return Err(GgmlError::Threadpool(n_threads));
         };
-        // SAFETY: both pointers are valid; the backend keeps a non-owning reference to the
-        // pool, which lives until Drop.
+        // SAFETY: both pointers are valid and of this variant; the backend keeps a non-owning
+        // reference to the pool, which lives until Drop.
         unsafe {
-            sys::ggml_backend_cpu_set_n_threads(ptr.as_ptr(), n_threads as i32);
-            sys::ggml_backend_cpu_set_threadpool(ptr.as_ptr(), pool.as_ptr());
+            (api.backend_cpu_set_n_threads)(ptr.as_ptr(), n_threads as i32);
+            (api.backend_cpu_set_threadpool)(ptr.as_ptr(), pool.as_ptr());
         }
         Ok(CpuBackend {
             ptr,
             pool,
             n_threads,
+            variant,
         })
+    }
+
+    /// The CPU variant computing.
+    pub fn variant(&self) -> super::cpu::Variant {
+        self.variant
     }
 
     /// Threads used per compute.
@@ -114,7 +125,7 @@ impl Drop for CpuBackend {
         // SAFETY: free the backend first (it references the pool), each exactly once.
         unsafe {
             sys::ggml_backend_free(self.ptr.as_ptr());
-            sys::ggml_threadpool_free(self.pool.as_ptr());
+            (self.variant.api().threadpool_free)(self.pool.as_ptr());
         }
     }
 }

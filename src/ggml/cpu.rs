@@ -1,49 +1,275 @@
-//! Runtime CPU guard: the SIMD features ggml was compiled for must exist on this CPU.
+//! The CPU selector: which of the compiled-in variants of ggml's CPU backend this process runs.
 //!
-//! A binary built for a Pi 5 (dotprod) started on a Pi 4, or an AVX-512 build on an AVX2
-//! mini-PC, would otherwise die with SIGILL in the middle of a matrix product. `check()` turns
-//! that into an error naming the missing feature. No `unsafe` here: x86 and aarch64 use std's
-//! detection, 32-bit ARM reads `AT_HWCAP` from `/proc/self/auxv`.
+//! build.rs links several builds of the CPU backend side by side (x86_64: sse42, avx2, avx512;
+//! aarch64: armv8, dotprod, i8mm; armv7: one), each under its own symbol prefix. Before any
+//! of them runs, [`select`] picks one: the variant forced by `LLAMABUS_CPU_VARIANT` or
+//! `[model] cpu_variant`, else the best the running CPU supports. A variant is supported only
+//! if the CPU has every SIMD feature its compiler flags enable (as the C preprocessor reported
+//! them at build time), so the selector never picks one that could raise SIGILL; forcing a
+//! variant the CPU lacks is an error naming the missing features.
+//!
+//! Detection: x86 CPUID (with the OS's XSAVE support for AVX/AVX-512) and aarch64 HWCAP/HWCAP2
+//! through std's feature detection; 32-bit ARM reads `AT_HWCAP` from `/proc/self/auxv`.
+
+use std::sync::{Mutex, OnceLock};
+
+use super::cpu_api::{CpuApi, VariantEntry, VARIANTS};
 
 /// The target triple this binary was built for.
 pub const TARGET: &str = env!("LLAMABUS_TARGET");
-/// Compiler flags build.rs chose for ggml's SIMD level.
-pub const SIMD_FLAGS: &str = env!("LLAMABUS_SIMD_FLAGS");
-const COMPILED: &str = env!("LLAMABUS_SIMD");
+/// The environment variable that forces a variant (it wins over `[model] cpu_variant`).
+pub const ENV_VAR: &str = "LLAMABUS_CPU_VARIANT";
 
-/// SIMD features ggml was compiled with (as the C preprocessor reported them at build time).
-pub fn compiled_features() -> Vec<&'static str> {
-    COMPILED.split(',').filter(|s| !s.is_empty()).collect()
+/// A compiled-in variant of ggml's CPU backend.
+#[derive(Clone, Copy)]
+pub struct Variant {
+    entry: &'static VariantEntry,
 }
 
-/// A compiled-in SIMD feature this CPU lacks.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "this CPU lacks {missing:?}, which this llamabus build ({target}, compiled with {compiled}) \
-     needs; rebuild for this board (see README: \"Build for your board\")"
-)]
-pub struct MissingCpuFeatures {
-    /// The missing features.
-    pub missing: Vec<&'static str>,
-    target: &'static str,
-    compiled: &'static str,
-}
-
-/// Checks every compiled-in feature against the running CPU.
-pub fn check() -> Result<(), MissingCpuFeatures> {
-    let missing: Vec<&'static str> = compiled_features()
-        .into_iter()
-        .filter(|f| cpu_has(f) == Some(false))
-        .collect();
-    if missing.is_empty() {
-        Ok(())
-    } else {
-        Err(MissingCpuFeatures {
-            missing,
-            target: TARGET,
-            compiled: COMPILED,
-        })
+impl PartialEq for Variant {
+    fn eq(&self, other: &Variant) -> bool {
+        std::ptr::eq(self.entry, other.entry)
     }
+}
+
+impl Eq for Variant {}
+
+impl std::fmt::Debug for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.entry.name)
+    }
+}
+
+impl std::fmt::Display for Variant {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.entry.name)
+    }
+}
+
+impl Variant {
+    /// Its name (`avx2`, `dotprod`, ...), as `cpu_variant` takes it.
+    pub fn name(self) -> &'static str {
+        self.entry.name
+    }
+
+    /// The SIMD features its compiler flags enable; the CPU must have all of them.
+    pub fn features(self) -> &'static [&'static str] {
+        self.entry.features
+    }
+
+    /// The compiler flags it was built with.
+    pub fn flags(self) -> &'static str {
+        self.entry.flags
+    }
+
+    /// `name (feature feature ...)`, for `sysinfo`, `bench` and logs.
+    pub fn describe(self) -> String {
+        format!("{} ({})", self.name(), self.features().join(" "))
+    }
+
+    /// The features this CPU lacks (empty: the variant runs here).
+    pub fn missing(self) -> Vec<&'static str> {
+        self.missing_with(&cpu_has)
+    }
+
+    fn missing_with(self, has: &dyn Fn(&str) -> Option<bool>) -> Vec<&'static str> {
+        // A feature the platform cannot confirm counts as missing: never risk SIGILL.
+        self.features()
+            .iter()
+            .copied()
+            .filter(|f| has(f) != Some(true))
+            .collect()
+    }
+
+    /// Whether this CPU runs the variant.
+    pub fn runs_here(self) -> bool {
+        self.missing().is_empty()
+    }
+
+    /// The variant's CPU-backend functions, after its one-time initialisation
+    /// (`ggml_cpu_init`: its FP16 and activation tables). Only for a variant that runs here;
+    /// the selector guarantees that for the active one.
+    pub(crate) fn api(self) -> &'static CpuApi {
+        let api = &self.entry.api;
+        let index = VARIANTS
+            .iter()
+            .position(|e| std::ptr::eq(e, self.entry))
+            .expect("variants come from VARIANTS");
+        static DONE: Mutex<Vec<usize>> = Mutex::new(Vec::new());
+        let mut done = DONE.lock().unwrap_or_else(|e| e.into_inner());
+        if !done.contains(&index) {
+            assert!(
+                self.runs_here(),
+                "ggml CPU variant {self} used on a CPU that lacks {:?}",
+                self.missing()
+            );
+            // SAFETY: ggml_cpu_init has no preconditions; the lock serialises the first call
+            // per variant, and the CPU has every feature the variant was compiled for.
+            unsafe { (api.cpu_init)() };
+            done.push(index);
+        }
+        api
+    }
+}
+
+/// Every variant compiled into this binary, in ascending order of preference.
+pub fn variants() -> Vec<Variant> {
+    VARIANTS.iter().map(|entry| Variant { entry }).collect()
+}
+
+/// The compiled-in variant called `name`.
+pub fn find(name: &str) -> Option<Variant> {
+    variants().into_iter().find(|v| v.name() == name)
+}
+
+/// Why no variant, or not the one asked for, can run.
+#[derive(Debug, thiserror::Error)]
+pub enum CpuError {
+    #[error(
+        "CPU variant {name:?} (from {from}) is not compiled into this build ({TARGET}); \
+         it has: {available}"
+    )]
+    Unknown {
+        name: String,
+        from: &'static str,
+        available: String,
+    },
+    #[error(
+        "CPU variant {name} (from {from}) needs {missing:?}, which this CPU lacks; \
+         it runs: {runs}"
+    )]
+    Unsupported {
+        name: &'static str,
+        from: &'static str,
+        missing: Vec<&'static str>,
+        runs: String,
+    },
+    #[error(
+        "this CPU runs none of the ggml variants in this build ({TARGET}): {detail}; \
+         rebuild for this board (see README: \"Build for your board\")"
+    )]
+    NoneRuns { detail: String },
+    #[error(
+        "CPU variant {requested} asked for, but this process already runs {active} \
+         (the variant is chosen once per process: restart to change it)"
+    )]
+    AlreadySelected {
+        requested: &'static str,
+        active: &'static str,
+    },
+}
+
+/// Picks a variant without selecting it: `forced` (with where it came from) if given, else
+/// the last variant whose features `has` confirms. The pure core of [`select`], testable with
+/// any CPU's feature set.
+pub fn choose(
+    forced: Option<(&str, &'static str)>,
+    has: &dyn Fn(&str) -> Option<bool>,
+) -> Result<Variant, CpuError> {
+    let all = variants();
+    let runs: Vec<Variant> = all
+        .iter()
+        .copied()
+        .filter(|v| v.missing_with(has).is_empty())
+        .collect();
+    let names = |vs: &[Variant]| {
+        if vs.is_empty() {
+            "none".to_string()
+        } else {
+            vs.iter().map(|v| v.name()).collect::<Vec<_>>().join(", ")
+        }
+    };
+    match forced {
+        Some((name, source)) if name != "auto" => {
+            let v = find(name).ok_or_else(|| CpuError::Unknown {
+                name: name.to_string(),
+                from: source,
+                available: format!("{}, or auto", names(&all)),
+            })?;
+            let missing = v.missing_with(has);
+            if missing.is_empty() {
+                Ok(v)
+            } else {
+                Err(CpuError::Unsupported {
+                    name: v.name(),
+                    from: source,
+                    missing,
+                    runs: names(&runs),
+                })
+            }
+        }
+        _ => runs.last().copied().ok_or_else(|| CpuError::NoneRuns {
+            detail: all
+                .iter()
+                .map(|v| format!("{} lacks {}", v.name(), v.missing_with(has).join(" ")))
+                .collect::<Vec<_>>()
+                .join("; "),
+        }),
+    }
+}
+
+/// Checks `[model] cpu_variant` (or the environment variable) without selecting anything:
+/// what `check-config` and the config loader report.
+pub fn validate(config: Option<&str>) -> Result<Variant, CpuError> {
+    choose(
+        forced(config).as_ref().map(|(n, s)| (n.as_str(), *s)),
+        &cpu_has,
+    )
+}
+
+fn forced(config: Option<&str>) -> Option<(String, &'static str)> {
+    match std::env::var(ENV_VAR) {
+        Ok(v) if !v.is_empty() => Some((v, ENV_VAR)),
+        _ => config.map(|c| (c.to_string(), "[model] cpu_variant")),
+    }
+}
+
+static ACTIVE: OnceLock<Variant> = OnceLock::new();
+
+/// Selects the variant this process runs, once: `LLAMABUS_CPU_VARIANT` if set, else `config`
+/// (`[model] cpu_variant`), else the best this CPU supports. Later calls return the same
+/// variant, or [`CpuError::AlreadySelected`] if they ask for a different one.
+pub fn select(config: Option<&str>) -> Result<Variant, CpuError> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let chosen = validate(config)?;
+    match ACTIVE.get() {
+        None => {
+            let _ = ACTIVE.set(chosen);
+            Ok(chosen)
+        }
+        Some(&active) => {
+            let explicit = forced(config).is_some_and(|(n, _)| n != "auto");
+            if explicit && active != chosen {
+                Err(CpuError::AlreadySelected {
+                    requested: chosen.name(),
+                    active: active.name(),
+                })
+            } else {
+                Ok(active)
+            }
+        }
+    }
+}
+
+/// The variant this process runs: the one [`select`] chose, or (if nothing selected yet)
+/// the environment variable's or the best one, selected now.
+pub fn active_variant() -> Result<Variant, CpuError> {
+    match ACTIVE.get() {
+        Some(&v) => Ok(v),
+        None => select(None),
+    }
+}
+
+/// SIMD features of the variant in use (empty if none can run here).
+pub fn compiled_features() -> Vec<&'static str> {
+    active_variant().map_or_else(|_| Vec::new(), |v| v.features().to_vec())
+}
+
+/// Whether a variant runs here at all (the environment variable's, if set): `main` checks this
+/// before anything else, so an unusable CPU gets a message instead of SIGILL.
+pub fn check() -> Result<Variant, CpuError> {
+    validate(None)
 }
 
 /// Whether the running CPU has `feature`; `None` if this platform cannot tell.
@@ -59,12 +285,16 @@ fn detect(f: &str) -> Option<bool> {
         "ssse3" => d!("ssse3"),
         "sse4.1" => d!("sse4.1"),
         "sse4.2" => d!("sse4.2"),
+        "popcnt" => d!("popcnt"),
         "avx" => d!("avx"),
         "avx2" => d!("avx2"),
         "fma" => d!("fma"),
         "f16c" => d!("f16c"),
+        "bmi1" => d!("bmi1"),
         "bmi2" => d!("bmi2"),
+        "lzcnt" => d!("lzcnt"),
         "avx512f" => d!("avx512f"),
+        "avx512cd" => d!("avx512cd"),
         "avx512bw" => d!("avx512bw"),
         "avx512dq" => d!("avx512dq"),
         "avx512vl" => d!("avx512vl"),
@@ -82,9 +312,13 @@ fn detect(f: &str) -> Option<bool> {
         "neon" => d!("neon"),
         // On aarch64 the FMA macro comes with every NEON build.
         "vfpv4" => d!("neon"),
+        "crc" => d!("crc"),
+        "lse" => d!("lse"),
+        "rdm" => d!("rdm"),
         "dotprod" => d!("dotprod"),
         "fp16" => d!("fp16"),
         "i8mm" => d!("i8mm"),
+        "bf16" => d!("bf16"),
         "sve" => d!("sve"),
         _ => return None,
     })
@@ -128,11 +362,15 @@ pub fn parse_auxv(raw: &[u8], word: usize, key: u64) -> Option<u64> {
     })
 }
 
-/// One-line description for `--version` and `sysinfo`.
+/// One-line description for `--version`: the target, ggml, and the variants compiled in.
 pub fn summary() -> String {
     format!(
-        "target {TARGET}, ggml {} (vendored), SIMD [{}]",
+        "target {TARGET}, ggml {} (vendored), CPU variants: {}",
         super::GGML_VERSION,
-        compiled_features().join(" ")
+        variants()
+            .iter()
+            .map(|v| v.describe())
+            .collect::<Vec<_>>()
+            .join(", ")
     )
 }

@@ -1,5 +1,5 @@
-//! Raw bindgen output for the vendored ggml headers: the committed src/ggml/bindings/<target>.rs
-//! (or, when build.rs runs bindgen, a fresh one), copied to OUT_DIR by build.rs.
+//! Raw bindgen output for the vendored ggml headers: the committed src/ggml/bindings/ file for the
+//! target's ABI (or, when build.rs runs bindgen, a fresh one), copied to OUT_DIR by build.rs.
 #![allow(
     non_camel_case_types,
     non_snake_case,

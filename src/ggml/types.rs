@@ -88,9 +88,13 @@ impl Type {
 
     /// Whether the CPU backend can run `mul_mat` with weights of this type: it needs a
     /// conversion to its dot-product type (ggml_get_type_traits_cpu).
+    /// False if no CPU variant runs here.
     pub fn cpu_supports_mul_mat(self) -> bool {
-        // SAFETY: static traits table lookup for a valid id.
-        let cpu = unsafe { &*sys::ggml_get_type_traits_cpu(self.0) };
+        let Ok(v) = super::init() else {
+            return false;
+        };
+        // SAFETY: static traits table lookup for a valid id, in the variant in use.
+        let cpu = unsafe { &*(v.api().get_type_traits_cpu)(self.0) };
         cpu.vec_dot.is_some()
     }
 }

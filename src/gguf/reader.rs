@@ -411,9 +411,13 @@ fn read_fixed<'a, T>(
     Ok(out)
 }
 
-/// Reads an array (element type, length, elements) for `key` at nesting `depth` (1 = top).
-fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array, GgufError> {
-    use value_type as t;
+/// An array's element type and length, checked: nesting depth, a known type, the length cap,
+/// and room in the file for even the smallest encoding of that many elements.
+fn read_array_header(
+    cur: &mut Cursor<'_>,
+    key: &str,
+    depth: usize,
+) -> Result<(u32, usize), GgufError> {
     let offset = cur.offset();
     if depth > MAX_ARRAY_DEPTH {
         return Err(GgufError::ArrayTooDeep {
@@ -457,7 +461,13 @@ fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array, Gg
         });
     }
     // len <= MAX_ARRAY_LEN (2^24), so it fits in usize on every target.
-    let n = len as usize;
+    Ok((ty, len as usize))
+}
+
+/// Reads an array (element type, length, elements) for `key` at nesting `depth` (1 = top).
+fn read_array(cur: &mut Cursor<'_>, key: &str, depth: usize) -> Result<Array, GgufError> {
+    use value_type as t;
+    let (ty, n) = read_array_header(cur, key, depth)?;
     Ok(match ty {
         t::U8 => Array::U8(read_fixed(cur, n, key, Cursor::u8)?),
         t::I8 => Array::I8(read_fixed(cur, n, key, Cursor::i8)?),
@@ -621,77 +631,11 @@ fn parse(buf: &[u8]) -> Result<Header, GgufError> {
             max: MAX_TENSORS,
         });
     }
-    check_count(&cur, "metadata key/value", n_kv, MAX_KVS, MIN_KV_BYTES)?;
-
-    let mut metadata = Metadata::default();
-    for i in 0..n_kv {
-        let offset = cur.offset();
-        let key = read_string(&mut cur, MAX_KEY_LEN, &|| format!("key #{i}"))?;
-        if key.is_empty() {
-            return Err(GgufError::EmptyKey { index: i, offset });
-        }
-        if metadata.get(&key).is_some() {
-            return Err(GgufError::DuplicateKey { key, offset });
-        }
-        let ty = cur.u32().ctx(|| format!("value type of key '{key}'"))?;
-        let value = read_value(&mut cur, ty, &key, 0)?;
-        metadata.insert(key, value);
-    }
-
-    check_count(
-        &cur,
-        "tensor",
-        n_tensors,
-        MAX_TENSORS,
-        MIN_TENSOR_INFO_BYTES,
-    )?;
-    let mut tensors = Vec::with_capacity(n_tensors as usize); // ≤ MAX_TENSORS
-    let mut by_name = HashMap::with_capacity(n_tensors as usize);
-    for i in 0..n_tensors {
-        let offset = cur.offset();
-        let info = parse_tensor_info(&mut cur, i)?;
-        if by_name.contains_key(&info.name) {
-            return Err(GgufError::DuplicateTensor {
-                name: info.name,
-                offset,
-            });
-        }
-        by_name.insert(info.name.clone(), tensors.len());
-        tensors.push(info);
-    }
-
-    let alignment = match metadata.opt_u32(KEY_ALIGNMENT)? {
-        None => DEFAULT_ALIGNMENT,
-        Some(a) if a.is_power_of_two() => u64::from(a),
-        Some(a) => {
-            return Err(GgufError::BadAlignment {
-                key: KEY_ALIGNMENT,
-                value: a.into(),
-            })
-        }
-    };
-
-    // Like ggml, pad to the data section only when there is data: vocab-only files may end
-    // right after the header.
-    let header_end = cur.offset();
+    let metadata = parse_metadata(&mut cur, n_kv)?;
+    let (tensors, by_name) = parse_tensor_infos(&mut cur, n_tensors)?;
+    let alignment = parse_alignment(&metadata)?;
     let file_len = buf.len() as u64;
-    let data_offset = if tensors.is_empty() {
-        header_end
-    } else {
-        let padded = header_end
-            .checked_next_multiple_of(alignment)
-            .unwrap_or(u64::MAX);
-        if padded > file_len {
-            return Err(GgufError::Truncated {
-                what: "padding before the tensor data section".into(),
-                offset: header_end,
-                needed: padded - header_end,
-                available: file_len - header_end,
-            });
-        }
-        padded
-    };
-
+    let data_offset = data_section_offset(cur.offset(), file_len, !tensors.is_empty(), alignment)?;
     check_tensor_ranges(&tensors, alignment, data_offset, file_len)?;
 
     Ok(Header {
@@ -702,6 +646,86 @@ fn parse(buf: &[u8]) -> Result<Header, GgufError> {
         alignment,
         data_offset,
     })
+}
+
+/// The `n_kv` metadata pairs: non-empty, unique keys and their values.
+fn parse_metadata(cur: &mut Cursor<'_>, n_kv: u64) -> Result<Metadata, GgufError> {
+    check_count(cur, "metadata key/value", n_kv, MAX_KVS, MIN_KV_BYTES)?;
+    let mut metadata = Metadata::default();
+    for i in 0..n_kv {
+        let offset = cur.offset();
+        let key = read_string(cur, MAX_KEY_LEN, &|| format!("key #{i}"))?;
+        if key.is_empty() {
+            return Err(GgufError::EmptyKey { index: i, offset });
+        }
+        if metadata.get(&key).is_some() {
+            return Err(GgufError::DuplicateKey { key, offset });
+        }
+        let ty = cur.u32().ctx(|| format!("value type of key '{key}'"))?;
+        let value = read_value(cur, ty, &key, 0)?;
+        metadata.insert(key, value);
+    }
+    Ok(metadata)
+}
+
+/// The `n_tensors` tensor infos, with unique names, and the index of each name.
+fn parse_tensor_infos(
+    cur: &mut Cursor<'_>,
+    n_tensors: u64,
+) -> Result<(Vec<TensorInfo>, HashMap<String, usize>), GgufError> {
+    check_count(cur, "tensor", n_tensors, MAX_TENSORS, MIN_TENSOR_INFO_BYTES)?;
+    let mut tensors = Vec::with_capacity(n_tensors as usize); // ≤ MAX_TENSORS
+    let mut by_name = HashMap::with_capacity(n_tensors as usize);
+    for i in 0..n_tensors {
+        let offset = cur.offset();
+        let info = parse_tensor_info(cur, i)?;
+        if by_name.contains_key(&info.name) {
+            return Err(GgufError::DuplicateTensor {
+                name: info.name,
+                offset,
+            });
+        }
+        by_name.insert(info.name.clone(), tensors.len());
+        tensors.push(info);
+    }
+    Ok((tensors, by_name))
+}
+
+/// `general.alignment`, a power of two, or the default.
+fn parse_alignment(metadata: &Metadata) -> Result<u64, GgufError> {
+    match metadata.opt_u32(KEY_ALIGNMENT)? {
+        None => Ok(DEFAULT_ALIGNMENT),
+        Some(a) if a.is_power_of_two() => Ok(u64::from(a)),
+        Some(a) => Err(GgufError::BadAlignment {
+            key: KEY_ALIGNMENT,
+            value: a.into(),
+        }),
+    }
+}
+
+/// Where the tensor data section starts: the header's end padded to `alignment`. Like ggml, pad
+/// only when there is data: vocab-only files may end right after the header.
+fn data_section_offset(
+    header_end: u64,
+    file_len: u64,
+    has_tensors: bool,
+    alignment: u64,
+) -> Result<u64, GgufError> {
+    if !has_tensors {
+        return Ok(header_end);
+    }
+    let padded = header_end
+        .checked_next_multiple_of(alignment)
+        .unwrap_or(u64::MAX);
+    if padded > file_len {
+        return Err(GgufError::Truncated {
+            what: "padding before the tensor data section".into(),
+            offset: header_end,
+            needed: padded - header_end,
+            available: file_len - header_end,
+        });
+    }
+    Ok(padded)
 }
 
 /// Every tensor's data must be aligned, inside the file and disjoint from the others.

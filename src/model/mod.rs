@@ -111,7 +111,7 @@ impl Model {
     }
 
     fn from_gguf_at(gguf: Arc<Gguf>, start: Instant) -> Result<Model, ModelError> {
-        ggml::init();
+        ggml::init().map_err(ggml::GgmlError::from)?;
         let md = gguf.metadata();
         let tokenizer = Tokenizer::from_metadata(md)?;
         let hparams = HParams::from_metadata(md, tokenizer.n_vocab())?;

@@ -173,6 +173,9 @@ pub struct ModelSettings {
     pub step_tokens: usize,
     pub mode: PromptMode,
     pub sampling: SamplingParams,
+    /// A ggml CPU variant to force (`None` or `"auto"`: the best this CPU runs). Process-wide:
+    /// models that set it must agree.
+    pub cpu_variant: Option<String>,
 }
 
 /// Everything `llamabus serve` needs; immutable once built.
@@ -197,6 +200,11 @@ impl Settings {
     /// The default model.
     pub fn model(&self) -> &ModelSettings {
         &self.models[self.default_model]
+    }
+
+    /// The ggml CPU variant the models force (they agree; validated), if any.
+    pub fn cpu_variant(&self) -> Option<&str> {
+        self.models.iter().find_map(|m| m.cpu_variant.as_deref())
     }
 
     /// The engine configuration for the default model.

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+use crate::ggml::cpu::{self, CpuError};
 use crate::mqtt::lifecycle::Reload;
 use crate::mqtt::server::{self, Hooks, ServeError};
 use crate::service::config::{self, ConfigError, Overrides, Sources};
@@ -21,6 +22,8 @@ pub enum DaemonError {
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Serve(#[from] ServeError),
+    #[error(transparent)]
+    Cpu(#[from] CpuError),
 }
 
 /// Runs the daemon until SIGTERM/SIGINT: reads the configuration from `file` (or the default)
@@ -34,17 +37,19 @@ pub fn serve(
     let sources = Sources::from_process(file, overrides);
     let settings = config::load_sources(&sources)?;
     logging::apply_config_level(settings.log_level);
+    let variant = cpu::select(settings.cpu_variant())?;
     let paths: Vec<String> = settings
         .models
         .iter()
         .map(|m| format!("{} ({})", m.name, m.path.display()))
         .collect();
     log::info!(
-        "llamabus {} serving {} as node {} (config: {})",
+        "llamabus {} serving {} as node {} (config: {}; ggml CPU variant {})",
         env!("CARGO_PKG_VERSION"),
         paths.join(", "),
         settings.node,
-        settings.source
+        settings.source,
+        variant.describe()
     );
     let rt = runtime()?;
     let result = rt.block_on(async {
@@ -80,7 +85,14 @@ fn reload_on_sighup(
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
         while sighup.recv().await.is_some() {
-            let new = config::load_sources(&sources).map_err(|e| e.to_string());
+            let new = config::load_sources(&sources)
+                .map_err(|e| e.to_string())
+                .and_then(|s| {
+                    // The variant is chosen once per process: a reload cannot change it.
+                    cpu::select(s.cpu_variant())
+                        .map_err(|e| format!("{}: model.cpu_variant: {e}", s.source))?;
+                    Ok(s)
+                });
             if let Ok(s) = &new {
                 logging::apply_config_level(s.log_level);
             }

@@ -11,6 +11,7 @@
 
 use super::fxhash::FxHashMap;
 use super::pretokenize::{self, Step};
+use super::symbols::{merge, pair_is_current, Symbol};
 use super::unicode::BYTE_TO_CHAR;
 use super::vocab::Vocab;
 use std::cmp::Reverse;
@@ -133,21 +134,10 @@ impl Bpe {
         }
 
         while let Some(Reverse(cand)) = s.heap.pop() {
-            let (left, right) = (s.symbols[cand.left], s.symbols[cand.right]);
-            // Stale: one side was merged away or grew since this pair was queued.
-            if left.is_dead() || right.is_dead() || right.end - left.start != cand.len {
+            if !pair_is_current(&s.symbols, cand.left, cand.right, cand.len) {
                 continue;
             }
-            let l = &mut s.symbols[cand.left];
-            l.end = right.end;
-            l.next = right.next;
-            l.piece = cand.merged;
-            let prev = l.prev;
-            let next = l.next;
-            s.symbols[cand.right].start = s.symbols[cand.right].end; // mark dead
-            if let Some(n) = next {
-                s.symbols[n].prev = Some(cand.left);
-            }
+            let (prev, next) = merge(&mut s.symbols, cand.left, cand.right, cand.merged);
             if let Some(p) = prev {
                 self.push_pair(s, p, cand.left);
             }
@@ -193,22 +183,6 @@ impl Bpe {
     }
 }
 
-/// One symbol of the word being merged: a byte range of the raw word.
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    start: usize,
-    end: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-    piece: u32,
-}
-
-impl Symbol {
-    fn is_dead(&self) -> bool {
-        self.start == self.end
-    }
-}
-
 /// A queued merge; ordered by rank, then by leftmost position (llama.cpp's comparator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 struct Candidate {
@@ -222,7 +196,8 @@ struct Candidate {
 /// Buffers reused across the words of one call.
 #[derive(Default)]
 struct Session {
-    symbols: Vec<Symbol>,
+    /// The word being merged: byte ranges of the raw word and their pieces.
+    symbols: Vec<Symbol<u32>>,
     heap: BinaryHeap<Reverse<Candidate>>,
     encoded: String,
 }

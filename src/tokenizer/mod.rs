@@ -40,6 +40,7 @@ mod bpe;
 mod fxhash;
 mod pretokenize;
 mod spm;
+mod symbols;
 mod unicode;
 mod unicode_data;
 mod vocab;
@@ -188,6 +189,50 @@ impl<'a> TokenizerSpec<'a> {
     }
 }
 
+/// The algorithm of `tokenizer.ggml.model`, with its default special ids, `add_bos` and
+/// `add_space_prefix` (llama.cpp's `load`).
+fn algorithm_defaults(model: &str) -> Result<(Algo, SpecialIds, bool, bool), TokenizerError> {
+    match model {
+        "llama" => Ok((
+            Algo::Spm,
+            SpecialIds {
+                bos: Some(1),
+                eos: Some(2),
+                unk: Some(0),
+                ..SpecialIds::default()
+            },
+            true,
+            true,
+        )),
+        "gpt2" => Ok((
+            Algo::Bpe,
+            SpecialIds {
+                bos: Some(11),
+                eos: Some(11),
+                ..SpecialIds::default()
+            },
+            false,
+            false,
+        )),
+        other => Err(TokenizerError::UnsupportedModel(other.to_owned())),
+    }
+}
+
+impl From<vocab::BuildProblem> for TokenizerError {
+    fn from(p: vocab::BuildProblem) -> Self {
+        match p {
+            vocab::BuildProblem::Empty => TokenizerError::EmptyVocab,
+            vocab::BuildProblem::TooMany(n) => TokenizerError::TooManyTokens(n),
+            vocab::BuildProblem::SpecialIdOutOfRange { key, id, n_tokens } => {
+                TokenizerError::SpecialIdOutOfRange { key, id, n_tokens }
+            }
+            vocab::BuildProblem::ShortArray { key, len, n_tokens } => {
+                TokenizerError::ShortArray { key, len, n_tokens }
+            }
+        }
+    }
+}
+
 impl Tokenizer {
     /// Builds the tokenizer from a model's metadata (vocab-only GGUFs work too).
     pub fn from_metadata(md: &Metadata) -> Result<Tokenizer, TokenizerError> {
@@ -244,31 +289,8 @@ impl Tokenizer {
 
     pub(crate) fn from_spec(spec: TokenizerSpec<'_>) -> Result<Tokenizer, TokenizerError> {
         let mut warnings = Vec::new();
-        // Per-algorithm defaults, from llama.cpp's `load`.
-        let (algo, defaults, add_bos_default, add_space_prefix_default) = match spec.model {
-            "llama" => (
-                Algo::Spm,
-                SpecialIds {
-                    bos: Some(1),
-                    eos: Some(2),
-                    unk: Some(0),
-                    ..SpecialIds::default()
-                },
-                true,
-                true,
-            ),
-            "gpt2" => (
-                Algo::Bpe,
-                SpecialIds {
-                    bos: Some(11),
-                    eos: Some(11),
-                    ..SpecialIds::default()
-                },
-                false,
-                false,
-            ),
-            other => return Err(TokenizerError::UnsupportedModel(other.to_owned())),
-        };
+        let (algo, defaults, add_bos_default, add_space_prefix_default) =
+            algorithm_defaults(spec.model)?;
 
         let mut pre_name = String::new();
         let mut bpe_setup = None;
@@ -303,16 +325,7 @@ impl Tokenizer {
             pre: spec.pre.unwrap_or("").to_owned(),
             arch: spec.arch.to_owned(),
         };
-        let vocab = Vocab::build(&vspec, defaults, &mut warnings).map_err(|p| match p {
-            vocab::BuildProblem::Empty => TokenizerError::EmptyVocab,
-            vocab::BuildProblem::TooMany(n) => TokenizerError::TooManyTokens(n),
-            vocab::BuildProblem::SpecialIdOutOfRange { key, id, n_tokens } => {
-                TokenizerError::SpecialIdOutOfRange { key, id, n_tokens }
-            }
-            vocab::BuildProblem::ShortArray { key, len, n_tokens } => {
-                TokenizerError::ShortArray { key, len, n_tokens }
-            }
-        })?;
+        let vocab = Vocab::build(&vspec, defaults, &mut warnings)?;
 
         let (engine, kind) = match bpe_setup {
             Some((merges, steps, ignore_merges)) => (

@@ -218,6 +218,20 @@ impl Segment<'_> {
         (n, last_newline_end)
     }
 
+    /// The end of the piece at `pos` for the last alternatives both GPT-2 and Llama 3 share,
+    /// given the whitespace run there (`n_ws` codepoints): `\s+(?!\S)` leaves the last
+    /// whitespace to prefix the next word, `\s+` takes the run at the end of the text, and
+    /// with no match one codepoint stands alone.
+    fn whitespace_end(&self, pos: usize, n_ws: usize) -> usize {
+        if n_ws > 1 && self.cpt(pos + n_ws) != OUT_OF_RANGE {
+            pos + n_ws - 1
+        } else if n_ws > 0 {
+            pos + n_ws
+        } else {
+            pos + 1
+        }
+    }
+
     /// llama.cpp `unicode_regex_split_custom_gpt2`.
     fn gpt2(&self, start: usize, out: &mut Pieces<'_>) {
         let space = u32::from(b' ');
@@ -265,20 +279,7 @@ impl Segment<'_> {
             }
 
             let (n_ws, _) = self.whitespace_run(pos);
-            // \s+(?!\S): leave the last whitespace to prefix the next word.
-            if n_ws > 1 && self.cpt(pos + n_ws) != OUT_OF_RANGE {
-                pos += n_ws - 1;
-                out.push(pos);
-                continue;
-            }
-            // \s+
-            if n_ws > 0 {
-                pos += n_ws;
-                out.push(pos);
-                continue;
-            }
-            // no match
-            pos += 1;
+            pos = self.whitespace_end(pos, n_ws);
             out.push(pos);
         }
     }
@@ -348,20 +349,7 @@ impl Segment<'_> {
                 out.push(pos);
                 continue;
             }
-            // \s+(?!\S)
-            if n_ws > 1 && self.cpt(pos + n_ws) != OUT_OF_RANGE {
-                pos += n_ws - 1;
-                out.push(pos);
-                continue;
-            }
-            // \s+
-            if n_ws > 0 {
-                pos += n_ws;
-                out.push(pos);
-                continue;
-            }
-            // no match
-            pos += 1;
+            pos = self.whitespace_end(pos, n_ws);
             out.push(pos);
         }
     }

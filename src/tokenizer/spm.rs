@@ -7,13 +7,15 @@
 //! byte tokens. A heap plus a linked list keeps this O(n log n).
 //! <https://github.com/ggml-org/llama.cpp/blob/master/src/llama-vocab.cpp>
 
+use super::symbols::{merge, pair_is_current, Symbol};
 use super::vocab::Vocab;
 use std::cmp::Ordering;
 use std::collections::BinaryHeap;
 
 /// Appends the tokens of `text` (already whitespace-escaped) to `out`.
 pub(crate) fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
-    let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+    // One symbol per character; SentencePiece looks merged text up, so symbols carry no piece.
+    let mut symbols: Vec<Symbol<()>> = Vec::with_capacity(text.len());
     for (start, c) in text.char_indices() {
         let end = start + c.len_utf8();
         let n = symbols.len();
@@ -22,41 +24,36 @@ pub(crate) fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
             end,
             prev: n.checked_sub(1),
             next: (end < text.len()).then_some(n + 1),
+            piece: (),
         });
     }
 
     let mut heap = BinaryHeap::new();
-    let try_add = |heap: &mut BinaryHeap<Bigram>, symbols: &[Symbol], left: usize, right: usize| {
-        let (l, r) = (symbols[left], symbols[right]);
-        if let Some(id) = vocab.id_of(&text[l.start..r.end]) {
-            heap.push(Bigram {
-                score: vocab.score(id),
-                left,
-                right,
-                len: r.end - l.start,
-            });
-        }
-    };
+    let try_add =
+        |heap: &mut BinaryHeap<Bigram>, symbols: &[Symbol<()>], left: usize, right: usize| {
+            let (l, r) = (symbols[left], symbols[right]);
+            if let Some(id) = vocab.id_of(&text[l.start..r.end]) {
+                heap.push(Bigram {
+                    score: vocab.score(id),
+                    left,
+                    right,
+                    len: r.end - l.start,
+                });
+            }
+        };
     for i in 1..symbols.len() {
         try_add(&mut heap, &symbols, i - 1, i);
     }
 
     while let Some(b) = heap.pop() {
-        let (l, r) = (symbols[b.left], symbols[b.right]);
-        // Stale: a side was merged away or grew since the pair was queued.
-        if l.is_dead() || r.is_dead() || r.end - l.start != b.len {
+        if !pair_is_current(&symbols, b.left, b.right, b.len) {
             continue;
         }
-        symbols[b.left].end = r.end;
-        symbols[b.left].next = r.next;
-        symbols[b.right].start = r.end; // mark dead
-        if let Some(n) = r.next {
-            symbols[n].prev = Some(b.left);
-        }
-        if let Some(p) = l.prev {
+        let (prev, next) = merge(&mut symbols, b.left, b.right, ());
+        if let Some(p) = prev {
             try_add(&mut heap, &symbols, p, b.left);
         }
-        if let Some(n) = r.next {
+        if let Some(n) = next {
             try_add(&mut heap, &symbols, b.left, n);
         }
     }
@@ -77,20 +74,6 @@ pub(crate) fn encode(vocab: &Vocab, text: &str, out: &mut Vec<u32>) {
             ),
         }
         i = s.next;
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Symbol {
-    start: usize,
-    end: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
-}
-
-impl Symbol {
-    fn is_dead(&self) -> bool {
-        self.start == self.end
     }
 }
 

@@ -193,6 +193,35 @@ pub(crate) enum BuildProblem {
     },
 }
 
+/// The number of tokens, once it is known to be usable: at least one, ids that fit in u32, and
+/// per-token arrays (scores, token types) at least that long.
+fn check_lengths(spec: &VocabSpec<'_>) -> Result<usize, BuildProblem> {
+    let n = spec.tokens.len();
+    if n == 0 {
+        return Err(BuildProblem::Empty);
+    }
+    if u32::try_from(n).is_err() {
+        return Err(BuildProblem::TooMany(n));
+    }
+    let arrays = [
+        ("tokenizer.ggml.scores", spec.scores.as_ref().map(Vec::len)),
+        (
+            "tokenizer.ggml.token_type",
+            spec.token_types.map(<[i32]>::len),
+        ),
+    ];
+    for (key, len) in arrays {
+        if let Some(len) = len.filter(|&len| len < n) {
+            return Err(BuildProblem::ShortArray {
+                key,
+                len,
+                n_tokens: n,
+            });
+        }
+    }
+    Ok(n)
+}
+
 /// A special-id value that several converters write for "no such token" (-1 as u32).
 const NO_TOKEN: u32 = u32::MAX;
 
@@ -204,32 +233,7 @@ impl Vocab {
         defaults: SpecialIds,
         warnings: &mut Vec<String>,
     ) -> Result<Vocab, BuildProblem> {
-        let n = spec.tokens.len();
-        if n == 0 {
-            return Err(BuildProblem::Empty);
-        }
-        if u32::try_from(n).is_err() {
-            return Err(BuildProblem::TooMany(n));
-        }
-        if let Some(s) = &spec.scores {
-            if s.len() < n {
-                return Err(BuildProblem::ShortArray {
-                    key: "tokenizer.ggml.scores",
-                    len: s.len(),
-                    n_tokens: n,
-                });
-            }
-        }
-        if let Some(t) = spec.token_types {
-            if t.len() < n {
-                return Err(BuildProblem::ShortArray {
-                    key: "tokenizer.ggml.token_type",
-                    len: t.len(),
-                    n_tokens: n,
-                });
-            }
-        }
-
+        let n = check_lengths(spec)?;
         let mut texts = Vec::with_capacity(n);
         let mut ids = FxHashMap::default();
         ids.reserve(n);
@@ -271,19 +275,25 @@ impl Vocab {
         v.build_special_cache();
         v.build_pieces(spec.algo);
         v.apply_model_attrs(spec);
+        v.build_byte_tokens();
+        Ok(v)
+    }
+
+    /// The token of each ASCII character, and of each byte: its `<0xNN>` token, else for ASCII
+    /// the character's own token.
+    fn build_byte_tokens(&mut self) {
         for b in 0..128u8 {
-            v.ascii_tokens[usize::from(b)] = v.id_of(char::from(b).encode_utf8(&mut [0; 4]));
+            self.ascii_tokens[usize::from(b)] = self.id_of(char::from(b).encode_utf8(&mut [0; 4]));
         }
         for b in 0..=255u8 {
-            v.byte_tokens[usize::from(b)] = v.id_of(&format!("<0x{b:02X}>")).or_else(|| {
+            self.byte_tokens[usize::from(b)] = self.id_of(&format!("<0x{b:02X}>")).or_else(|| {
                 if b < 128 {
-                    v.ascii_tokens[usize::from(b)]
+                    self.ascii_tokens[usize::from(b)]
                 } else {
                     None
                 }
             });
         }
-        Ok(v)
     }
 
     /// Default ids out of range are disabled; a metadata id out of range is an error (a file

@@ -1,9 +1,9 @@
-//! Which llama.cpp greedy reference applies: the one for the SIMD path the ggml in use was
-//! compiled for. On SmolLM2-135M the summation order of AVX2 vs AVX-512 kernels moves
-//! log-probabilities by up to ~0.2 and flips near-tied tokens, and llama.cpp's own output moves
-//! the same way, so ../shared/reference has one file per path (see its README). No machine is
-//! refused: the portable x86 build is AVX2 and uses the AVX2 file on every CPU, AVX-512 ones
-//! included; a native build on an AVX-512 CPU uses the AVX-512 file.
+//! Which llama.cpp greedy reference applies: the one for the SIMD path of the ggml CPU variant
+//! in use (the one the selector picked at run time, or `LLAMABUS_CPU_VARIANT`'s). On SmolLM2-135M
+//! the summation order of AVX2 vs AVX-512 kernels moves log-probabilities by up to ~0.2 and flips
+//! near-tied tokens, and llama.cpp's own output moves the same way, so ../shared/reference has one
+//! file per path (see its README). No machine is refused: an AVX-512 CPU runs the avx512 variant
+//! and uses the AVX-512 file, an AVX2 CPU (or `LLAMABUS_CPU_VARIANT=avx2`) the AVX2 file.
 
 use std::path::PathBuf;
 
@@ -19,22 +19,26 @@ pub struct GreedyReference {
     pub entries: Vec<Value>,
 }
 
-/// The reference for the SIMD level ggml was compiled with, or `None` (with the reason printed)
-/// for a path llama.cpp produced no reference for (NEON, or x86 below AVX2).
+/// The reference for the SIMD level of the variant in use, or `None` (with the reason printed)
+/// for a path llama.cpp produced no reference for (NEON, or the x86 sse42 variant).
 pub fn greedy_reference() -> Option<GreedyReference> {
+    // The active variant's features: what its compiler flags enabled.
     let compiled = llamabus::ggml::cpu::compiled_features();
+    let variant = llamabus::ggml::cpu::active_variant().map_or("none", |v| v.name());
     let (file, level) = if compiled.contains(&"avx512f") {
         ("smollm2-greedy.json", "AVX-512")
     } else if compiled.contains(&"avx2") {
         ("smollm2-greedy.avx2.json", "AVX2")
     } else {
         println!(
-            "skipped: no llama.cpp reference for this SIMD path (ggml compiled with {compiled:?}); \
+            "skipped: no llama.cpp reference for this SIMD path (variant {variant}, compiled with {compiled:?}); \
              references exist for AVX2 and AVX-512"
         );
         return None;
     };
-    println!("SIMD path: {level} (ggml compiled with {compiled:?}); reference: {file}");
+    println!(
+        "SIMD path: {level} (variant {variant}, compiled with {compiled:?}); reference: {file}"
+    );
     let entries = match reference_json(file) {
         Value::Array(entries) => entries,
         other => panic!("{file}: expected an array, got {other}"),

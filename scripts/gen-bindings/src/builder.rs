@@ -3,14 +3,27 @@
 
 use std::path::Path;
 
-/// Targets whose bindings are committed in src/ggml/bindings/<target>.rs. They differ: armv7's
-/// struct layouts and pointer width differ from the 64-bit targets', and the layout tests bindgen
-/// emits are target-specific.
-pub const KNOWN_TARGETS: &[&str] = &[
-    "x86_64-unknown-linux-gnu",
-    "aarch64-unknown-linux-gnu",
-    "armv7-unknown-linux-gnueabihf",
+/// Targets whose bindings are committed, and the file under src/ggml/bindings/ each one uses.
+/// x86_64 and aarch64 share one file: both are LP64 Linux targets and bindgen's output for the
+/// ggml headers is the same for both, byte for byte (`scripts/gen-bindings.sh --check` verifies
+/// that for each target). armv7's pointer width and struct layouts differ, and so do the layout
+/// tests bindgen emits for it.
+pub const KNOWN_TARGETS: &[(&str, &str)] = &[
+    ("x86_64-unknown-linux-gnu", "lp64-linux-gnu.rs"),
+    ("aarch64-unknown-linux-gnu", "lp64-linux-gnu.rs"),
+    (
+        "armv7-unknown-linux-gnueabihf",
+        "armv7-unknown-linux-gnueabihf.rs",
+    ),
 ];
+
+/// The committed bindings file (a name under src/ggml/bindings/) for `target`, if it has one.
+pub fn committed_file(target: &str) -> Option<&'static str> {
+    KNOWN_TARGETS
+        .iter()
+        .find(|(t, _)| *t == target)
+        .map(|(_, file)| *file)
+}
 
 /// The bindgen builder for `target`, over the headers in `include` (vendor/ggml/include).
 pub fn builder(include: &Path, target: &str) -> bindgen::Builder {

@@ -1,7 +1,7 @@
 //! The event-loop task: polls rumqttc, routes, and never waits on inference.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +62,8 @@ pub(super) struct Loop {
     pub(super) draining: bool,
     /// Home Assistant discovery, when enabled.
     pub(super) ha: Option<HaBridge>,
+    /// Set while a reload loads models: the status says `reloading`.
+    pub(super) reloading: Arc<AtomicBool>,
 }
 
 impl Loop {
@@ -86,6 +88,9 @@ impl Loop {
                     let (settings, _) = self.pending.take().expect("polled above");
                     let loaded = loaded.unwrap_or_else(|e| Err(format!("the load task failed: {e}")));
                     self.swap_engine(*settings, loaded);
+                    // After the swap, so that an `online` status names the new models.
+                    self.reloading.store(false, Ordering::Relaxed);
+                    self.status_now.notify_one();
                 }
                 ev = self.eventloop.poll() => {
                     if let Some(wait) = self.handle(ev, Duration::MAX) {

@@ -50,7 +50,7 @@ mod status;
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicU8};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -243,12 +243,14 @@ async fn run_models(
     let (engines, engine_rx) = watch::channel(models.clone());
     let link = Arc::new(AtomicU8::new(LINK_CONNECTING));
     let status_now = Arc::new(Notify::new());
+    let reloading = Arc::new(AtomicBool::new(false));
     let status = tokio::spawn(status::status_task(StatusCtx {
         client: client.clone(),
         engine: engine_rx.clone(),
         settings: settings.clone(),
         topic: status_topic.clone(),
         now: status_now.clone(),
+        reloading: reloading.clone(),
         lifecycle: lifecycle.clone(),
         link: link.clone(),
         broker: broker.clone(),
@@ -285,6 +287,7 @@ async fn run_models(
         epoch,
         draining: false,
         ha,
+        reloading,
     };
     let mut reloads = hooks.reloads;
     let result = lp.serve(shutdown, &mut reloads).await;

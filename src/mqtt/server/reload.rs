@@ -1,5 +1,6 @@
 //! Configuration reloads: limits at once, changed models loaded beside the running ones.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use log::{error, info, warn};
@@ -52,6 +53,8 @@ impl Loop {
                 Ok(models::load(plan.load))
             });
             self.pending = Some((Box::new(new), task));
+            self.reloading.store(true, Ordering::Relaxed);
+            self.status_now.notify_one();
             return;
         }
         if let Err(e) = self.models.retune(&plan) {

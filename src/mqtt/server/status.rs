@@ -1,6 +1,6 @@
 //! The retained status document and the supervisor's status line.
 
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -31,14 +31,16 @@ pub(super) fn offline_status(node: &str) -> Vec<u8> {
 
 /// The status document; `uptime_s` is left out so that changes can be compared. Every model
 /// has its own entry (queue and counters included); the top-level counters are the sums, and
-/// `last_tokens_per_s` is the default model's.
-fn status_doc(node: &str, models: &Models) -> serde_json::Value {
+/// `last_tokens_per_s` is the default model's. `state` is `reloading` while a reload loads
+/// models (the running ones keep serving), else `online`.
+fn status_doc(node: &str, models: &Models, reloading: bool) -> serde_json::Value {
     let (in_flight, depth, capacity, served, failed) = models.totals();
     let s = models.default_engine().stats();
     json!({
         "node": node,
         "version": env!("CARGO_PKG_VERSION"),
-        "state": "online",
+        "state": if reloading { "reloading" } else { "online" },
+        "cpu_variant": s.model.cpu_variant,
         "models": models.status_entries(),
         "queue": {"depth": depth, "capacity": capacity},
         "in_flight": in_flight,
@@ -56,6 +58,8 @@ pub(super) struct StatusCtx {
     pub(super) settings: Arc<Settings>,
     pub(super) topic: String,
     pub(super) now: Arc<Notify>,
+    /// A reload is loading models.
+    pub(super) reloading: Arc<AtomicBool>,
     pub(super) lifecycle: Arc<dyn Lifecycle>,
     pub(super) link: Arc<AtomicU8>,
     pub(super) broker: String,
@@ -96,7 +100,8 @@ pub(super) async fn status_task(c: StatusCtx) {
             c.lifecycle.status(&line);
             last_line = line;
         }
-        let doc = status_doc(&c.settings.node, &engine);
+        let reloading = c.reloading.load(Ordering::Relaxed);
+        let doc = status_doc(&c.settings.node, &engine, reloading);
         let due = last_at.elapsed() >= c.settings.mqtt.status_interval;
         if !forced && !due && last.as_ref() == Some(&doc) {
             continue;

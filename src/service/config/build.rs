@@ -103,6 +103,7 @@ struct ModelFile {
     prefix_cache: Option<bool>,
     step_tokens: Option<u32>,
     mode: Option<String>,
+    cpu_variant: Option<String>,
     /// `[[models]]` only: this entry is the default model.
     default: Option<bool>,
     #[serde(default)]
@@ -547,6 +548,19 @@ impl ModelLimits<'_> {
                 default_model = Some(i);
             }
             let m = self.build(md, &key)?;
+            // One variant computes for the whole process.
+            if let Some(v) = &m.cpu_variant {
+                let other = |o: &ModelSettings| o.cpu_variant.as_ref().is_some_and(|w| w != v);
+                if let Some(j) = models.iter().position(other) {
+                    return Err(err(
+                        &format!("{key}.cpu_variant"),
+                        format!(
+                            "`{v}` differs from models[{j}]'s; the CPU variant is process-wide, \
+                             so set it on one model or the same on all"
+                        ),
+                    ));
+                }
+            }
             if let Some(j) = models.iter().position(|o| o.name == m.name) {
                 return Err(err(
                     &format!("{key}.name"),
@@ -663,6 +677,12 @@ impl ModelLimits<'_> {
         sampling
             .validate()
             .map_err(|e| err("sampling", e.to_string()))?;
+        // The name must exist in this build and run on this CPU (forcing a variant the CPU
+        // lacks would SIGILL).
+        if let Some(v) = &md.cpu_variant {
+            crate::ggml::cpu::choose(Some((v, "the configuration")), &crate::ggml::cpu::cpu_has)
+                .map_err(|e| err("cpu_variant", e.to_string()))?;
+        }
         Ok(ModelSettings {
             name,
             path,
@@ -673,6 +693,7 @@ impl ModelLimits<'_> {
             step_tokens,
             mode,
             sampling,
+            cpu_variant: md.cpu_variant,
         })
     }
 }

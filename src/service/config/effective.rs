@@ -46,6 +46,7 @@ pub fn effective_toml(settings: &Settings) -> String {
             ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
             ("step_tokens", int(md.step_tokens as u64)),
             ("mode", s(mode)),
+            ("cpu_variant", md.cpu_variant.as_deref().and_then(s)),
             ("default", default.map(V::Boolean)),
             (
                 "sampling",

@@ -70,6 +70,8 @@
 //! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! step_tokens = 256                     # prompt tokens per decode step (watchdog: one step < 30 s)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
+//! cpu_variant = "avx2"                  # force a lower ggml CPU variant; default: the best this
+//!                                       # CPU runs (LLAMABUS_CPU_VARIANT wins over this key)
 //! [model.sampling]
 //! temperature = 0.8
 //! top_k = 40

@@ -24,6 +24,64 @@ fn defaults_with_a_model() {
 }
 
 #[test]
+fn cpu_variant_must_exist_run_here_and_agree_across_models() {
+    use crate::ggml::cpu;
+    let m = model_path();
+    let runs: Vec<&str> = cpu::variants()
+        .into_iter()
+        .filter(|v| v.runs_here())
+        .map(|v| v.name())
+        .collect();
+    let s = load_str(&format!(
+        "[model]\npath = \"{m}\"\ncpu_variant = \"{}\"\n",
+        runs[0]
+    ))
+    .unwrap();
+    assert_eq!(s.cpu_variant(), Some(runs[0]));
+    let shown = effective_toml(&s);
+    assert!(
+        shown.contains(&format!("cpu_variant = \"{}\"", runs[0])),
+        "{shown}"
+    );
+    let s = load_str(&format!("[model]\npath = \"{m}\"\n")).unwrap();
+    assert_eq!(s.cpu_variant(), None);
+
+    let e = load_str(&format!(
+        "[model]\npath = \"{m}\"\ncpu_variant = \"avx1024\"\n"
+    ))
+    .unwrap_err()
+    .to_string();
+    assert!(e.starts_with("test.toml:3: model.cpu_variant:"), "{e}");
+    assert!(
+        e.contains("\"avx1024\"") && e.contains("is not compiled into this build"),
+        "{e}"
+    );
+    for v in cpu::variants().into_iter().filter(|v| !v.runs_here()) {
+        let e = load_str(&format!("[model]\npath = \"{m}\"\ncpu_variant = \"{v}\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("which this CPU lacks"), "{e}");
+    }
+    if let [a, b, ..] = runs[..] {
+        let text = format!(
+            "[[models]]\nname = \"a\"\npath = \"{m}\"\ncpu_variant = \"{a}\"\n\
+             [[models]]\nname = \"b\"\npath = \"{m}\"\ncpu_variant = \"{b}\"\n"
+        );
+        let e = load_str(&text).unwrap_err().to_string();
+        assert!(
+            e.contains("models[1].cpu_variant") && e.contains("process-wide"),
+            "{e}"
+        );
+        // Set on one model, it applies to the process.
+        let text = format!(
+            "[[models]]\nname = \"a\"\npath = \"{m}\"\n\
+             [[models]]\nname = \"b\"\npath = \"{m}\"\ncpu_variant = \"{b}\"\n"
+        );
+        assert_eq!(load_str(&text).unwrap().cpu_variant(), Some(b));
+    }
+}
+
+#[test]
 fn overrides_win_and_are_named_in_errors() {
     let o = Overrides {
         model: Some(model_path().into()),
