@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Fails on any import against the flow (README "Design"):
-#   ggml <- gguf <- {tokenizer, sampler} <- model <- engine <- mqtt <- service <- bench/commands/main
+#   ggml <- gguf <- {tokenizer, sampler} <- {model, format} <- engine <- mqtt <- service <- bench/commands/main
 # A module may use `crate::X` only for an X on a lower layer (or itself, or the crate root's
 # `error_chain`), and only mqtt/ may use the MQTT crates. Comments are not code and are skipped.
 # Run from anywhere; prints every offending line and exits 1, else one line and exits 0.
@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 find src -name '*.rs' -not -path 'src/ggml/bindings/*' | sort | xargs awk '
 BEGIN {
-  split("ggml:0 gguf:1 tokenizer:2 sampler:2 model:3 engine:4 mqtt:5 service:6 bench:7 commands:7 main:7 lib:7", pairs, " ")
+  split("ggml:0 gguf:1 tokenizer:2 sampler:2 model:3 format:3 engine:4 mqtt:5 service:6 bench:7 commands:7 main:7 lib:7", pairs, " ")
   for (i in pairs) { split(pairs[i], kv, ":"); layer[kv[1]] = kv[2] }
   bad = 0
 }

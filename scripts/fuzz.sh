@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs every cargo-fuzz target (fuzz/fuzz_targets: gguf, request, tokenizer) for SECONDS each
+# Runs every cargo-fuzz target (fuzz/fuzz_targets: format, gguf, request, tokenizer) for SECONDS each
 # (default 30) under libFuzzer + AddressSanitizer (ggml's C/C++ is built with ASan too),
 # starting from the committed seeds in fuzz/seeds and the local corpus in fuzz/corpus.
 # Prints executions per target; a crash fails with the reproducer in fuzz/artifacts/TARGET/.
@@ -18,7 +18,7 @@ LLAMABUS_SKIP_ARM=1 scripts/setup.sh >/dev/null   # the nightly and cargo-fuzz, 
 scripts/fetch-test-data.sh >/dev/null   # the tokenizer target reads llama.cpp's vocabularies
 
 cargo "+$NIGHTLY" fuzz build -O
-for t in gguf request tokenizer; do
+for t in format gguf request tokenizer; do
   mkdir -p "fuzz/corpus/$t"
   log=$(mktemp)
   if ! cargo "+$NIGHTLY" fuzz run -O "$t" "fuzz/corpus/$t" "fuzz/seeds/$t" -- \

@@ -10,6 +10,7 @@ use clap::Args;
 
 use crate::engine::memory::{self, MemoryError};
 use crate::engine::{generate, GenerateError, GenerateRequest};
+use crate::format::{FormatArg, FormatCompiler, FormatError, FormatLimits};
 use crate::gguf::{Gguf, GgufError};
 use crate::model::{HParams, Model, ModelError, Session};
 use crate::sampler::SamplingParams;
@@ -37,6 +38,14 @@ pub enum CommandError {
     EmptyPrompt,
     #[error(transparent)]
     Generate(#[from] GenerateError),
+    #[error("--format: {0}")]
+    Format(#[from] FormatError),
+    #[error("--format: `{0}` names a format of the daemon's configuration; `complete` takes `json` or `@file`")]
+    NamedFormat(String),
+    #[error(
+        "the reply does not complete the format (finish: {0:?}): the text is not a valid answer"
+    )]
+    FormatIncomplete(crate::sampler::FinishReason),
 }
 
 /// `llamabus complete`: the options.
@@ -75,6 +84,10 @@ pub struct CompleteArgs {
     /// Context size in tokens.
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
+    /// Constrain the reply: `json` for any JSON object, or `@file` holding a JSON Schema or a
+    /// tagged format (`{"type": "regex", "pattern": ...}`, `json_schema`, `lark`).
+    #[arg(long)]
+    pub format: Option<String>,
 }
 
 /// Completes `a.prompt`, streaming the text to stdout and the timings to stderr.
@@ -110,12 +123,21 @@ pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    // The daemon's path: the model's token trie, then the same compile a request's format gets.
+    let format = match a.format.as_deref().map(FormatArg::parse).transpose()? {
+        None => None,
+        Some(FormatArg::Named(name)) => return Err(CommandError::NamedFormat(name)),
+        Some(FormatArg::Spec(spec)) => {
+            Some(FormatCompiler::new(tok, FormatLimits::default())?.compile(&spec)?)
+        }
+    };
     let mut session = Session::new(&model, a.ctx, threads)?;
     let req = GenerateRequest {
         prompt,
         max_tokens: a.max_tokens,
         sampling,
         stop: a.stop.clone(),
+        format,
     };
     let mut stdout = std::io::stdout().lock();
     // First and last text emitted, from the start of prompt evaluation: the in-process
@@ -150,6 +172,14 @@ pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
         crate::ggml::cpu::active_variant().map_or("none", |v| v.name()),
         gen.finish_reason
     );
+    if let Some(f) = &gen.format {
+        if let Some(e) = &f.error {
+            return Err(e.clone().into());
+        }
+        if !f.complete {
+            return Err(CommandError::FormatIncomplete(gen.finish_reason));
+        }
+    }
     Ok(())
 }
 

@@ -7,6 +7,8 @@
 //! - [`model`]: hyperparameters, named weights, the Llama graph, the KV cache.
 //! - [`tokenizer`]: BPE and SentencePiece tokenizers built from GGUF metadata; chat templates.
 //! - [`sampler`]: logits to token, seeded and deterministic.
+//! - [`format`]: structured output: JSON Schema, regex and Lark formats compiled by llguidance
+//!   into per-sequence token masks.
 //! - [`engine`]: generation (prompt in, streamed text out, timings); knows nothing of MQTT.
 //! - [`bench`], [`commands`]: the `bench`, `complete`, `inspect` and `tokenize` commands
 //!   (`main.rs` only parses and dispatches).
@@ -20,6 +22,7 @@
 pub mod bench;
 pub mod commands;
 pub mod engine;
+pub mod format;
 pub mod ggml;
 pub mod gguf;
 pub mod model;

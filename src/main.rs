@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::bail;
+use anyhow::{bail, Context as _};
 use clap::{Args, Parser, Subcommand};
 use llamabus::commands;
 use llamabus::ggml::cpu;
@@ -130,6 +130,10 @@ struct AskArgs {
     /// Sampling temperature; 0 is greedy (sends JSON).
     #[arg(long)]
     temperature: Option<f32>,
+    /// The answer's format: a name from the daemon's [formats], `json` (any JSON object), or
+    /// `@file` holding a JSON Schema or a tagged format (sends JSON).
+    #[arg(long)]
+    format: Option<String>,
     /// Print publish->first/last token latency and the daemon's share of it to stderr.
     #[arg(long)]
     timings: bool,
@@ -305,6 +309,12 @@ fn ask(a: AskArgs) -> anyhow::Result<()> {
         stream: a.stream,
         max_tokens: a.max_tokens,
         temperature: a.temperature,
+        format: a
+            .format
+            .as_deref()
+            .map(llamabus::format::FormatArg::parse)
+            .transpose()
+            .context("--format")?,
         timeout: std::time::Duration::from_secs_f64(a.timeout),
         max_packet_bytes: config::DEFAULT_MAX_PACKET_BYTES,
         timings: a.timings,

@@ -298,6 +298,32 @@ impl Sampler {
     /// # Panics
     /// If `logits.len()` differs from the vocabulary size given to [`Sampler::new`].
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.fill(logits, history);
+        self.choose()
+    }
+
+    /// [`Sampler::sample`] restricted to the tokens whose bit is set in `allowed` (bit `i % 32`
+    /// of word `i / 32`, as llguidance's token masks): a grammar's mask, applied before the chain
+    /// as llama.cpp applies a grammar (`grammar_first`: disallowed logits to -inf, then penalties
+    /// and the chain). Disallowed tokens are dropped rather than set to -inf, which gives the same
+    /// distribution for every step of the chain. Returns `None` when the mask allows no token.
+    pub fn sample_masked(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        allowed: &[u32],
+    ) -> Option<u32> {
+        self.fill(logits, history);
+        self.cands.retain(|c| {
+            allowed
+                .get(c.id as usize / 32)
+                .is_some_and(|w| w & (1 << (c.id % 32)) != 0)
+        });
+        (!self.cands.is_empty()).then(|| self.choose())
+    }
+
+    /// The candidates for one step: every token in id order, penalties applied.
+    fn fill(&mut self, logits: &[f32], history: &[u32]) {
         assert_eq!(
             logits.len(),
             self.n_vocab,
@@ -314,6 +340,10 @@ impl Sampler {
         if self.params.penalties_enabled() {
             self.apply_penalties(history);
         }
+    }
+
+    /// Runs the chain over the (non-empty, id-ordered) candidates.
+    fn choose(&mut self) -> u32 {
         if self.params.is_greedy() {
             // The candidates are still in id order, so the first maximum is the lowest id.
             let mut best = self.cands[0];

@@ -291,14 +291,15 @@ fn message_content_is_data_not_template() {
 
 // ---- hostile templates ----
 
+/// A template with empty BOS and EOS texts, for the sandbox-limit and error tests.
+fn bare(source: &str) -> ChatTemplate {
+    ChatTemplate::new(source, "", "").unwrap()
+}
+
 #[test]
 fn runaway_loop_runs_out_of_fuel() {
-    let t = ChatTemplate::new(
-        "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
-        "",
-        "",
-    )
-    .unwrap();
+    let t =
+        bare("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}");
     let start = std::time::Instant::now();
     assert!(matches!(t.render(&[], true), Err(ChatError::OutOfFuel)));
     println!("fuel ran out after {:?}", start.elapsed());
@@ -306,35 +307,22 @@ fn runaway_loop_runs_out_of_fuel() {
 
 #[test]
 fn huge_output_is_capped() {
-    let t = ChatTemplate::new(
-        "{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}",
-        "",
-        "",
-    )
-    .unwrap();
+    let t = bare("{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}");
     assert!(matches!(
         t.render(&[], true),
         Err(ChatError::OutputTooLarge)
     ));
     // Just under the cap is fine.
     let n = MAX_RENDERED_BYTES / 1000;
-    let t = ChatTemplate::new(
-        &format!("{{% for i in range({n}) %}}{{{{ 'y' * 1000 }}}}{{% endfor %}}"),
-        "",
-        "",
-    )
-    .unwrap();
+    let t = bare(&format!(
+        "{{% for i in range({n}) %}}{{{{ 'y' * 1000 }}}}{{% endfor %}}"
+    ));
     assert_eq!(t.render(&[], true).unwrap().len(), n * 1000);
 }
 
 #[test]
 fn unbounded_recursion_is_an_error() {
-    let t = ChatTemplate::new(
-        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
-        "",
-        "",
-    )
-    .unwrap();
+    let t = bare("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}");
     assert!(matches!(
         t.render(&[], true),
         Err(ChatError::Render(_) | ChatError::OutOfFuel)
@@ -347,12 +335,7 @@ fn template_errors_carry_their_message() {
         Err(ChatError::Syntax(m)) => assert!(m.contains("syntax error"), "{m}"),
         other => panic!("expected a syntax error, got {other:?}"),
     }
-    let t = ChatTemplate::new(
-        "{{ raise_exception('Only user and assistant roles are supported!') }}",
-        "",
-        "",
-    )
-    .unwrap();
+    let t = bare("{{ raise_exception('Only user and assistant roles are supported!') }}");
     match t.render(&[msg("user", "x")], true) {
         Err(e @ ChatError::Raised(_)) => {
             assert!(
@@ -363,7 +346,7 @@ fn template_errors_carry_their_message() {
         }
         other => panic!("expected a raised error, got {other:?}"),
     }
-    let t = ChatTemplate::new("{{ messages[0].content.nope() }}", "", "").unwrap();
+    let t = bare("{{ messages[0].content.nope() }}");
     assert!(matches!(
         t.render(&[msg("user", "x")], true),
         Err(ChatError::Render(_))

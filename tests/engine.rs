@@ -63,6 +63,7 @@ fn direct(prompt: Vec<u32>, max_tokens: usize) -> (String, usize, FinishReason) 
         max_tokens,
         sampling: SamplingParams::greedy(),
         stop: Vec::new(),
+        format: None,
     };
     let g = generate(&mut session, 0, &req, |_| {}, || false).unwrap();
     (g.text, g.tokens.len(), g.finish_reason)

@@ -122,61 +122,77 @@ impl EngineConfig {
 
     /// Checks the values that do not need the model.
     pub fn validate(&self) -> Result<(), StartError> {
-        let bad = |key: &'static str, why: String| Err(StartError::Config { key, why });
-        if self.n_ctx == 0 {
-            return bad("n_ctx", "must be at least 1".into());
-        }
-        if self.parallel == 0 || self.parallel > MAX_SEQS as usize / 2 {
-            return bad(
-                "parallel",
-                format!("{} is outside 1..={}", self.parallel, MAX_SEQS / 2),
-            );
-        }
+        at_least_one("n_ctx", self.n_ctx)?;
+        let max_parallel = MAX_SEQS as usize / 2;
+        within(
+            "parallel",
+            self.parallel,
+            1..=max_parallel,
+            &format!("1..={max_parallel}"),
+        )?;
         if self.kv_cells() < self.n_ctx {
-            return bad(
-                "kv_cells",
-                format!(
+            return Err(StartError::Config {
+                key: "kv_cells",
+                why: format!(
                     "{} cells cannot hold one context of {}",
                     self.kv_cells(),
                     self.n_ctx
                 ),
-            );
+            });
         }
-        if self.step_tokens < self.parallel || self.step_tokens > MAX_UBATCH {
-            return bad(
-                "step_tokens",
-                format!(
-                    "{} is outside {}..={MAX_UBATCH} (parallel..=the largest micro-batch)",
-                    self.step_tokens, self.parallel
-                ),
-            );
-        }
-        if self.n_threads == 0 {
-            return bad("n_threads", "must be at least 1".into());
-        }
-        if self.queue_capacity == 0 {
-            return bad("queue_capacity", "must be at least 1".into());
-        }
-        if self.max_tokens_cap == 0 {
-            return bad("max_tokens_cap", "must be at least 1".into());
-        }
-        if self.default_max_tokens == 0 || self.default_max_tokens > self.max_tokens_cap {
-            return bad(
-                "default_max_tokens",
-                format!(
-                    "{} is outside 1..={} (max_tokens_cap)",
-                    self.default_max_tokens, self.max_tokens_cap
-                ),
-            );
-        }
-        if self.max_prompt_tokens == 0 {
-            return bad("max_prompt_tokens", "must be at least 1".into());
-        }
-        if let Err(e) = self.default_sampling.validate() {
-            return bad("default_sampling", e.to_string());
-        }
-        Ok(())
+        within(
+            "step_tokens",
+            self.step_tokens,
+            self.parallel..=MAX_UBATCH,
+            &format!(
+                "{}..={MAX_UBATCH} (parallel..=the largest micro-batch)",
+                self.parallel
+            ),
+        )?;
+        at_least_one("n_threads", self.n_threads)?;
+        at_least_one("queue_capacity", self.queue_capacity)?;
+        at_least_one("max_tokens_cap", self.max_tokens_cap as usize)?;
+        within(
+            "default_max_tokens",
+            self.default_max_tokens as usize,
+            1..=self.max_tokens_cap as usize,
+            &format!("1..={} (max_tokens_cap)", self.max_tokens_cap),
+        )?;
+        at_least_one("max_prompt_tokens", self.max_prompt_tokens)?;
+        self.default_sampling
+            .validate()
+            .map_err(|e| StartError::Config {
+                key: "default_sampling",
+                why: e.to_string(),
+            })
     }
+}
+
+/// The setting `key` is at least 1.
+fn at_least_one(key: &'static str, value: usize) -> Result<(), StartError> {
+    if value == 0 {
+        return Err(StartError::Config {
+            key,
+            why: "must be at least 1".into(),
+        });
+    }
+    Ok(())
+}
+
+/// The setting `key` lies in `range`, which the error spells `bounds`.
+fn within(
+    key: &'static str,
+    value: usize,
+    range: std::ops::RangeInclusive<usize>,
+    bounds: &str,
+) -> Result<(), StartError> {
+    if !range.contains(&value) {
+        return Err(StartError::Config {
+            key,
+            why: format!("{value} is outside {bounds}"),
+        });
+    }
+    Ok(())
 }
 
 /// Bytes of the KV cache an engine with `cfg` allocates for a model with `hp` (f16 keys and

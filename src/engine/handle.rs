@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Sender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::thread::{self, JoinHandle, ThreadId};
 use std::time::{Duration, Instant};
 
@@ -11,6 +11,7 @@ use super::job::{
     EngineError, EngineStats, ErrorKind, EventSink, Job, ModelInfo, PromptInput, Rejected,
 };
 use super::worker::worker_main;
+use crate::format::{FormatCompiler, FormatError};
 
 /// A handle to the inference thread; cheap to clone, `Send + Sync`. When the last handle is
 /// dropped without [`Engine::shutdown`], running and queued jobs are cancelled and the thread
@@ -54,6 +55,8 @@ pub(super) struct Shared {
     pub stall_until_us: AtomicU64,
     /// Read at each submit and job start; replaced by [`Engine::retune`].
     pub tunables: Mutex<Tunables>,
+    /// The model's format compiler, set once by the worker after loading the model.
+    pub formats: OnceLock<Result<Arc<FormatCompiler>, FormatError>>,
 }
 
 impl Shared {
@@ -73,6 +76,7 @@ impl Shared {
             cancel_from_us: AtomicU64::new(u64::MAX),
             stall_until_us: AtomicU64::new(0),
             tunables: Mutex::new(tunables),
+            formats: OnceLock::new(),
         }
     }
 
@@ -158,6 +162,17 @@ impl Engine {
         })
     }
 
+    /// Compiles formats for this engine's model (the token trie is built once, at start).
+    /// Compile on the caller's thread, not the inference thread: a large schema then never
+    /// stalls the running batch.
+    pub fn format_compiler(&self) -> Result<Arc<FormatCompiler>, FormatError> {
+        match self.inner.shared.formats.get() {
+            Some(r) => r.clone(),
+            // Unreachable once `start` returned: the worker sets it before reporting ready.
+            None => Err(FormatError::Compile("the model is not loaded".into())),
+        }
+    }
+
     /// A unique job id (1, 2, ...) for callers that have none.
     pub fn next_id(&self) -> u64 {
         self.inner.next_id.fetch_add(1, Ordering::Relaxed)
@@ -177,6 +192,7 @@ impl Engine {
             cancel: Arc::new(AtomicBool::new(false)),
             stream: false,
             client: String::new(),
+            format: None,
             events,
         }
     }

@@ -8,6 +8,8 @@ use std::time::Instant;
 use serde::Serialize;
 
 use super::config::PromptMode;
+use super::FormatOutcome;
+use crate::format::Grammar;
 use crate::sampler::{FinishReason, SamplingParams};
 use crate::tokenizer::chat::ChatMessage;
 
@@ -49,6 +51,9 @@ pub struct Job {
     pub stream: bool,
     /// Fairness key (the device): waiting jobs are admitted round-robin across clients.
     pub client: String,
+    /// A compiled format the reply must follow (the caller compiles it with
+    /// [`Engine::format_compiler`]); each running job has its own matcher.
+    pub format: Option<Grammar>,
     pub events: EventSink,
 }
 
@@ -65,6 +70,7 @@ impl fmt::Debug for Job {
             .field("cancel", &self.cancel)
             .field("stream", &self.stream)
             .field("client", &self.client)
+            .field("format", &self.format)
             .finish_non_exhaustive()
     }
 }
@@ -105,6 +111,10 @@ pub struct JobOutcome {
     pub tokens_per_s: f64,
     /// [`EngineConfig::model_name`].
     pub model: String,
+    /// For a job with a format: whether the text completes it, and its JSON value.
+    /// Boxed: most jobs have none, and the event enum stays small.
+    #[serde(skip)]
+    pub format: Option<Box<FormatOutcome>>,
 }
 
 /// Error classes; [`ErrorKind::code`] is the wire code.
@@ -124,10 +134,13 @@ pub enum ErrorKind {
     Cancelled,
     /// A bug or a compute failure.
     Internal,
+    /// A format that does not compile, is over a limit, uses an unsupported keyword, or is
+    /// not defined in the configuration.
+    BadFormat,
 }
 
 impl ErrorKind {
-    /// `bad_request`, `too_long`, `busy`, `expired`, `cancelled` or `internal`.
+    /// `bad_request`, `too_long`, `busy`, `expired`, `cancelled`, `internal` or `bad_format`.
     pub fn code(self) -> &'static str {
         match self {
             ErrorKind::BadRequest => "bad_request",
@@ -136,6 +149,7 @@ impl ErrorKind {
             ErrorKind::Expired => "expired",
             ErrorKind::Cancelled => "cancelled",
             ErrorKind::Internal => "internal",
+            ErrorKind::BadFormat => "bad_format",
         }
     }
 }

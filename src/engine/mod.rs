@@ -13,6 +13,7 @@ mod worker;
 
 use std::time::{Duration, Instant};
 
+use crate::format::{Constraint, FormatError, Grammar};
 use crate::model::session::MAX_UBATCH;
 use crate::model::{ModelError, SeqId, Session};
 use crate::sampler::{FinishReason, Sampler, SamplerError, SamplingParams, StopMatcher};
@@ -35,6 +36,8 @@ pub struct GenerateRequest {
     pub max_tokens: usize,
     pub sampling: SamplingParams,
     pub stop: Vec<String>,
+    /// A compiled format the reply must follow; `None` leaves sampling untouched.
+    pub format: Option<Grammar>,
 }
 
 /// Wall-clock timings of one generation.
@@ -56,6 +59,21 @@ pub struct Generation {
     pub finish_reason: FinishReason,
     pub prompt_tokens: usize,
     pub timings: Timings,
+    /// How the format constraint ended, for a request with a format.
+    pub format: Option<FormatOutcome>,
+}
+
+/// How a constrained generation ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FormatOutcome {
+    /// The text is a complete match of the format (not cut by `max_tokens` or a stop string).
+    pub complete: bool,
+    /// For JSON formats that completed: the parsed reply, which equals the text.
+    pub json: Option<serde_json::Value>,
+    /// Why the constraint failed mid-generation (a mask step over llguidance's limits).
+    pub error: Option<FormatError>,
+    /// Time spent computing each token's mask.
+    pub mask_times: Vec<Duration>,
 }
 
 impl Generation {
@@ -111,6 +129,9 @@ pub struct Stepper<'t> {
     tokens: Vec<u32>,
     text: String,
     finish: Option<FinishReason>,
+    /// The format's matcher, when the request has one; whether its replies are JSON.
+    constraint: Option<(Constraint, bool)>,
+    format_error: Option<FormatError>,
 }
 
 impl<'t> Stepper<'t> {
@@ -126,6 +147,8 @@ impl<'t> Stepper<'t> {
             tokens: Vec::new(),
             text: String::new(),
             finish: (req.max_tokens == 0).then_some(FinishReason::Length),
+            constraint: req.format.as_ref().map(|g| (g.constraint(), g.is_json())),
+            format_error: None,
         })
     }
 
@@ -136,22 +159,55 @@ impl<'t> Stepper<'t> {
         if self.finish.is_some() {
             return None;
         }
-        let token = self.sampler.sample(logits, &self.history);
+        let token = match self.constraint.as_mut() {
+            None => self.sampler.sample(logits, &self.history),
+            Some((c, _)) => {
+                let picked = c.mask().and_then(|allowed| {
+                    self.sampler
+                        .sample_masked(logits, &self.history, allowed)
+                        .ok_or_else(|| FormatError::Runtime("the format allows no token".into()))
+                });
+                match picked {
+                    Ok(t) => t,
+                    Err(e) => return self.format_failed(e),
+                }
+            }
+        };
+        // With a format, the mask allows end-of-generation only where the format accepts.
         if self.tokenizer.is_eog(token) {
             self.finish = Some(FinishReason::Stop);
             return None;
+        }
+        if let Some((c, _)) = self.constraint.as_mut() {
+            if let Err(e) = c.commit(token) {
+                return self.format_failed(e);
+            }
         }
         self.tokens.push(token);
         self.history.push(token);
         let piece = self.decoder.push(token);
         let pushed = self.stops.push(&piece);
         self.emit(&pushed.emit, &mut on_text);
-        if pushed.stopped {
+        if pushed.stopped || self.format_done() {
             self.finish = Some(FinishReason::Stop);
         } else if self.tokens.len() >= self.max_tokens {
             self.finish = Some(FinishReason::Length);
         }
         self.finish.is_none().then_some(token)
+    }
+
+    fn format_failed(&mut self, e: FormatError) -> Option<u32> {
+        self.format_error = Some(e);
+        self.finish = Some(FinishReason::Stop);
+        None
+    }
+
+    /// The format is complete and allows nothing more, so the reply ends without waiting for
+    /// the model to pick end-of-generation.
+    fn format_done(&self) -> bool {
+        self.constraint
+            .as_ref()
+            .is_some_and(|(c, _)| c.is_stopped() && self.format_error.is_none())
     }
 
     /// Ends the sequence early (cancellation); [`Stepper::finish`] then reports it.
@@ -171,7 +227,17 @@ impl<'t> Stepper<'t> {
 
     /// Flushes held-back text (a partial character, or a stop-string prefix that never
     /// completed) to `on_text` and returns (tokens, text, finish reason).
-    pub fn finish(mut self, mut on_text: impl FnMut(&str)) -> (Vec<u32>, String, FinishReason) {
+    pub fn finish(self, on_text: impl FnMut(&str)) -> (Vec<u32>, String, FinishReason) {
+        let (tokens, text, reason, _) = self.finish_with_format(on_text);
+        (tokens, text, reason)
+    }
+
+    /// [`Stepper::finish`], plus, for a request with a format, how the format ended: whether
+    /// the text completes it, the parsed JSON for JSON formats, and the mask timings.
+    pub fn finish_with_format(
+        mut self,
+        mut on_text: impl FnMut(&str),
+    ) -> (Vec<u32>, String, FinishReason, Option<FormatOutcome>) {
         if !self.stops.is_stopped() {
             let tail = self.decoder.finish();
             let pushed = self.stops.push(&tail);
@@ -182,7 +248,22 @@ impl<'t> Stepper<'t> {
             }
         }
         let reason = self.finish.unwrap_or(FinishReason::Length);
-        (self.tokens, self.text, reason)
+        let outcome = self.constraint.take().map(|(mut c, is_json)| {
+            let error = self.format_error.take();
+            // A stop string cuts the text short of what the format matched.
+            let mut complete = error.is_none() && !self.stops.is_stopped() && c.is_accepting();
+            let json = (complete && is_json)
+                .then(|| serde_json::from_str(&self.text).ok())
+                .flatten();
+            complete &= !is_json || json.is_some();
+            FormatOutcome {
+                complete,
+                json,
+                error,
+                mask_times: c.mask_times().to_vec(),
+            }
+        });
+        (self.tokens, self.text, reason, outcome)
     }
 
     fn emit(&mut self, s: &str, on_text: &mut impl FnMut(&str)) {
@@ -242,7 +323,7 @@ pub fn generate(
             session.eval_seq(seq, &[token])?;
         }
     }
-    let (tokens, text, finish_reason) = stepper.finish(&mut on_text);
+    let (tokens, text, finish_reason, format) = stepper.finish_with_format(&mut on_text);
     timings.generate = t1.elapsed();
     Ok(Generation {
         tokens,
@@ -250,5 +331,6 @@ pub fn generate(
         finish_reason,
         prompt_tokens: req.prompt.len(),
         timings,
+        format,
     })
 }

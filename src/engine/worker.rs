@@ -41,6 +41,7 @@ use super::job::{
 };
 use crate::engine::sched::{FairQueue, SeqTable, Start};
 use crate::engine::{rate, GenerateError, GenerateRequest, Stepper};
+use crate::format::{FormatCompiler, FormatLimits};
 use crate::model::{Batch, Model, ModelError, SeqId, Session};
 use crate::tokenizer::chat::{ChatError, ChatMessage};
 
@@ -81,6 +82,9 @@ pub(super) fn worker_main(
         }
     };
     let info = model_info(&cfg, &model);
+    let _ = shared
+        .formats
+        .set(FormatCompiler::new(model.tokenizer(), FormatLimits::default()).map(Arc::new));
     let worker = Worker {
         model: &model,
         session,
@@ -405,6 +409,7 @@ impl<'m> Worker<'m> {
             max_tokens,
             sampling: job.sampling.clone(),
             stop: job.stop.clone(),
+            format: job.format.clone(),
         };
         let stepper = match Stepper::new(self.model.tokenizer(), &req) {
             Ok(s) => s,
@@ -530,7 +535,7 @@ impl<'m> Worker<'m> {
                 continue;
             }
             let (events, stream, failed) = (&mut r.job.events, r.job.stream, &mut r.failed);
-            let (tokens, text, finish_reason) = r.stepper.finish(|text| {
+            let (tokens, text, finish_reason, format) = r.stepper.finish_with_format(|text| {
                 if stream && failed.is_none() {
                     deliver(events, text, failed);
                 }
@@ -560,6 +565,7 @@ impl<'m> Worker<'m> {
                 finish_reason,
                 text,
                 tokens,
+                format: format.map(Box::new),
             };
             let shared = &self.shared;
             shared.served.fetch_add(1, Ordering::Relaxed);

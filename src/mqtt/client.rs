@@ -3,7 +3,9 @@
 //! Subscribes to a private reply topic `{prefix}/reply/ask-<random>` first, then publishes the
 //! prompt to `{prefix}/prompt/{device}` with that Response Topic and random Correlation Data,
 //! and prints the answer as it arrives. Plain text is sent unless JSON is needed (`--json`,
-//! `--stream`, or a generation option); JSON requests carry the prompt as one user message.
+//! `--stream`, `--format`, or a generation option); JSON requests carry the prompt as one user
+//! message. `--format` is parsed as `complete --format` parses it ([`FormatArg`]): a name goes
+//! as `"format": "NAME"`, `json` and `@file` as the inline format; the daemon compiles either.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
@@ -13,10 +15,11 @@ use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::{AsyncClient, Event};
 
+use crate::format::FormatArg;
 use crate::mqtt::conn;
 use crate::mqtt::settings::BrokerUrl;
 use crate::mqtt::topics::Topics;
-use crate::mqtt::wire::{self, Encoding, Message, Request, Response};
+use crate::mqtt::wire::{self, Encoding, FormatRef, Message, Request, Response};
 
 /// What to ask.
 #[derive(Clone, Debug)]
@@ -30,6 +33,8 @@ pub struct AskOptions {
     pub stream: bool,
     pub max_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// The format the answer must follow.
+    pub format: Option<FormatArg>,
     pub timeout: Duration,
     pub max_packet_bytes: u32,
     /// Print where the time went to stderr: publish → first token and → last token as seen
@@ -92,6 +97,8 @@ pub enum AskError {
     },
     #[error("mqtt client: {0}")]
     Client(Box<rumqttc::v5::ClientError>),
+    #[error("the answer is not valid: {0}")]
+    Incomplete(String),
     #[error("undecodable reply on {topic}: {message}")]
     BadReply { topic: String, message: String },
     #[error(transparent)]
@@ -112,7 +119,11 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
     let nonce = conn::random_hex(6);
     let reply_topic = topics.reply(&format!("ask-{nonce}"));
     let correlation = Bytes::from(conn::random_hex(8).into_bytes());
-    let use_json = o.json || o.stream || o.max_tokens.is_some() || o.temperature.is_some();
+    let use_json = o.json
+        || o.stream
+        || o.max_tokens.is_some()
+        || o.temperature.is_some()
+        || o.format.is_some();
     let (enc, payload) = if use_json {
         let req = Request {
             id: Some(format!("ask-{nonce}")),
@@ -123,6 +134,7 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
             max_tokens: o.max_tokens,
             temperature: o.temperature,
             stream: o.stream.then_some(true),
+            format: o.format.as_ref().map(format_ref),
             ..Request::default()
         };
         let p = wire::encode_request(&req, Encoding::Json).map_err(|e| AskError::BadReply {
@@ -213,6 +225,16 @@ pub async fn ask(o: &AskOptions, out: &mut dyn Write) -> Result<(), AskError> {
     result
 }
 
+/// A `--format` as the request's `format` field.
+fn format_ref(arg: &FormatArg) -> FormatRef {
+    match arg {
+        FormatArg::Named(name) => FormatRef::Named(name.clone()),
+        FormatArg::Spec(spec) => FormatRef::Inline(
+            serde_json::to_string(spec).expect("a format spec serializes to JSON"),
+        ),
+    }
+}
+
 /// Handles one reply message; `Ok(true)` once the answer is complete.
 fn handle_reply(
     o: &AskOptions,
@@ -253,7 +275,11 @@ fn handle_reply(
             if o.timings {
                 eprintln!("{}", clock.report(&r));
             }
-            Ok(true)
+            match r.message {
+                // A formatted answer cut short: printed, but not presented as valid.
+                Some(why) => Err(AskError::Incomplete(why)),
+                None => Ok(true),
+            }
         }
         Response::Error(e) => Err(AskError::ErrorReply {
             code: e.error.code.to_string(),

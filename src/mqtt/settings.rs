@@ -2,12 +2,14 @@
 //! served models. `service::config` builds them from the configuration layers; tests build
 //! them from TOML text the same way.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::engine::{EngineConfig, PromptMode};
+use crate::format::FormatSpec;
 use crate::mqtt::homeassistant::HomeAssistantSettings;
 use crate::sampler::SamplingParams;
 
@@ -192,6 +194,8 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     /// Index in `models` of the default model.
     pub default_model: usize,
+    /// `[formats.NAME]`, each checked and compiled (without a model) at load.
+    pub formats: BTreeMap<String, FormatSpec>,
     /// `[homeassistant]`: MQTT discovery for Home Assistant.
     pub homeassistant: HomeAssistantSettings,
 }

@@ -6,6 +6,8 @@
 //! | Requests in postcard for MQTT 3.1.1 clients | `{prefix}/pc/prompt/{device}` |
 //! | Requests to one model (MQTT 3.1.1 clients have no other way to choose) | `{prefix}/model/{model}/prompt/{device}` |
 //! | The same in postcard | `{prefix}/model/{model}/pc/prompt/{device}` |
+//! | Requests whose reply follows the configured format `{name}` (any encoding; the way for plain text) | `{prefix}/format/{name}/prompt/{device}` |
+//! | The same in postcard | `{prefix}/format/{name}/pc/prompt/{device}` |
 //! | Default replies | `{prefix}/reply/{device}` |
 //! | Cancel (payload: the request id) | `{prefix}/cancel/{device}` |
 //! | Node status (retained) | `{prefix}/status/{node}` |
@@ -106,12 +108,14 @@ pub fn check_reply_topic(topic: &str, allowed: &[String]) -> Result<(), ReplyTop
 /// What kind of message arrived, from its topic.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Incoming<'a> {
-    /// A request on `{prefix}/prompt/{device}`, or on `{prefix}/model/{model}/prompt/{device}`
-    /// (`model` set); `postcard` when it came on the postcard form.
+    /// A request on `{prefix}/prompt/{device}`, on `{prefix}/model/{model}/prompt/{device}`
+    /// (`model` set) or on `{prefix}/format/{name}/prompt/{device}` (`format` set); `postcard`
+    /// when it came on the postcard form.
     Prompt {
         device: &'a str,
         postcard: bool,
         model: Option<&'a str>,
+        format: Option<&'a str>,
     },
     /// `{prefix}/cancel/{device}`.
     Cancel { device: &'a str },
@@ -160,6 +164,9 @@ impl Topics {
         let mut all = vec![
             self.shared(format!("{}/prompt/+", self.prefix)),
             self.shared(format!("{}/pc/prompt/+", self.prefix)),
+            // Any name: an unknown one gets a `bad_format` answer rather than silence.
+            self.shared(format!("{}/format/+/prompt/+", self.prefix)),
+            self.shared(format!("{}/format/+/pc/prompt/+", self.prefix)),
         ];
         for m in &self.models {
             all.extend(self.model_subscriptions(m));
@@ -198,6 +205,14 @@ impl Topics {
         format!("{}/model/{model}/pc/prompt/{device}", self.prefix)
     }
 
+    pub fn format_prompt(&self, format: &str, device: &str) -> String {
+        format!("{}/format/{format}/prompt/{device}", self.prefix)
+    }
+
+    pub fn format_postcard_prompt(&self, format: &str, device: &str) -> String {
+        format!("{}/format/{format}/pc/prompt/{device}", self.prefix)
+    }
+
     pub fn reply(&self, device: &str) -> String {
         format!("{}/reply/{device}", self.prefix)
     }
@@ -225,11 +240,20 @@ impl Topics {
             }
             None => (None, rest),
         };
+        // `format/{name}/` likewise (not combined with `model/`).
+        let (format, rest) = match rest.strip_prefix("format/") {
+            Some(r) if model.is_none() => {
+                let (f, r) = r.split_once('/')?;
+                (Some(level(f)?), r)
+            }
+            _ => (None, rest),
+        };
         if let Some(d) = rest.strip_prefix("prompt/") {
             return level(d).map(|device| Incoming::Prompt {
                 device,
                 postcard: false,
                 model,
+                format,
             });
         }
         if let Some(d) = rest.strip_prefix("pc/prompt/") {
@@ -237,9 +261,10 @@ impl Topics {
                 device,
                 postcard: true,
                 model,
+                format,
             });
         }
-        if model.is_some() {
+        if model.is_some() || format.is_some() {
             return None;
         }
         if let Some(d) = rest.strip_prefix("cancel/") {
@@ -296,7 +321,8 @@ mod tests {
             Some(Incoming::Prompt {
                 device: "dev",
                 postcard: false,
-                model: None
+                model: None,
+                format: None
             })
         );
         assert_eq!(
@@ -304,7 +330,8 @@ mod tests {
             Some(Incoming::Prompt {
                 device: "d",
                 postcard: true,
-                model: None
+                model: None,
+                format: None
             })
         );
         assert_eq!(
@@ -312,7 +339,8 @@ mod tests {
             Some(Incoming::Prompt {
                 device: "d",
                 postcard: false,
-                model: Some("tiny")
+                model: Some("tiny"),
+                format: None
             })
         );
         assert_eq!(
@@ -320,9 +348,32 @@ mod tests {
             Some(Incoming::Prompt {
                 device: "d",
                 postcard: true,
-                model: Some("tiny")
+                model: Some("tiny"),
+                format: None
             })
         );
+        assert_eq!(
+            t.classify("lb/x/format/light/prompt/d"),
+            Some(Incoming::Prompt {
+                device: "d",
+                postcard: false,
+                model: None,
+                format: Some("light")
+            })
+        );
+        assert_eq!(
+            t.classify("lb/x/format/light/pc/prompt/d"),
+            Some(Incoming::Prompt {
+                device: "d",
+                postcard: true,
+                model: None,
+                format: Some("light")
+            })
+        );
+        assert_eq!(t.classify("lb/x/format/light/cancel/d"), None);
+        assert_eq!(t.classify("lb/x/format//prompt/d"), None);
+        assert_eq!(t.classify("lb/x/model/m/format/light/prompt/d"), None);
+        assert_eq!(t.format_prompt("light", "d"), "lb/x/format/light/prompt/d");
         assert_eq!(t.classify("lb/x/model/tiny/cancel/d"), None);
         assert_eq!(t.classify("lb/x/model//prompt/d"), None);
         assert_eq!(t.classify("lb/x/model/tiny/prompt/d/e"), None);
@@ -338,6 +389,8 @@ mod tests {
             vec![
                 "$share/g/lb/x/prompt/+",
                 "$share/g/lb/x/pc/prompt/+",
+                "$share/g/lb/x/format/+/prompt/+",
+                "$share/g/lb/x/format/+/pc/prompt/+",
                 "lb/x/cancel/+"
             ]
         );
@@ -348,6 +401,8 @@ mod tests {
             vec![
                 "lb/prompt/+",
                 "lb/pc/prompt/+",
+                "lb/format/+/prompt/+",
+                "lb/format/+/pc/prompt/+",
                 "lb/model/a/prompt/+",
                 "lb/model/a/pc/prompt/+",
                 "lb/model/b/prompt/+",

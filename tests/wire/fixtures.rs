@@ -19,6 +19,7 @@ pub fn full_request() -> Request {
         stream: Some(true),
         reply_to: Some("llamabus/reply/x".into()),
         deadline_ms: Some(5000),
+        format: None,
     }
 }
 
@@ -55,6 +56,8 @@ pub fn reply(done: Option<bool>) -> Reply {
             tokens_per_s: 50.0,
         },
         done,
+        json: None,
+        message: None,
     }
 }
 

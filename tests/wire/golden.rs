@@ -163,3 +163,22 @@ fn postcard_round_trips_defaults_and_every_field() {
         assert_eq!(decode_response(&bytes, Encoding::Postcard).unwrap(), resp);
     }
 }
+
+/// `format` came after version 1 as the last field: a request without one keeps version 1's
+/// bytes (every golden request above), one with a name or an inline format appends it.
+#[test]
+fn golden_postcard_request_with_a_format() {
+    let mut r = Request::from_prompt("hi");
+    r.format = Some(FormatRef::Named("light".into()));
+    golden_request(
+        &r,
+        "01 00 01 02 6869 00 00 00 00 00 00 00 00 00 00 00 00 00
+         01 00 05 6c69676874",
+    );
+    r.format = Some(FormatRef::Inline(r#"{"type":"json"}"#.into()));
+    golden_request(
+        &r,
+        "01 00 01 02 6869 00 00 00 00 00 00 00 00 00 00 00 00 00
+         01 01 0f 7b2274797065223a226a736f6e227d",
+    );
+}

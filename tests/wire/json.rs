@@ -70,7 +70,8 @@ fn json_error_codes_are_snake_case() {
             "reply_topic_denied",
             "expired",
             "cancelled",
-            "internal"
+            "internal",
+            "bad_format"
         ]
     );
     for c in ErrorCode::ALL {

@@ -3,6 +3,7 @@
 //! they share.
 
 mod fixtures;
+mod format;
 mod golden;
 mod json;
 mod malformed;

@@ -34,7 +34,8 @@ fn postcard_truncated() {
 #[test]
 fn postcard_trailing_bytes() {
     let mut bytes = encode_request_postcard(&Request::from_prompt("hi"));
-    bytes.extend_from_slice(&[0, 0]);
+    // The first extra byte reads as the newer `format` field (`None`); the rest trails.
+    bytes.extend_from_slice(&[0, 0, 0]);
     mentions(&bad(&bytes, Encoding::Postcard), &["2 trailing bytes"]);
 }
 

@@ -7,7 +7,7 @@
 
 use llamabus_wire::{
     decode_response_postcard, encode_request_postcard, encode_response_postcard, Chunk,
-    FinishReason, Reply, Request, Response, Usage,
+    FinishReason, FormatRef, Reply, Request, Response, Usage,
 };
 
 fn main() {
@@ -24,6 +24,18 @@ fn main() {
     println!(
         "publish {} bytes to llamabus/pc/prompt/kitchen",
         payload.len()
+    );
+
+    // A structured answer costs only the name of a format from the daemon's configuration
+    // (`[formats.light]`); the reply's `text` is then JSON that follows it.
+    let structured = Request {
+        format: Some(FormatRef::Named("light".into())),
+        ..Request::from_prompt("kitchen off")
+    };
+    structured.validate().expect("a valid request");
+    println!(
+        "publish {} bytes to llamabus/pc/prompt/kitchen for a `light` answer",
+        encode_request_postcard(&structured).len()
     );
 
     // 2. What the daemon publishes back (built here with the same crate, as the daemon does):

@@ -9,14 +9,29 @@ use serde::{Deserialize, Serialize};
 use crate::types::{Request, Response, WireError};
 use crate::{MAX_ID_BYTES, WIRE_VERSION};
 
-/// Encodes a request as `[WIRE_VERSION] ++ postcard(request)`.
+/// Encodes a request as `[WIRE_VERSION] ++ postcard(request)`. Without a `format` the bytes are
+/// version 1's exactly (the trailing `None` of the newer field is left out).
 pub fn encode_request_postcard(r: &Request) -> Vec<u8> {
-    postcard_envelope(r)
+    let mut out = postcard_envelope(r);
+    if r.format.is_none() {
+        // postcard writes `None` as one 0 byte, last.
+        out.pop();
+    }
+    out
 }
 
-/// Decodes and validates a postcard request envelope.
+/// Decodes and validates a postcard request envelope. A request that ends where version 1's
+/// did (before `format`) decodes with `format: None`.
 pub fn decode_request_postcard(payload: &[u8]) -> Result<Request, WireError> {
-    let req: Request = postcard_open(payload, "request")?;
+    let req: Request = match postcard_open(payload, "request") {
+        Ok(r) => r,
+        Err(e) => {
+            // Version 1's layout: retry with the absent `format` as `None`.
+            let mut v1 = payload.to_vec();
+            v1.push(0);
+            postcard_open(&v1, "request").map_err(|_| e)?
+        }
+    };
     req.validate()?;
     Ok(req)
 }

@@ -94,6 +94,12 @@ impl Serialize for RequestJson<'_> {
         put(&mut m, "stream", &r.stream)?;
         put(&mut m, "reply_to", &r.reply_to)?;
         put(&mut m, "deadline_ms", &r.deadline_ms)?;
+        match &r.format {
+            None => {}
+            Some(FormatRef::Named(name)) => m.serialize_entry("format", name)?,
+            // The object itself, as a JSON request states it.
+            Some(FormatRef::Inline(text)) => m.serialize_entry("format", &json_value(text))?,
+        }
         m.end()
     }
 }
@@ -114,8 +120,19 @@ impl Serialize for ReplyJson<'_> {
         if let Some(done) = r.done {
             m.serialize_entry("done", &done)?;
         }
+        if let Some(text) = &r.json {
+            m.serialize_entry("json", &json_value(text))?;
+        }
+        if let Some(message) = &r.message {
+            m.serialize_entry("message", message)?;
+        }
         m.end()
     }
+}
+
+/// JSON text held as a string (inline formats, a reply's `json`) as the value it states.
+fn json_value(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or(serde_json::Value::Null)
 }
 
 pub(super) fn encode_request(r: &Request) -> Vec<u8> {
@@ -153,8 +170,14 @@ pub(super) fn decode_response(payload: &[u8]) -> Result<Response, WireError> {
             .map(Response::Chunk)
             .map_err(bad)
     } else {
+        // `json` and `message` are not serde fields (postcard has no room for them).
+        let json = object.get("json").map(|v| v.to_string());
+        let message = object
+            .get("message")
+            .and_then(|m| m.as_str())
+            .map(String::from);
         serde_json::from_value(value)
-            .map(Response::Reply)
+            .map(|r| Response::Reply(Reply { json, message, ..r }))
             .map_err(bad)
     }
 }

@@ -33,6 +33,7 @@ extern crate std;
 #[cfg(feature = "std")]
 mod codec;
 mod envelope;
+mod format;
 #[cfg(feature = "std")]
 mod json;
 mod split;
@@ -46,6 +47,7 @@ pub use envelope::{
     decode_request_postcard, decode_response_postcard, encode_request_postcard,
     encode_response_postcard, salvage_id_postcard,
 };
+pub use format::FormatRef;
 pub use split::{
     chunk_delta_budget, chunk_encoded_len, json_escaped_char_len, json_escaped_len, sniff,
     split_chunk_delta, split_utf8, SplitUtf8, JSON_WORST_CASE_EXPANSION,
@@ -71,3 +73,7 @@ pub const MAX_STOP_STRINGS: usize = 8;
 pub const MAX_STOP_BYTES: usize = 256;
 /// Most `messages` in one request.
 pub const MAX_MESSAGES: usize = 256;
+/// Longest inline `format` (its JSON text), in bytes; the daemon's format limits apply after.
+pub const MAX_FORMAT_BYTES: usize = 32 * 1024;
+/// Longest `format` name, in bytes.
+pub const MAX_FORMAT_NAME_BYTES: usize = 64;

@@ -6,6 +6,8 @@ use core::fmt;
 
 use serde::{Deserialize, Serialize};
 
+use crate::format::FormatRef;
+
 /// A prompt request. Every field is optional on the wire; [`Request::validate`] enforces the
 /// rules (exactly one of `prompt`/`messages`, ranges, lengths). Field order is wire format.
 #[derive(Clone, Debug, PartialEq, Default, Serialize, Deserialize)]
@@ -42,6 +44,10 @@ pub struct Request {
     /// Milliseconds after the daemon receives the request past which it answers `expired`
     /// instead of serving it.
     pub deadline_ms: Option<u64>,
+    /// The reply must follow this format. Added after version 1 as the last field: a
+    /// version-1 postcard request (which ends before it) still decodes, with `None`, and a
+    /// request without a format encodes to the same bytes as in version 1.
+    pub format: Option<FormatRef>,
 }
 
 /// One chat message.
@@ -106,6 +112,13 @@ pub struct Reply {
     pub timings: Timings,
     /// `Some(true)` on the final message of a stream; `None` otherwise (and then absent in JSON).
     pub done: Option<bool>,
+    /// JSON formats that completed: the reply parsed, as compact JSON text; JSON replies carry
+    /// it as the value `json` (equal to `text`). Not in postcard, whose `text` is that JSON.
+    #[serde(skip)]
+    pub json: Option<String>,
+    /// Why a formatted reply is not a valid answer (e.g. `max_tokens` ran out first); JSON only.
+    #[serde(skip)]
+    pub message: Option<String>,
 }
 
 /// One streamed piece of an answer: always whole UTF-8 characters.
@@ -139,11 +152,14 @@ pub enum ErrorCode {
     Cancelled,
     /// A bug or an engine failure.
     Internal,
+    /// The request's `format` does not compile, is over a limit, uses an unsupported JSON
+    /// Schema keyword, or names a format the configuration does not define.
+    BadFormat,
 }
 
 impl ErrorCode {
     /// Every code, in wire order.
-    pub const ALL: [ErrorCode; 8] = [
+    pub const ALL: [ErrorCode; 9] = [
         ErrorCode::BadRequest,
         ErrorCode::TooLong,
         ErrorCode::Busy,
@@ -152,6 +168,7 @@ impl ErrorCode {
         ErrorCode::Expired,
         ErrorCode::Cancelled,
         ErrorCode::Internal,
+        ErrorCode::BadFormat,
     ];
 
     /// The name used in JSON and text replies, e.g. `"bad_request"`.
@@ -165,6 +182,7 @@ impl ErrorCode {
             ErrorCode::Expired => "expired",
             ErrorCode::Cancelled => "cancelled",
             ErrorCode::Internal => "internal",
+            ErrorCode::BadFormat => "bad_format",
         }
     }
 

@@ -3,7 +3,8 @@
 use alloc::format;
 use alloc::string::String;
 
-use crate::types::{Message, Request, WireError};
+use crate::format::FormatRef;
+use crate::types::{ErrorCode, Message, Request, WireError};
 use crate::*;
 
 impl Request {
@@ -49,6 +50,7 @@ impl Request {
         if self.max_tokens == Some(0) {
             return Err(WireError::bad_request("`max_tokens` must be at least 1"));
         }
+        validate_format(self.format.as_ref())?;
         check_float("temperature", self.temperature, 0.0, 100.0, false)?;
         check_float("top_p", self.top_p, 0.0, 1.0, false)?;
         check_float("min_p", self.min_p, 0.0, 1.0, false)?;
@@ -79,6 +81,27 @@ impl Request {
             check_len("reply_to", Some(reply_to), MAX_REPLY_TO_BYTES)?;
         }
         Ok(())
+    }
+}
+
+/// A format name or inline text within its length limit; `bad_format` otherwise (its content
+/// is the daemon's to check).
+fn validate_format(format: Option<&FormatRef>) -> Result<(), WireError> {
+    match format {
+        Some(FormatRef::Named(n)) if n.is_empty() || n.len() > MAX_FORMAT_NAME_BYTES => {
+            Err(WireError::new(
+                ErrorCode::BadFormat,
+                format!("`format` name must be 1 to {MAX_FORMAT_NAME_BYTES} bytes"),
+            ))
+        }
+        Some(FormatRef::Inline(t)) if t.len() > MAX_FORMAT_BYTES => Err(WireError::new(
+            ErrorCode::BadFormat,
+            format!(
+                "`format` is {} bytes, over the limit of {MAX_FORMAT_BYTES}",
+                t.len()
+            ),
+        )),
+        _ => Ok(()),
     }
 }
 

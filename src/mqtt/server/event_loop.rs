@@ -12,6 +12,7 @@ use rumqttc::Outgoing as OutgoingEvent;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 
+use super::formats::FormatCache;
 use super::messages::{Cancels, Msg};
 use super::status::{LINK_RETRYING, LINK_UP};
 use super::ServeError;
@@ -60,6 +61,9 @@ pub(super) struct Loop {
     pub(super) epoch: Arc<AtomicU64>,
     /// Shutting down: new requests are left for the broker to redeliver.
     pub(super) draining: bool,
+    /// Named formats compiled for a model's vocabulary; emptied whenever the settings or the
+    /// engines change.
+    pub(super) formats: FormatCache,
     /// Home Assistant discovery, when enabled.
     pub(super) ha: Option<HaBridge>,
     /// Set while a reload loads models: the status says `reloading`.

@@ -68,6 +68,7 @@ impl Loop {
             deadline,
             received,
             &engine,
+            None,
         );
     }
 

@@ -87,6 +87,7 @@ pub(super) fn error_code(kind: ErrorKind) -> ErrorCode {
         ErrorKind::Expired => ErrorCode::Expired,
         ErrorKind::Cancelled => ErrorCode::Cancelled,
         ErrorKind::Internal => ErrorCode::Internal,
+        ErrorKind::BadFormat => ErrorCode::BadFormat,
     }
 }
 

@@ -33,6 +33,9 @@
 //!   become the job's deadline (`expired`).
 //! * Streaming: each delta becomes numbered `{id, seq, delta}` chunks that each fit the packet
 //!   limit (split on UTF-8 boundaries), then the final reply with `done: true`.
+//! * Formats (README "Structured answers"): a request's `format` field, or the topic
+//!   `{prefix}/format/{name}/prompt/+` (and its postcard form, the way for plain text), asks for
+//!   a structured reply; an unknown name or a format that does not compile is `bad_format`.
 //! * Home Assistant ([`crate::mqtt::homeassistant`], when enabled): discovery after every
 //!   ConnAck and on Home Assistant's birth message; prompts from the "Ask" box are jobs like
 //!   any other, answered on the answer sensor's topics; reply topics never reach its topics.
@@ -40,6 +43,7 @@
 //!   topic is known) and one log line.
 
 mod event_loop;
+mod formats;
 mod homeassistant;
 mod messages;
 mod publisher;
@@ -69,6 +73,7 @@ use crate::mqtt::models::{Models, ModelsError};
 use crate::mqtt::settings::{BrokerSettings, Settings};
 use crate::mqtt::topics::Topics;
 use event_loop::Loop;
+use formats::FormatCache;
 use messages::{Cancels, Msg};
 use publisher::Publisher;
 use shutdown::{Shutdown, Tasks};
@@ -286,6 +291,7 @@ async fn run_models(
         dedup,
         epoch,
         draining: false,
+        formats: FormatCache::new(),
         ha,
         reloading,
     };

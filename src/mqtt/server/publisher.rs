@@ -12,7 +12,7 @@ use rumqttc::v5::AsyncClient;
 use tokio::sync::mpsc;
 
 use super::messages::*;
-use crate::engine::{JobEvent, JobOutcome};
+use crate::engine::{FormatOutcome, JobEvent, JobOutcome};
 use crate::mqtt::dedup::{self, DedupStore};
 use crate::mqtt::homeassistant::answer::Outcome;
 use crate::mqtt::homeassistant::bridge::{HaBridge, Retained};
@@ -295,6 +295,25 @@ fn reply_of(route: &Route, o: JobOutcome) -> Response {
             tokens_per_s: o.tokens_per_s,
         },
         done: route.stream.then_some(true),
+        json: o
+            .format
+            .as_ref()
+            .and_then(|f| f.json.as_ref())
+            .map(|v| v.to_string()),
+        message: o.format.as_deref().and_then(format_message),
+    })
+}
+
+/// Why a formatted reply is not a complete answer; `None` when it is.
+fn format_message(f: &FormatOutcome) -> Option<String> {
+    if f.complete {
+        return None;
+    }
+    Some(match &f.error {
+        Some(e) => format!("{e}; the text is not a valid answer"),
+        None => "the reply ended before the format was complete (max_tokens, a stop string or a \
+                 cancel); the text is not a valid answer"
+            .to_owned(),
     })
 }
 

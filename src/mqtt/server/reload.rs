@@ -61,6 +61,7 @@ impl Loop {
             return self.reload_refused(&e);
         }
         self.settings = Arc::new(new);
+        self.formats.clear();
         self.reloaded(&[]);
     }
 
@@ -105,6 +106,7 @@ impl Loop {
         }
         self.retiring.retain(|t| !t.is_finished());
         self.settings = Arc::new(applied.settings);
+        self.formats.clear();
         self.reloaded(&applied.failures);
     }
 

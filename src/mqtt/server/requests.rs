@@ -11,6 +11,7 @@ use super::event_loop::Loop;
 use super::messages::*;
 use super::publisher::{ha_publishes, log_refusal};
 use crate::engine::{Engine, JobEvent, PromptInput};
+use crate::format::Grammar;
 use crate::mqtt::dedup::{self, Seen};
 use crate::mqtt::homeassistant::topics::{is_birth, HaIncoming};
 use crate::mqtt::topics::Incoming;
@@ -33,7 +34,8 @@ impl Loop {
                 device,
                 postcard,
                 model,
-            }) => self.on_prompt(device, postcard, p, model, ack),
+                format,
+            }) => self.on_prompt(device, postcard, p, model, format, ack),
             Some(Incoming::Cancel { device }) => {
                 self.on_cancel(device, &p.payload);
                 self.ack_now(ack);
@@ -168,6 +170,7 @@ impl Loop {
         postcard: bool,
         p: Publish,
         topic_model: Option<&str>,
+        topic_format: Option<&str>,
         ack: Option<Ack>,
     ) {
         let received = Instant::now();
@@ -240,6 +243,10 @@ impl Loop {
             Ok(e) => e.clone(),
             Err((code, msg)) => return self.refuse(&route, code, msg),
         };
+        let format = match self.format_for(&engine, topic_format, req.format.as_ref()) {
+            Ok(f) => f,
+            Err(e) => return self.refuse(&route, ErrorCode::BadFormat, e.to_string()),
+        };
         let deadline = [
             pprops
                 .message_expiry_interval
@@ -250,7 +257,7 @@ impl Loop {
         .into_iter()
         .flatten()
         .min();
-        self.submit(device, route, req, enc, deadline, received, &engine);
+        self.submit(device, route, req, enc, deadline, received, &engine, format);
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -263,6 +270,7 @@ impl Loop {
         deadline: Option<Instant>,
         received: Instant,
         engine: &Engine,
+        format: Option<Grammar>,
     ) {
         let input = match (enc, req.prompt, req.messages) {
             (Encoding::Text, Some(text), _) => PromptInput::Text(text),
@@ -296,6 +304,7 @@ impl Loop {
         job.deadline = deadline;
         job.enqueued = received;
         job.stop = req.stop.unwrap_or_default();
+        job.format = format;
         let sp = &mut job.sampling;
         if let Some(v) = req.temperature {
             sp.temperature = v;

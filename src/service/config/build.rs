@@ -2,6 +2,7 @@
 //! checked against these types alone before it is merged), and its validation: the merged
 //! file becomes the typed [`Settings`], every error naming the key and the layer that set it.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,6 +11,8 @@ use serde::Deserialize;
 use super::layers::Origins;
 use super::{ConfigError, PASSWORD_CREDENTIAL};
 use crate::engine::{PromptMode, DEFAULT_STEP_TOKENS};
+use crate::format::spec::FormatEntry;
+use crate::format::{FormatCompiler, FormatLimits, FormatSpec};
 use crate::model::session::MAX_UBATCH;
 use crate::mqtt::homeassistant::{HomeAssistantSettings, DEFAULT_DISCOVERY_PREFIX};
 use crate::mqtt::settings::*;
@@ -32,6 +35,9 @@ pub(super) struct FileConfig {
     models: Option<Vec<ModelFile>>,
     #[serde(default)]
     log: LogFile,
+    /// `[formats.NAME]`: named formats a request can use by name.
+    #[serde(default)]
+    formats: BTreeMap<String, FormatEntry>,
     #[serde(default)]
     homeassistant: HomeAssistantFile,
 }
@@ -141,6 +147,7 @@ pub(super) fn build(
     let mqtt = mqtt(f.mqtt, &node, credentials, &err)?;
     let limits = limits(f.limits, mqtt.max_packet_bytes, &err)?;
     let (models, default_model) = models(f.model, f.models, origins, &limits, &err)?;
+    let formats = formats(f.formats, &err)?;
     Ok(Settings {
         source,
         log_level,
@@ -149,8 +156,42 @@ pub(super) fn build(
         limits,
         models,
         default_model,
+        formats,
         homeassistant: homeassistant(f.homeassistant, &err)?,
     })
+}
+
+/// `[formats.NAME]`: each name one topic level (it appears in `format/{name}/prompt/...`), each
+/// format compiled here without a model, so `check-config` and a reload refuse a format that
+/// would fail every request; the engines compile them again for their vocabulary.
+fn formats(
+    entries: BTreeMap<String, FormatEntry>,
+    err: Err<'_>,
+) -> Result<BTreeMap<String, FormatSpec>, ConfigError> {
+    let mut formats = BTreeMap::new();
+    if entries.is_empty() {
+        return Ok(formats);
+    }
+    let compiler = FormatCompiler::model_free(FormatLimits::default())
+        .map_err(|e| err("formats", e.to_string()))?;
+    for (name, entry) in entries {
+        let key = format!("formats.{name}");
+        if name.len() > crate::mqtt::wire::MAX_FORMAT_NAME_BYTES || !topics::is_topic_level(&name) {
+            return Err(err(
+                &key,
+                format!(
+                    "`{name}` must be one non-empty topic level (no '/', '+', '#') of at most {} bytes",
+                    crate::mqtt::wire::MAX_FORMAT_NAME_BYTES
+                ),
+            ));
+        }
+        let spec = entry.to_spec().map_err(|e| err(&key, e.to_string()))?;
+        compiler
+            .compile(&spec)
+            .map_err(|e| err(&key, e.to_string()))?;
+        formats.insert(name, spec);
+    }
+    Ok(formats)
 }
 
 /// `[homeassistant]`: the discovery prefix is a topic prefix like `mqtt.prefix`; the name,

@@ -1,8 +1,10 @@
 //! The effective configuration, as `llamabus check-config` prints it.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use crate::engine::PromptMode;
+use crate::format::FormatSpec;
 use crate::mqtt::settings::{BrokerSettings, ModelSettings, Settings};
 
 /// What `check-config` prints in place of a secret.
@@ -122,6 +124,7 @@ pub fn effective_toml(settings: &Settings) -> String {
         ),
         ("model", single),
         ("models", list),
+        ("formats", formats_toml(&settings.formats)),
         (
             "homeassistant",
             Some(table([
@@ -142,4 +145,27 @@ pub fn effective_toml(settings: &Settings) -> String {
         ),
     ]);
     toml::to_string(&doc).expect("a table of plain values serializes")
+}
+
+/// `[formats.NAME]` as the config states them; `None` when there are none.
+fn formats_toml(formats: &BTreeMap<String, FormatSpec>) -> Option<toml::Value> {
+    use toml::Value as V;
+    if formats.is_empty() {
+        return None;
+    }
+    let entry = |spec: &FormatSpec| {
+        let (key, value) = match spec {
+            FormatSpec::JsonSchema { schema } => ("schema", V::String(schema.to_string())),
+            FormatSpec::Json => ("json", V::Boolean(true)),
+            FormatSpec::Regex { pattern } => ("regex", V::String(pattern.clone())),
+            FormatSpec::Lark { grammar } => ("lark", V::String(grammar.clone())),
+        };
+        V::Table([(key.to_owned(), value)].into_iter().collect())
+    };
+    Some(V::Table(
+        formats
+            .iter()
+            .map(|(name, spec)| (name.clone(), entry(spec)))
+            .collect(),
+    ))
 }

@@ -95,6 +95,11 @@
 //! [log]
 //! level = "info"                        # error | warn | info | debug | trace | off; RUST_LOG wins
 //!
+//! [formats.light]                       # named formats (README "Structured answers")
+//! schema = '{"type": "object", "properties": {"on": {"type": "boolean"}}, "required": ["on"]}'
+//! [formats.percent]                     # exactly one of schema | json = true | regex | lark
+//! regex = "[0-9]{1,3}%"
+//!
 //! [homeassistant]                       # MQTT discovery (README "Home Assistant")
 //! enabled = false                       # also LLAMABUS_HOMEASSISTANT_ENABLED, serve --homeassistant
 //! discovery_prefix = "homeassistant"

@@ -232,3 +232,47 @@ fn broker_urls() {
     assert!(p("mqtt://h/path").is_err());
     assert!(p("mqtt://").is_err());
 }
+
+#[test]
+fn named_formats_are_checked_at_load() {
+    let m = model_path();
+    let with = |formats: &str| load_str(&format!("[model]\npath = \"{m}\"\n{formats}\n"));
+    let s = with(
+        "[formats.light]\nschema = '{\"type\": \"object\", \"properties\": {\"on\": {\"type\": \"boolean\"}}}'\n\
+         [formats.pct]\nregex = \"[0-9]{1,3}%\"\n[formats.any]\njson = true",
+    )
+    .unwrap();
+    assert_eq!(
+        s.formats.keys().collect::<Vec<_>>(),
+        ["any", "light", "pct"]
+    );
+    assert!(s.formats["light"].is_json());
+    // check-config prints them back, and the printed form loads to the same formats.
+    let printed = effective_toml(&s);
+    assert!(printed.contains("[formats.pct]"), "{printed}");
+    let again = from_str(&printed, Path::new("printed.toml"), &Overrides::default()).unwrap();
+    assert_eq!(again.formats, s.formats);
+
+    for (toml, why) in [
+        (
+            "[formats.x]\nschema = '{\"type\": \"array\", \"uniqueItems\": true}'",
+            "uniqueItems",
+        ),
+        ("[formats.x]\nregex = \"(unclosed\"", "does not compile"),
+        ("[formats.x]\nlark = \"start: nowhere\"", "nowhere"),
+        ("[formats.x]\nregex = \"a\"\njson = true", "exactly one"),
+        ("[formats.x]\nschema = '{nope'", "not JSON"),
+    ] {
+        let e = with(toml).unwrap_err().to_string();
+        assert!(e.starts_with("test.toml:3: formats.x:"), "{toml}: {e}");
+        assert!(e.contains(why), "{toml}: {e}");
+    }
+    let e = with("[formats.\"a/b\"]\njson = true")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("one non-empty topic level"), "{e}");
+    let e = with("[formats.x]\npattern = \"a\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("pattern"), "{e}");
+}
