@@ -185,6 +185,9 @@ fn main() {
             .define("NDEBUG", None)
             .define("GGML_SCHED_MAX_COPIES", "4")
             .define("GGML_USE_CPU", None)
+            // ggml's repacked weight layouts (CPU_REPACK extra buffer type), as upstream's
+            // default GGML_CPU_REPACK=ON; used only for weights the model loader puts there.
+            .define("GGML_USE_CPU_REPACK", None)
             .flag_if_supported("-pthread");
         if cpp {
             b.std("gnu++17");

@@ -7,7 +7,9 @@
 #   scripts/bench-concurrency.sh
 # Environment:
 #   THREADS=2  TOKENS=64  REQS=4 (requests per client, back to back)  LEVELS="1 2 4 8"
-#   PARALLEL=8 (llamabus slots)  NP=4 (llama-server slots)  CONTEXT=1024 (per slot, both)
+#   PARALLEL=8 (llamabus slots; "default" runs llamabus with its default [model] settings:
+#   only threads set)  NP=4 (llama-server slots)  CONTEXT=1024 (per slot, both)
+#   MODEL=models/SmolLM2-135M-Instruct.Q4_1.gguf  LLAMACPP_BIN=folder with a built llama-server
 #   ROUNDS=2 (alternating rounds: llamabus, llama-server, llamabus, ...; figures pooled)
 #   PREFIX_CACHE=1: also run llamabus with the prefix cache off, for the TTFT comparison
 #   SCRATCH=/tmp/llamabus-vs-llamacpp (llama.cpp source and build, OUTSIDE the repo)
@@ -31,11 +33,14 @@ ROUNDS=${ROUNDS:-2}
 ONLY=${ONLY:-}
 PREFIX_CACHE=${PREFIX_CACHE:-1}
 scratch=${SCRATCH:-/tmp/llamabus-vs-llamacpp}
-MODEL=$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf
+MODEL=${MODEL:-$repo/models/SmolLM2-135M-Instruct.Q4_1.gguf}
 case "$scratch" in "$repo"/*) echo "SCRATCH must be outside the repo" >&2; exit 2 ;; esac
 
 # --- llama-server from llama-cpp-python 0.3.36's vendor/llama.cpp ---------------------------
 build=$scratch/build
+if [ -n "${LLAMACPP_BIN:-}" ]; then
+    build=$(dirname "$LLAMACPP_BIN")
+fi
 if [ ! -x "$build/bin/llama-server" ]; then
     src=${LLAMACPP_SRC:-$scratch/src/llama_cpp_python-0.3.36/vendor/llama.cpp}
     if [ ! -f "$src/CMakeLists.txt" ]; then
@@ -84,10 +89,11 @@ queue_capacity = 64
 max_prompt_tokens = 256
 [model]
 threads = $THREADS
-context = $CONTEXT
-parallel = $PARALLEL
 prefix_cache = $1
 EOF
+    if [ "$PARALLEL" != default ]; then
+        printf 'context = %s\nparallel = %s\n' "$CONTEXT" "$PARALLEL" >>"$work/llamabus.toml"
+    fi
     LLAMABUS_LOG=warn "$LB" serve --config "$work/llamabus.toml" \
         --model "$MODEL" --broker "mqtt://127.0.0.1:$mport" &
     lb_pid=$!

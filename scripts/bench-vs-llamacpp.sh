@@ -14,6 +14,9 @@
 #   TESTS="pp512 tg128"  (also ppN+tgM, llama-bench's -pg)
 #   SCRATCH=/tmp/llamabus-vs-llamacpp   where llama.cpp is downloaded and built
 #   LLAMACPP_SRC=...   an already unpacked llama.cpp source tree (skips the download)
+#   LLAMACPP_BIN=...   a folder with already built llama-bench and llama-completion (skips the build)
+#   REPACK=1           weight repacking in both tools (llamabus --repack, llama-bench --repack,
+#                      llama-completion --no-repack when 0)
 #   COLD=1             also compare cold start (process start -> first token) and peak RSS
 #   CTX=2048           context for the cold-start runs (same for both tools)
 set -euo pipefail
@@ -26,13 +29,16 @@ rounds=${ROUNDS:-3}
 tests=${TESTS:-"pp512 tg128"}
 scratch=${SCRATCH:-/tmp/llamabus-vs-llamacpp}
 cold=${COLD:-1}
+repack=${REPACK:-1}
 mkdir -p "$scratch"
 
 case "$scratch" in "$repo"/*) echo "SCRATCH must be outside the repo" >&2; exit 2 ;; esac
 
 # --- llama.cpp -------------------------------------------------------------------------------
 src=${LLAMACPP_SRC:-}
-if [ -z "$src" ]; then
+if [ -n "${LLAMACPP_BIN:-}" ]; then
+    src="(prebuilt) $LLAMACPP_BIN"
+elif [ -z "$src" ]; then
     src=$scratch/src/llama_cpp_python-0.3.36/vendor/llama.cpp
     if [ ! -f "$src/CMakeLists.txt" ]; then
         mkdir -p "$scratch/dl" "$scratch/src"
@@ -41,7 +47,11 @@ if [ -z "$src" ]; then
     fi
 fi
 build=$scratch/build
-if [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-completion" ]; then
+if [ -n "${LLAMACPP_BIN:-}" ]; then
+    mkdir -p "$scratch/prebuilt"
+    ln -sfn "$LLAMACPP_BIN" "$scratch/prebuilt/bin"
+    build=$scratch/prebuilt
+elif [ ! -x "$build/bin/llama-bench" ] || [ ! -x "$build/bin/llama-completion" ]; then
     # CPU only, native ISA: the same ISA our build gets from RUSTFLAGS="-C target-cpu=native".
     cmake -S "$src" -B "$build" -DCMAKE_BUILD_TYPE=Release -DGGML_NATIVE=ON \
         -DBUILD_SHARED_LIBS=OFF -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
@@ -73,13 +83,14 @@ p=$(join "${pflags[@]:-0}"); g=$(join "${gflags[@]:-0}")
 
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cpus"
 echo "llamabus $(cd "$repo" && git rev-parse --short HEAD), llama.cpp from $src"
-echo "model: $model; threads $threads; $reps reps x $rounds rounds"
+echo "model: $model; threads $threads; $reps reps x $rounds rounds; repack $repack"
+echo "SIMD: $("$lb" sysinfo | grep -E '^(compiled SIMD|ggml reports)' | tr -s ' ' | paste -sd';')"
 for r in $(seq 1 "$rounds"); do
     echo "round $r: load $(cut -d' ' -f1-3 /proc/loadavg)" >&2
     "$lb" bench --model "$model" -p "$p" -n "$g" "${lb_pg[@]}" -t "$threads" -r "$reps" --json \
-        >"$out/llamabus.$r.json"
+        --repack "$repack" >"$out/llamabus.$r.json"
     "$lcb" -m "$model" -p "$p" -n "$g" "${lc_pg[@]}" -t "$threads" -r "$reps" -o json \
-        >"$out/llamacpp.$r.json" 2>/dev/null
+        --repack "$repack" >"$out/llamacpp.$r.json" 2>/dev/null
 done
 
 # --- cold start and peak RSS -----------------------------------------------------------------
@@ -92,8 +103,10 @@ if [ "$cold" = 1 ]; then
         for tool in llamabus llamacpp; do
             if [ $tool = llamabus ]; then
                 cmd=("$lb" complete --model "$model" --max-tokens 1 --temperature 0 --threads "$cold_threads" --ctx "$ctx" "$prompt")
+                [ "$repack" = 1 ] || cmd+=(--no-repack)
             else
                 cmd=("$lcc" -m "$model" -p "$prompt" -n 1 -t "$cold_threads" --temp 0 -no-cnv --no-warmup -c "$ctx")
+                [ "$repack" = 1 ] || cmd+=(--no-repack)
             fi
             /usr/bin/time -f "%e %M" -o "$out/cold.$tool.$r" "${cmd[@]}" >/dev/null 2>&1 </dev/null
         done

@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use crate::ggml::cpu;
 use crate::model::session::MAX_UBATCH;
-use crate::model::{Model, ModelError, Session};
+use crate::model::{LoadOptions, Model, ModelError, Session};
 use crate::sampler::{argmax, Sampler, SamplingParams};
 
 /// One test: `n_prompt` prompt tokens, then `n_gen` generated ones (either may be 0).
@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// fraction of the limit it sets.
     #[arg(long)]
     pub bandwidth: bool,
+    /// Weight repacking (`[model] repack`): 1 copies the weights ggml has a faster layout for
+    /// into it, 0 keeps every weight in the mapping (llama-bench's `--repack`).
+    #[arg(long, default_value = "1", value_parser = ["0", "1"])]
+    pub repack: String,
 }
 
 /// Runs `llamabus bench`: the table (or JSON) on stdout, progress on stderr.
@@ -111,6 +115,9 @@ pub fn main(args: &BenchArgs) -> Result<(), BenchError> {
     };
     let opts = BenchOptions {
         model: args.model.clone(),
+        load: LoadOptions {
+            repack: args.repack == "1",
+        },
         tests,
         threads,
         repetitions: args.repetitions,
@@ -123,7 +130,7 @@ pub fn main(args: &BenchArgs) -> Result<(), BenchError> {
         );
     })?;
     if args.bandwidth {
-        let model = Model::load(&args.model)?;
+        let model = Model::load_with(&args.model, opts.load)?;
         let per_token = weight_bytes_per_token(&model);
         let mut measured: Vec<(usize, f64)> = Vec::new();
         for r in &mut results {
@@ -190,6 +197,8 @@ pub struct BenchOptions {
     pub tests: Vec<Test>,
     pub threads: Vec<usize>,
     pub repetitions: usize,
+    /// How the weights are placed (repacked or not).
+    pub load: LoadOptions,
     /// Seed of the random prompt tokens.
     pub seed: u64,
 }
@@ -208,6 +217,8 @@ pub struct BenchResult {
     pub type_v: &'static str,
     pub flash_attn: bool,
     pub use_mmap: bool,
+    /// Weights ggml has a faster layout for were repacked into it (llama-bench's `repack`).
+    pub repack: bool,
     pub n_prompt: usize,
     pub n_gen: usize,
     pub n_depth: usize,
@@ -223,8 +234,10 @@ pub struct BenchResult {
     pub test: String,
     /// Context size of the session (KV cells).
     pub n_ctx: usize,
-    /// `Model::load` wall time: map, parse, validate (once per bench run).
+    /// `Model::load` wall time: map, parse, validate, repack (once per bench run).
     pub load_ms: f64,
+    /// Bytes of weights copied into repacked layouts (anonymous memory).
+    pub repacked_bytes: u64,
     /// Mean time from an empty cache to the first token chosen (prompt decode + argmax; one
     /// token for generation-only tests).
     pub ttft_ms: f64,
@@ -276,7 +289,7 @@ pub fn run(
     if opts.repetitions == 0 {
         return Err(BenchError::Empty("repetitions must be at least 1"));
     }
-    let model = Model::load(&opts.model)?;
+    let model = Model::load_with(&opts.model, opts.load)?;
     let rss_after_load = memory_status("VmRSS:").unwrap_or(0);
     let mut rng = Lcg(opts.seed);
     let mut out = Vec::new();
@@ -378,6 +391,7 @@ fn run_one(
         type_v: "f16",
         flash_attn: true,
         use_mmap: true,
+        repack: opts.load.repack,
         n_prompt: test.n_prompt,
         n_gen: test.n_gen,
         n_depth: 0,
@@ -391,6 +405,7 @@ fn run_one(
         test: test.label(),
         n_ctx,
         load_ms: model.load_time().as_secs_f64() * 1e3,
+        repacked_bytes: model.repacked_bytes(),
         ttft_ms: ttft.as_secs_f64() * 1e3 / opts.repetitions as f64,
         sample_us,
         rss_after_load,
@@ -561,14 +576,15 @@ impl Lcg {
 /// llama-bench's markdown table, one row per result.
 pub fn markdown(results: &[BenchResult]) -> String {
     let mut s = String::from(
-        "| model | size | params | threads | test | t/s | ttft ms | sample µs | peak RSS MiB |\n\
-         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
+        "| model | size | repacked | params | threads | test | t/s | ttft ms | sample µs | peak RSS MiB |\n\
+         | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n",
     );
     for r in results {
         s.push_str(&format!(
-            "| {} | {:.2} MiB | {:.2} M | {} | {} | {:.2} ± {:.2} | {:.2} | {:.1} | {:.1} |\n",
+            "| {} | {:.2} MiB | {:.2} MiB | {:.2} M | {} | {} | {:.2} ± {:.2} | {:.2} | {:.1} | {:.1} |\n",
             r.model_type,
             r.model_size as f64 / (1 << 20) as f64,
+            r.repacked_bytes as f64 / (1 << 20) as f64,
             r.model_n_params as f64 / 1e6,
             r.n_threads,
             r.test,

@@ -12,7 +12,7 @@ use crate::engine::memory::{self, MemoryError};
 use crate::engine::{generate, GenerateError, GenerateRequest};
 use crate::format::{FormatArg, FormatCompiler, FormatError, FormatLimits};
 use crate::gguf::{Gguf, GgufError};
-use crate::model::{HParams, Model, ModelError, Session};
+use crate::model::{HParams, LoadOptions, Model, ModelError, Session};
 use crate::sampler::SamplingParams;
 use crate::tokenizer::chat::{ChatError, ChatMessage};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -84,6 +84,10 @@ pub struct CompleteArgs {
     /// Context size in tokens.
     #[arg(long, default_value_t = 2048)]
     pub ctx: usize,
+    /// Keep every weight in the file mapping instead of repacking the ones ggml has faster
+    /// layouts for (`[model] repack = false`; llama.cpp's --no-repack).
+    #[arg(long)]
+    pub no_repack: bool,
     /// Constrain the reply: `json` for any JSON object, or `@file` holding a JSON Schema or a
     /// tagged format (`{"type": "regex", "pattern": ...}`, `json_schema`, `lark`).
     #[arg(long)]
@@ -93,9 +97,17 @@ pub struct CompleteArgs {
 /// Completes `a.prompt`, streaming the text to stdout and the timings to stderr.
 pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
     // Refuse with the numbers rather than be OOM-killed mid-load (no budget key here).
-    let need = memory::need("complete", &a.model, a.ctx, 1)?;
+    let shape = memory::Shape {
+        kv_cells: a.ctx,
+        parallel: 1,
+        repack: !a.no_repack,
+    };
+    let need = memory::need("complete", &a.model, shape)?;
     memory::check(&[need], &memory::available())?;
-    let model = Model::load(&a.model).map_err(|error| CommandError::Load {
+    let opts = LoadOptions {
+        repack: !a.no_repack,
+    };
+    let model = Model::load_with(&a.model, opts).map_err(|error| CommandError::Load {
         path: a.model.clone(),
         error,
     })?;
@@ -183,6 +195,26 @@ pub fn complete(a: &CompleteArgs) -> Result<(), CommandError> {
     Ok(())
 }
 
+/// What `repack = true` (the default) would copy into ggml's faster layouts on this CPU.
+fn print_repack(gguf: &Gguf, hp: &HParams) {
+    let bufts: Vec<String> = crate::ggml::ExtraBufferType::cpu_all()
+        .iter()
+        .map(|b| b.name())
+        .collect();
+    let bufts = if bufts.is_empty() {
+        "no extra buffer types".to_owned()
+    } else {
+        bufts.join(", ")
+    };
+    match crate::model::repacked_bytes(gguf, hp, LoadOptions::REPACK) {
+        Ok(n) => println!(
+            "repack:        {:.1} MiB of weights would be repacked on this CPU ({bufts})",
+            n as f64 / (1 << 20) as f64,
+        ),
+        Err(e) => println!("repack:        not loadable: {e}"),
+    }
+}
+
 /// `llamabus inspect`: prints what a GGUF file holds: architecture, hyperparameters, tokenizer,
 /// tensor types.
 pub fn inspect(path: &Path) -> Result<(), CommandError> {
@@ -228,6 +260,7 @@ pub fn inspect(path: &Path) -> Result<(), CommandError> {
                 "rope:          n_rot {} freq_base {} freq_scale {}; rms_eps {}",
                 hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, hp.rms_eps
             );
+            print_repack(&gguf, &hp);
         }
         Err(e) => println!("hparams:       not runnable: {e}"),
     }

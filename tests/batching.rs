@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::golden::greedy_reference;
+use common::golden::{greedy_reference, token_ids};
 use common::jobs::{done, gated_sink, order_sink, sink, start, PATIENCE};
 use common::tempdir::TempDir;
 use common::tiny::{models_dir, require, write_tiny_model, TinySpec};
@@ -28,7 +28,6 @@ use llamabus::ggml::Type;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin, SamplingParams};
 use llamabus::tokenizer::chat::ChatMessage;
-use serde_json::Value;
 
 const NEAR_TIE: f64 = 0.01;
 
@@ -399,14 +398,6 @@ fn kv_sizing_is_checked_and_reported() {
 // ---------------------------------------------------------------------------------------------
 // The golden prompts, concurrently, on the real model
 
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
-
 /// Our single-sequence top-2 margin after `prompt` + `generated`.
 fn margin_after(model: &Model, prompt: &[u32], generated: &[u32]) -> f32 {
     let mut session = Session::new(model, 512, 2).unwrap();
@@ -445,7 +436,7 @@ fn golden_prompts_run_concurrently_match_llama_cpp() {
                     "raw" => PromptInput::Raw(prompt),
                     _ => PromptInput::Chat(vec![ChatMessage::new("user", prompt)]),
                 };
-                submit(&engine, input, ids(&e["output_tokens"]).len() as u32)
+                submit(&engine, input, token_ids(&e["output_tokens"]).len() as u32)
             })
             .collect::<Vec<_>>()
     });
@@ -453,9 +444,9 @@ fn golden_prompts_run_concurrently_match_llama_cpp() {
     for (e, rx) in entries.iter().zip(rxs) {
         let key = e["key"].as_str().unwrap();
         let out = done(&rx);
-        let prompt = ids(&e["prompt_tokens"]);
+        let prompt = token_ids(&e["prompt_tokens"]);
         assert_eq!(out.prompt_tokens as usize, prompt.len(), "{key}: prompt");
-        let want = ids(&e["output_tokens"]);
+        let want = token_ids(&e["output_tokens"]);
         let ref_margin = e["min_top1_top2_logprob_margin"].as_f64();
         let ref_step = e["min_margin_step"].as_u64().map(|s| s as usize);
         let diverged = want

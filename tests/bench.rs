@@ -11,7 +11,7 @@ use common::tempdir::TempDir;
 use common::tiny::{write_tiny_model, TinySpec};
 use llamabus::bench::{self, BenchOptions, Test};
 use llamabus::ggml::Type;
-use llamabus::model::{Model, Session};
+use llamabus::model::{LoadOptions, Model, Session};
 use llamabus::sampler::argmax;
 
 fn tiny_model(dir: &TempDir, ty: Type) -> std::path::PathBuf {
@@ -41,6 +41,7 @@ fn bench_results_carry_llama_bench_fields() {
         ],
         threads: vec![1, 2],
         repetitions: 3,
+        load: LoadOptions::REPACK,
         seed: 7,
     };
     let mut seen = 0;
@@ -72,6 +73,7 @@ fn bench_results_carry_llama_bench_fields() {
             "type_v",
             "flash_attn",
             "use_mmap",
+            "repack",
             "n_prompt",
             "n_gen",
             "n_depth",
@@ -83,6 +85,7 @@ fn bench_results_carry_llama_bench_fields() {
             "samples_ns",
             "samples_ts",
             "load_ms",
+            "repacked_bytes",
             "ttft_ms",
             "sample_us",
             "rss_after_load",
@@ -96,6 +99,9 @@ fn bench_results_carry_llama_bench_fields() {
         assert_eq!(o["n_threads"], t);
         assert_eq!(o["test"], label);
         assert!(!o.contains_key("mem_bw"), "bandwidth only when asked");
+        // F32 weights have no repacked layout in ggml.
+        assert_eq!(o["repack"], true);
+        assert_eq!(o["repacked_bytes"], 0);
 
         let ts: Vec<f64> = o["samples_ts"]
             .as_array()
@@ -170,6 +176,7 @@ fn bench_rejects_empty_runs() {
         tests: vec![],
         threads: vec![1],
         repetitions: 1,
+        load: LoadOptions::REPACK,
         seed: 1,
     };
     assert!(bench::run(&opts, |_| {}).is_err());

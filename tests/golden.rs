@@ -10,7 +10,7 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::golden::{greedy_reference, top5_reference};
+use common::golden::{greedy_reference, token_ids, top5_reference};
 
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin};
@@ -35,14 +35,6 @@ fn load_model() -> Model {
     let path = root().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     require(&path);
     Model::load(&path).expect("load SmolLM2")
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array of ids")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
 }
 
 /// The prompt as llama.cpp tokenized it: raw text without BOS, or the chat template rendered
@@ -89,11 +81,11 @@ fn greedy_outputs_match_llama_cpp() {
     let mut near_ties = Vec::new();
     for e in &reference.entries {
         let key = e["key"].as_str().unwrap();
-        let want_prompt = ids(&e["prompt_tokens"]);
+        let want_prompt = token_ids(&e["prompt_tokens"]);
         let got_prompt = prompt_tokens(&model, e);
         assert_eq!(got_prompt, want_prompt, "{key}: prompt tokens differ");
 
-        let want = ids(&e["output_tokens"]);
+        let want = token_ids(&e["output_tokens"]);
         let mut session = Session::new(&model, 512, 2).unwrap();
         let got = greedy(&mut session, &got_prompt, want.len(), true);
         let ref_margin = e["min_top1_top2_logprob_margin"].as_f64();
@@ -156,7 +148,7 @@ fn top5_logprobs_match_llama_cpp() {
     let model = load_model();
     let mut worst = 0f64;
     for e in top5.as_array().unwrap() {
-        let prompt = ids(&e["prompt_tokens"]);
+        let prompt = token_ids(&e["prompt_tokens"]);
         let mut session = Session::new(&model, 256, 2).unwrap();
         let mut logits = session.eval(&prompt).unwrap().to_vec();
         for s in e["steps"].as_array().unwrap() {

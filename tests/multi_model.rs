@@ -168,9 +168,12 @@ async fn requests_reach_the_model_they_name_by_field_topic_or_default() {
         (&a["default"], &b["default"]),
         (&json!(true), &json!(false))
     );
-    assert_eq!((&a["parallel"], &b["parallel"]), (&json!(1), &json!(2)));
+    // parallel defaults to 8, sharing one context's worth of KV cells.
+    assert_eq!((&a["parallel"], &b["parallel"]), (&json!(8), &json!(2)));
     for m in [a, b] {
         assert_eq!(m["context"], 256);
+        assert_eq!(m["kv_cells"], 256);
+        assert!(m["repacked_mib"].is_number(), "{m}");
         assert_eq!(m["quantization"], "q8_0");
         assert_eq!(m["architecture"], "llama");
         assert!(m["parameters"].as_u64().unwrap() > 0);
@@ -491,7 +494,8 @@ fn config_errors_name_the_problem() {
     assert_eq!((s.model().name.as_str(), s.models.len()), ("a", 2));
     let s = load(&format!("{}{}default = true\n", e("a", &a), e("b", &b))).unwrap();
     assert_eq!(s.model().name, "b");
-    assert_eq!(s.models[0].parallel, 1);
+    assert_eq!(s.models[0].parallel, 8);
+    assert!(s.models[0].repack);
 }
 
 // ---------------------------------------------------------------------------------------------

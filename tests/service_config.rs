@@ -332,7 +332,7 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
         entry(
             "b",
             "threads = 1\nparallel = 2\nprefix_cache = false\nstep_tokens = 64\ndefault = true\n\
-             [models.sampling]\ntop_k = 7\n"
+             kv_cells = 4096\nrepack = false\n[models.sampling]\ntop_k = 7\n"
         )
     );
     let (d, path) = layout(&main, &[]);
@@ -344,6 +344,12 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
     // The engine gets the step size (the watchdog needs one step to fit its interval).
     assert_eq!(s.engine_config().step_tokens, 64);
     assert_eq!(s.engine_config_for(&s.models[0]).step_tokens, 256);
+    // The KV pool and repacking reach the engine; by default one context's worth of cells
+    // shared by 8 jobs, weights repacked.
+    assert_eq!(s.engine_config().kv_cells(), 4096);
+    assert!(!s.engine_config().repack);
+    let a = s.engine_config_for(&s.models[0]);
+    assert_eq!((a.parallel, a.kv_cells(), a.repack), (8, 2048, true));
     assert_eq!(s.model().sampling.top_k, 7);
     assert_eq!(s.models[0].sampling.top_k, 40);
     assert_eq!(s.limits.memory_limit, Some(300 << 20));
@@ -376,7 +382,11 @@ fn a_models_list_merges_as_one_value_and_prints_back() {
         ),
         (
             "step_tokens = 513\n",
-            "4: models[0].step_tokens: 513 is outside 1..=512",
+            "4: models[0].step_tokens: 513 is outside 8..=512",
+        ),
+        (
+            "kv_cells = 100\n",
+            "4: models[0].kv_cells: 100 cells cannot hold one context of 2048 tokens",
         ),
     ] {
         d.write("config.d/10-one.toml", &entry("c", extra));

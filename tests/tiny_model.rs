@@ -23,7 +23,7 @@ use common::tiny::{
 };
 use llamabus::ggml::Type;
 use llamabus::gguf::Gguf;
-use llamabus::model::{Model, Session};
+use llamabus::model::{LoadOptions, Model, Session};
 
 // ---------------------------------------------------------------------------------------------
 // The oracle against llama.cpp
@@ -503,9 +503,12 @@ fn ggml_graph_matches_reference() {
     for (i, (group, specs, tol)) in groups.enumerate() {
         let mut worst = 0f64;
         let (mut n_positions, mut n_checked, mut n_same) = (0usize, 0usize, 0usize);
-        for spec in specs {
+        for (spec, repack) in specs
+            .into_iter()
+            .flat_map(|s| [(s.clone(), true), (s, false)])
+        {
             let label = format!(
-                "{group} {:?} tied={} rope_freqs={}",
+                "{group} {:?} tied={} rope_freqs={} repack={repack}",
                 spec.tokenizer, spec.tied_embeddings, spec.rope_freqs
             );
             // Through a file: ggml places weights straight into the mapping, which is
@@ -521,7 +524,11 @@ fn ggml_graph_matches_reference() {
                 .collect();
             let want = reference.forward(&tokens);
 
-            let model = Model::from_gguf(gguf.clone()).expect("Model::from_gguf");
+            let model = Model::from_gguf_with(gguf.clone(), LoadOptions { repack })
+                .expect("Model::from_gguf");
+            // Q4_0 and Q4_K have repacked layouts with AVX2 or ARM dotprod: then this run
+            // exercises ggml's repacked kernels, and the other its kernels in place.
+            eprintln!("{label}: {} bytes repacked", model.repacked_bytes());
             let mut sess = Session::new(&model, 64, 2).expect("Session::new");
             let mut got = sess.eval_all(&tokens[..N_PROMPT]).expect("prompt");
             assert_eq!(

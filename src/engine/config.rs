@@ -41,6 +41,8 @@ pub struct EngineConfig {
     /// so every slot can hold a full context. Fewer makes jobs wait for cells; more keeps more
     /// idle prefixes cached. See [`kv_cache_bytes`](fn@kv_cache_bytes) for the memory.
     pub kv_cells: Option<usize>,
+    /// Copy the weights ggml has faster layouts for into them ([`crate::model::LoadOptions::repack`]).
+    pub repack: bool,
     /// Keep finished sequences in the KV cache and start new jobs from the longest cached
     /// prefix of their prompt.
     pub prefix_cache: bool,
@@ -76,6 +78,7 @@ impl EngineConfig {
             n_ctx: 2048,
             parallel: 1,
             kv_cells: None,
+            repack: true,
             prefix_cache: true,
             step_tokens: DEFAULT_STEP_TOKENS,
             n_threads: thread::available_parallelism().map_or(1, |n| n.get()),
@@ -97,6 +100,7 @@ impl EngineConfig {
             || self.n_ctx != other.n_ctx
             || self.parallel != other.parallel
             || self.kv_cells() != other.kv_cells()
+            || self.repack != other.repack
             || self.prefix_cache != other.prefix_cache
             || self.step_tokens != other.step_tokens
             || self.n_threads != other.n_threads

@@ -206,6 +206,9 @@ pub struct ModelInfo {
     pub parallel: usize,
     /// KV cells of the session, shared by the running jobs and the prefix cache.
     pub kv_cells: usize,
+    /// Bytes of weights repacked into ggml's faster layouts (anonymous memory); 0 with
+    /// `repack` off or when none has one on this CPU.
+    pub repacked_bytes: u64,
     /// Context the model was trained with.
     pub n_ctx_train: u32,
     pub has_chat_template: bool,

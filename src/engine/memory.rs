@@ -3,12 +3,16 @@
 //! rather than left to the kernel's OOM killer halfway through a load or a long prompt.
 //!
 //! **Need**, per model ([`Need`]):
-//! * the GGUF file size. The weights are memory-mapped, so their pages are file-backed and
-//!   reclaimable; but every generated token reads every weight, so a model whose weights do not
-//!   stay resident re-reads them from storage at every token (thrashing: seconds per token on
-//!   an SD card). The rule is therefore that the whole file must fit. A file already mapped by
-//!   a running engine (a reload that changes only threads or context) counts nothing: its pages
-//!   are shared;
+//! * the GGUF file size, less the weights that are repacked. The weights are memory-mapped, so
+//!   their pages are file-backed and reclaimable; but every generated token reads every weight,
+//!   so a model whose weights do not stay resident re-reads them from storage at every token
+//!   (thrashing: seconds per token on an SD card). The rule is therefore that the mapped part
+//!   must fit. A file already mapped by a running engine (a reload that changes only threads
+//!   or context) counts nothing: its pages are shared;
+//! * the repacked weights (`[model] repack`): copies in ggml's faster layouts, read from the
+//!   mapping once at load. They are anonymous memory, private to the engine and never
+//!   reclaimable, so they count in full even when the file is already mapped
+//!   ([`crate::model::repacked_bytes`] decides which, as loading does);
 //! * the KV cache ([`kv_cache_bytes`]);
 //! * compute buffers, tokenizer tables and logits ([`compute_bytes`], an estimate).
 //!
@@ -35,7 +39,7 @@ use std::path::{Path, PathBuf};
 
 use crate::gguf::Gguf;
 use crate::model::session::MAX_UBATCH;
-use crate::model::{HParams, ModelError};
+use crate::model::{repacked_bytes, HParams, LoadOptions, ModelError};
 
 const MIB: u64 = 1 << 20;
 /// cgroup v1 reports "no limit" as the largest page-aligned i64 (9223372036854771712);
@@ -49,15 +53,18 @@ const PER_VOCAB_BYTES: u64 = 256;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Need {
     pub model: String,
-    /// The GGUF file (0 when it is already mapped by a running engine).
+    /// The GGUF file less its repacked weights (0 when it is already mapped by a running
+    /// engine).
     pub file: u64,
+    /// Weights copied into repacked layouts (anonymous memory).
+    pub repacked: u64,
     pub kv_cache: u64,
     pub compute: u64,
 }
 
 impl Need {
     pub fn total(&self) -> u64 {
-        self.file + self.kv_cache + self.compute
+        self.file + self.repacked + self.kv_cache + self.compute
     }
 }
 
@@ -65,9 +72,10 @@ impl fmt::Display for Need {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{}: {} file + {} KV cache + {} compute",
+            "{}: {} file + {} repacked + {} KV cache + {} compute",
             self.model,
             mib(self.file),
+            mib(self.repacked),
             mib(self.kv_cache),
             mib(self.compute)
         )
@@ -105,10 +113,10 @@ pub fn mib(n: u64) -> String {
     format!("{} MiB", n.div_ceil(MIB))
 }
 
-/// KV cache bytes: f16 keys and values of every layer for `n_ctx` cells per sequence and
-/// `parallel` sequences, as the engine allocates them (`EngineConfig::kv_cells`).
-pub fn kv_cache_bytes(hp: &HParams, n_ctx: usize, parallel: usize) -> u64 {
-    crate::model::kv_cache_bytes(hp, n_ctx.saturating_mul(parallel))
+/// KV cache bytes: f16 keys and values of every layer for the `kv_cells` cells all sequences
+/// share, as the engine allocates them (`EngineConfig::kv_cells`).
+pub fn kv_cache_bytes(hp: &HParams, kv_cells: usize) -> u64 {
+    crate::model::kv_cache_bytes(hp, kv_cells)
 }
 
 /// Compute-buffer estimate: the activations ggml's graph allocator keeps live within one
@@ -116,8 +124,8 @@ pub fn kv_cache_bytes(hp: &HParams, n_ctx: usize, parallel: usize) -> u64 {
 /// attention output, three FFN-wide tensors), the f16 attention mask over every cell, the
 /// output logits, plus tokenizer and sampler tables. An overestimate by design: the allocator
 /// reuses buffers across nodes.
-pub fn compute_bytes(hp: &HParams, n_ctx: usize, parallel: usize) -> u64 {
-    let cells = (n_ctx as u64).saturating_mul(parallel as u64);
+pub fn compute_bytes(hp: &HParams, kv_cells: usize, parallel: usize) -> u64 {
+    let cells = kv_cells as u64;
     let tokens = cells.min(MAX_UBATCH as u64);
     let per_token = 4
         * (3 * u64::from(hp.n_embd)
@@ -129,9 +137,20 @@ pub fn compute_bytes(hp: &HParams, n_ctx: usize, parallel: usize) -> u64 {
     tokens * per_token + mask + logits + PER_VOCAB_BYTES * u64::from(hp.n_vocab)
 }
 
-/// The need of the model in `path` with `n_ctx` cells per sequence and `parallel` sequences;
-/// reads only the GGUF header (metadata and tensor table).
-pub fn need(name: &str, path: &Path, n_ctx: usize, parallel: usize) -> Result<Need, MemoryError> {
+/// How a model will be run, as far as its memory goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// KV cells shared by all sequences.
+    pub kv_cells: usize,
+    /// Sequences decoded together.
+    pub parallel: usize,
+    /// Weights repacked into ggml's faster layouts.
+    pub repack: bool,
+}
+
+/// The need of the model in `path` run as `shape`; reads only the GGUF header (metadata and
+/// tensor table).
+pub fn need(name: &str, path: &Path, shape: Shape) -> Result<Need, MemoryError> {
     let model_err = |error: ModelError| MemoryError::Model {
         path: path.to_owned(),
         error,
@@ -144,11 +163,17 @@ pub fn need(name: &str, path: &Path, n_ctx: usize, parallel: usize) -> Result<Ne
         .map_err(|e| model_err(e.into()))?
         .map_or(0, <[String]>::len);
     let hp = HParams::from_metadata(md, n_tokens).map_err(model_err)?;
+    let load = LoadOptions {
+        repack: shape.repack,
+    };
+    // A file whose weights do not validate repacks nothing here; loading it reports why.
+    let repacked = repacked_bytes(&gguf, &hp, load).unwrap_or(0);
     Ok(Need {
         model: name.to_owned(),
-        file,
-        kv_cache: kv_cache_bytes(&hp, n_ctx, parallel),
-        compute: compute_bytes(&hp, n_ctx, parallel),
+        file: file.saturating_sub(repacked),
+        repacked,
+        kv_cache: kv_cache_bytes(&hp, shape.kv_cells),
+        compute: compute_bytes(&hp, shape.kv_cells, shape.parallel),
     })
 }
 
@@ -420,11 +445,8 @@ mod tests {
     fn kv_cache_size_matches_the_cache_layout() {
         let hp = smollm2_like();
         // 30 layers × 2048 cells × (192 + 192) × 2 bytes = 45 MiB.
-        assert_eq!(kv_cache_bytes(&hp, 2048, 1), 30 * 2048 * 384 * 2);
-        assert_eq!(
-            kv_cache_bytes(&hp, 2048, 4),
-            4 * kv_cache_bytes(&hp, 2048, 1)
-        );
+        assert_eq!(kv_cache_bytes(&hp, 2048), 30 * 2048 * 384 * 2);
+        assert_eq!(kv_cache_bytes(&hp, 8192), 4 * kv_cache_bytes(&hp, 2048));
         let c = compute_bytes(&hp, 2048, 1);
         assert!((10 * MIB..64 * MIB).contains(&c), "{}", mib(c));
     }
@@ -434,13 +456,15 @@ mod tests {
         let needs = [
             Need {
                 model: "chat".into(),
-                file: 400 * MIB,
+                file: 300 * MIB,
+                repacked: 100 * MIB,
                 kv_cache: 100 * MIB,
                 compute: 20 * MIB,
             },
             Need {
                 model: "tiny".into(),
                 file: 50 * MIB,
+                repacked: 0,
                 kv_cache: 10 * MIB,
                 compute: 5 * MIB,
             },
@@ -457,7 +481,7 @@ mod tests {
         assert!(e.contains("have 512 MiB"), "{e}");
         assert!(e.contains("[limits] memory_limit_mb = 512"), "{e}");
         assert!(
-            e.contains("chat: 400 MiB file + 100 MiB KV cache + 20 MiB compute"),
+            e.contains("chat: 300 MiB file + 100 MiB repacked + 100 MiB KV cache + 20 MiB compute"),
             "{e}"
         );
         assert!(check(&needs, &limits[..1]).is_ok());

@@ -42,7 +42,7 @@ use super::job::{
 use crate::engine::sched::{FairQueue, SeqTable, Start};
 use crate::engine::{rate, GenerateError, GenerateRequest, Stepper};
 use crate::format::{FormatCompiler, FormatLimits};
-use crate::model::{Batch, Model, ModelError, SeqId, Session};
+use crate::model::{Batch, LoadOptions, Model, ModelError, SeqId, Session};
 use crate::tokenizer::chat::{ChatError, ChatMessage};
 
 /// Longest the idle worker waits before refreshing its heartbeat.
@@ -66,7 +66,8 @@ pub(super) fn worker_main(
         cfg.model_name,
         cfg.model_path.display()
     ));
-    let model = match Model::load(&cfg.model_path) {
+    let opts = LoadOptions { repack: cfg.repack };
+    let model = match Model::load_with(&cfg.model_path, opts) {
         Ok(m) => m,
         Err(e) => {
             let _ = ready.send(Err(model_err(e)));
@@ -106,8 +107,14 @@ pub(super) fn worker_main(
     };
     worker.shared.beat();
     on_status(&format!(
-        "ready: {} ({}, {} params, {} cells per job, {} parallel)",
-        info.name, info.quantization, info.n_params, info.n_ctx, info.parallel
+        "ready: {} ({}, {} params, {} cells per job, {} parallel, {} KV cells, {:.1} MiB repacked)",
+        info.name,
+        info.quantization,
+        info.n_params,
+        info.n_ctx,
+        info.parallel,
+        info.kv_cells,
+        info.repacked_bytes as f64 / f64::from(1 << 20)
     ));
     if ready.send(Ok(info)).is_err() {
         return;
@@ -135,6 +142,7 @@ fn model_info(cfg: &EngineConfig, model: &Model) -> ModelInfo {
         n_ctx: cfg.n_ctx,
         parallel: cfg.parallel,
         kv_cells: cfg.kv_cells(),
+        repacked_bytes: model.repacked_bytes(),
         n_ctx_train: d.n_ctx_train,
         has_chat_template: d.has_chat_template,
         default_mode: match cfg.default_mode {

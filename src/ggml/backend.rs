@@ -4,6 +4,7 @@ use std::marker::PhantomData;
 use std::ptr::NonNull;
 use std::sync::Arc;
 
+use super::buft::ExtraBufferType;
 use super::context::{Context, Tensor};
 use super::sys;
 
@@ -116,6 +117,7 @@ impl CpuBackend {
             ctx,
             buffer: Buffer { ptr: buf },
             _host: None,
+            read_only: false,
         })
     }
 }
@@ -175,6 +177,8 @@ pub struct AllocatedContext {
     buffer: Buffer,
     ctx: Context,
     _host: Option<Arc<dyn HostBytes>>,
+    /// Weights (mapped or copied into an extra buffer type): never cleared or written.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for AllocatedContext {
@@ -241,7 +245,59 @@ impl AllocatedContext {
             ctx,
             buffer,
             _host: Some(host),
+            read_only: true,
         })
+    }
+
+    /// Allocates every tensor of `ctx` in one buffer of `buft` and fills each from
+    /// `bytes_of(name)` (exactly its byte size), which the buffer type may rearrange as it
+    /// stores them (ggml's repack does so in `set_tensor`). The tensors' bytes cannot be read
+    /// back afterwards; they are only computed with. `Ok(None)` when `ctx` has no tensors.
+    pub fn load_into<'b>(
+        ctx: Context,
+        buft: ExtraBufferType,
+        bytes_of: impl Fn(&str) -> Option<&'b [u8]>,
+    ) -> Result<Option<AllocatedContext>, GgmlError> {
+        // Find every source before allocating anything.
+        let mut sources = Vec::new();
+        for t in tensors_of(&ctx) {
+            let name = t.name();
+            let src = bytes_of(&name).ok_or_else(|| GgmlError::Unplaced(name.clone()))?;
+            if src.len() != t.n_bytes() {
+                return Err(GgmlError::OutOfMapping {
+                    name,
+                    offset: 0,
+                    end: src.len(),
+                    len: t.n_bytes(),
+                });
+            }
+            sources.push((t.as_ptr(), src));
+        }
+        if sources.is_empty() {
+            return Ok(None);
+        }
+        // SAFETY: ctx is a no_alloc context whose tensors have no memory yet; the buffer holds
+        // them all and is freed in Drop before the context.
+        let size = unsafe {
+            sys::ggml_backend_alloc_ctx_tensors_from_buft_size(ctx.as_ptr(), buft.as_ptr())
+        };
+        // SAFETY: as above.
+        let buf =
+            unsafe { sys::ggml_backend_alloc_ctx_tensors_from_buft(ctx.as_ptr(), buft.as_ptr()) };
+        let buffer = Buffer {
+            ptr: NonNull::new(buf).ok_or(GgmlError::Alloc(size))?,
+        };
+        for (t, src) in sources {
+            // SAFETY: t belongs to ctx and now has n_bytes of memory in `buffer`; src has
+            // exactly n_bytes (checked above), the whole-tensor write repack requires.
+            unsafe { sys::ggml_backend_tensor_set(t, src.as_ptr().cast(), 0, src.len()) };
+        }
+        Ok(Some(AllocatedContext {
+            ctx,
+            buffer,
+            _host: None,
+            read_only: true,
+        }))
     }
 
     /// The tensor named `name`.
@@ -256,10 +312,11 @@ impl AllocatedContext {
 
     /// Fills the whole buffer with `byte` (e.g. to clear a KV cache).
     pub fn clear(&self, byte: u8) {
-        // Host-mapped weights are read-only memory: never cleared.
-        assert!(self._host.is_none(), "mapped weights are read-only");
+        // Weights are never cleared: a mapping is read-only memory, and repacked bytes are not
+        // in ggml's layout.
+        assert!(!self.read_only, "weights are read-only");
         // SAFETY: the buffer is live and owned by `self`; clearing writes only inside it, and
-        // the assert above rules out the read-only mapping.
+        // the assert above rules out the read-only weights.
         unsafe { sys::ggml_backend_buffer_clear(self.buffer.ptr.as_ptr(), byte) }
     }
 

@@ -585,6 +585,7 @@ impl<'ctx> Tensor<'ctx> {
     /// Copies the tensor's bytes into `dst` (exactly its byte size).
     pub fn read_bytes(&self, dst: &mut [u8]) {
         assert!(self.is_allocated(), "tensor {} has no memory", self.name());
+        self.assert_readable();
         assert_eq!(dst.len(), self.n_bytes(), "read size for {}", self.name());
         // SAFETY: as in write_bytes, reading instead of writing.
         unsafe {
@@ -594,6 +595,23 @@ impl<'ctx> Tensor<'ctx> {
                 sys::ggml_backend_tensor_get(self.as_ptr(), dst.as_mut_ptr().cast(), 0, dst.len());
             }
         }
+    }
+
+    /// Panics for a tensor in an extra buffer type: its bytes are in the kernels' own layout
+    /// and the buffer type has no read-back (ggml would call a NULL function).
+    fn assert_readable(&self) {
+        let buf = self.raw().buffer;
+        if buf.is_null() {
+            return;
+        }
+        // SAFETY: a tensor's non-NULL buffer is live while its owner (which the handle
+        // borrows) lives.
+        let buft = unsafe { sys::ggml_backend_buffer_get_type(buf) };
+        assert!(
+            !super::ExtraBufferType::is_extra(buft),
+            "tensor {} is repacked: its bytes cannot be read back",
+            self.name()
+        );
     }
 
     /// Writes f32 values into an F32 tensor.
@@ -666,6 +684,7 @@ impl<'ctx> Tensor<'ctx> {
             self.name()
         );
         assert!(self.is_allocated(), "tensor {} has no memory", self.name());
+        self.assert_readable();
         // SAFETY: range checked against the tensor's size; reinterpretation as in read_f32.
         unsafe {
             let bytes = std::slice::from_raw_parts_mut(dst.as_mut_ptr().cast::<u8>(), n);

@@ -7,6 +7,7 @@
 #![warn(clippy::undocumented_unsafe_blocks)]
 
 mod backend;
+mod buft;
 mod context;
 pub mod cpu;
 mod cpu_api;
@@ -17,6 +18,7 @@ pub mod sys;
 mod types;
 
 pub use backend::{AllocatedContext, CpuBackend, GgmlError, Graph, GraphAllocator, HostBytes};
+pub use buft::ExtraBufferType;
 pub use context::{Context, Tensor};
 pub use mmap::{map_readonly, AlignedBytes};
 pub use types::{dequantize, quantize, Type};
@@ -28,9 +30,38 @@ pub const GGML_VERSION: &str = env!("LLAMABUS_GGML_VERSION");
 /// CPU runs) and initialises its tables (FP16 lookup tables, feature detection). Idempotent and
 /// thread-safe; every entry point that computes calls it.
 pub fn init() -> Result<cpu::Variant, cpu::CpuError> {
+    static LOG: std::sync::Once = std::sync::Once::new();
+    // SAFETY: ggml_log_set (ggml-base, shared by every variant) stores a function pointer
+    // valid for the whole program; Once serialises the call.
+    LOG.call_once(|| unsafe { sys::ggml_log_set(Some(forward_log), std::ptr::null_mut()) });
     let v = cpu::active_variant()?;
     v.api();
     Ok(v)
+}
+
+/// ggml's log lines (e.g. one per repacked tensor at debug level) go to the `log` crate under
+/// the target `ggml`, instead of ggml's default of printing everything to stderr.
+extern "C" fn forward_log(
+    level: sys::ggml_log_level,
+    text: *const std::ffi::c_char,
+    _user: *mut std::ffi::c_void,
+) {
+    if text.is_null() {
+        return;
+    }
+    // SAFETY: ggml passes a NUL-terminated string valid for the duration of the call.
+    let text = unsafe { std::ffi::CStr::from_ptr(text) }.to_string_lossy();
+    let text = text.trim_end();
+    if text.is_empty() {
+        return;
+    }
+    let level = match level {
+        sys::GGML_LOG_LEVEL_ERROR => log::Level::Error,
+        sys::GGML_LOG_LEVEL_WARN => log::Level::Warn,
+        sys::GGML_LOG_LEVEL_INFO => log::Level::Info,
+        _ => log::Level::Debug,
+    };
+    log::log!(target: "ggml", level, "{text}");
 }
 
 /// ggml's own report of the CPU features the variant in use was compiled with (empty if no

@@ -1,8 +1,10 @@
 //! Models: hyperparameters, the named Llama weights, the forward pass, the KV cache.
 //!
 //! [`Model`] is everything read from one GGUF file: hyperparameters, the tokenizer, the chat
-//! template and the weights, which stay in the memory-mapped file (zero-copy). [`Session`]
-//! evaluates tokens against a model with its own KV cache and compute buffers.
+//! template and the weights. Weights stay in the memory-mapped file (zero-copy), except those
+//! ggml has a faster layout for on this CPU when [`LoadOptions::repack`] asks for it, which are
+//! copied into it. [`Session`] evaluates tokens against a model with its own KV cache and
+//! compute buffers.
 
 mod describe;
 pub mod hparams;
@@ -15,7 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::ggml::{self, AllocatedContext};
+use crate::ggml;
 use crate::gguf::{Gguf, GgufError};
 use crate::tokenizer::chat::{ChatError, ChatMessage, ChatTemplate};
 use crate::tokenizer::{Tokenizer, TokenizerError};
@@ -24,7 +26,8 @@ pub use describe::Description;
 pub use hparams::HParams;
 pub use kv_cache::{kv_cache_bytes, SeqId, MAX_SEQS};
 pub use session::{Batch, Session};
-use weights::Weights;
+pub use weights::LoadOptions;
+use weights::{Placed, Weights};
 
 /// Why a model could not be loaded or run.
 #[derive(Debug, thiserror::Error)]
@@ -78,10 +81,12 @@ pub struct Model {
     chat: ChatTemplate,
     /// Whether `chat` came from the file.
     own_template: bool,
-    /// The weight tensors, placed in the mapped file; [`Model::weights`] names them.
-    weights: AllocatedContext,
-    /// Bytes of tensor data mapped (not resident until touched).
+    /// The weight tensors, in the mapped file or repacked; [`Model::weights`] names them.
+    weights: Placed,
+    /// Bytes of tensor data the graph uses (mapped or repacked).
     weight_bytes: u64,
+    /// Bytes copied into repacked layouts (anonymous memory).
+    repacked_bytes: u64,
     load_time: Duration,
     gguf: Arc<Gguf>,
 }
@@ -96,21 +101,37 @@ impl std::fmt::Debug for Model {
 }
 
 impl Model {
-    /// Maps and validates the GGUF file at `path`.
+    /// Maps and validates the GGUF file at `path`, every weight zero-copy
+    /// ([`LoadOptions::ZERO_COPY`]).
     pub fn load(path: &Path) -> Result<Model, ModelError> {
+        Self::load_with(path, LoadOptions::ZERO_COPY)
+    }
+
+    /// Maps and validates the GGUF file at `path`, placing the weights as `opts` says.
+    pub fn load_with(path: &Path, opts: LoadOptions) -> Result<Model, ModelError> {
         let start = Instant::now();
         let gguf = Arc::new(Gguf::open(path)?);
-        let mut m = Self::from_gguf_at(gguf, start)?;
+        let mut m = Self::from_gguf_at(gguf, opts, start)?;
         m.path = Some(path.to_path_buf());
         Ok(m)
     }
 
-    /// Builds a model from an already-parsed GGUF (tests build these in memory).
+    /// Builds a model from an already-parsed GGUF (tests build these in memory), every weight
+    /// zero-copy.
     pub fn from_gguf(gguf: Arc<Gguf>) -> Result<Model, ModelError> {
-        Self::from_gguf_at(gguf, Instant::now())
+        Self::from_gguf_with(gguf, LoadOptions::ZERO_COPY)
     }
 
-    fn from_gguf_at(gguf: Arc<Gguf>, start: Instant) -> Result<Model, ModelError> {
+    /// [`Model::from_gguf`] with explicit [`LoadOptions`].
+    pub fn from_gguf_with(gguf: Arc<Gguf>, opts: LoadOptions) -> Result<Model, ModelError> {
+        Self::from_gguf_at(gguf, opts, Instant::now())
+    }
+
+    fn from_gguf_at(
+        gguf: Arc<Gguf>,
+        opts: LoadOptions,
+        start: Instant,
+    ) -> Result<Model, ModelError> {
         ggml::init().map_err(ggml::GgmlError::from)?;
         let md = gguf.metadata();
         let tokenizer = Tokenizer::from_metadata(md)?;
@@ -131,8 +152,9 @@ impl Model {
             Some(src) => (ChatTemplate::new(src, bos, eos)?, true),
             None => (ChatTemplate::chatml_fallback(bos, eos), false),
         };
-        let plan = weights::plan(&gguf, &hparams)?;
+        let plan = weights::plan(&gguf, &hparams, opts)?;
         let weight_bytes = plan.iter().map(|p| p.info.n_bytes).sum();
+        let repacked_bytes = planned_repack_bytes(&plan);
         let weights = weights::place(&gguf, &plan)?;
         let model = Model {
             path: None,
@@ -142,6 +164,7 @@ impl Model {
             own_template,
             weights,
             weight_bytes,
+            repacked_bytes,
             load_time: start.elapsed(),
             gguf,
         };
@@ -178,9 +201,15 @@ impl Model {
         &self.gguf
     }
 
-    /// Bytes of weights mapped from the file.
+    /// Bytes of weights the graph uses (mapped from the file or repacked).
     pub fn weight_bytes(&self) -> u64 {
         self.weight_bytes
+    }
+
+    /// Bytes of weights copied into ggml's repacked layouts (anonymous memory, besides the
+    /// mapping); 0 with `repack` off or when no weight has a faster layout on this CPU.
+    pub fn repacked_bytes(&self) -> u64 {
+        self.repacked_bytes
     }
 
     /// The file the model was loaded from (None when built in memory).
@@ -188,7 +217,7 @@ impl Model {
         self.path.as_deref()
     }
 
-    /// Wall time of [`Model::load`] (map, parse, validate).
+    /// Wall time of [`Model::load`] (map, parse, validate, repack).
     pub fn load_time(&self) -> Duration {
         self.load_time
     }
@@ -197,4 +226,17 @@ impl Model {
     pub(crate) fn weights(&self) -> Result<Weights<'_>, ModelError> {
         Weights::resolve(self.hparams.n_layer, |name| self.weights.tensor(name))
     }
+}
+
+/// Bytes of the weights of the model in `gguf` that loading with `opts` would copy into
+/// repacked layouts on this CPU (for the memory guard, without loading anything).
+pub fn repacked_bytes(gguf: &Gguf, hp: &HParams, opts: LoadOptions) -> Result<u64, ModelError> {
+    Ok(planned_repack_bytes(&weights::plan(gguf, hp, opts)?))
+}
+
+fn planned_repack_bytes(plan: &[weights::Planned<'_>]) -> u64 {
+    plan.iter()
+        .filter(|p| p.repack.is_some())
+        .map(|p| p.info.n_bytes)
+        .sum()
 }

@@ -3,14 +3,17 @@
 //!
 //! Loading is three steps, each its own function so one can change without the others (for
 //! example where the bytes live):
-//! 1. [`plan`]: every tensor the graph uses, checked against the file (present, shape, type);
-//! 2. [`place`]: ggml tensors for the plan, placed into the memory-mapped file (zero-copy);
+//! 1. [`plan`]: every tensor the graph uses, checked against the file (present, shape, type),
+//!    and where it goes: a matrix goes to ggml's repacked layout when [`LoadOptions::repack`]
+//!    asks for it and ggml has one for it on this CPU, anything else stays in the mapping;
+//! 2. [`place`]: ggml tensors for the plan, placed into the memory-mapped file (zero-copy) or
+//!    copied into their extra buffer type ([`Placed`]);
 //! 3. [`Weights::resolve`]: named handles, looked up once per session.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::ggml::{AllocatedContext, Context, HostBytes, Tensor, Type};
+use crate::ggml::{AllocatedContext, Context, ExtraBufferType, HostBytes, Tensor, Type};
 use crate::gguf::{Gguf, TensorInfo};
 use crate::model::{HParams, ModelError};
 
@@ -106,6 +109,24 @@ enum Role {
     Vector,
 }
 
+/// How weights are placed at load time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Copy the weights ggml has a faster layout for into that layout (its CPU "extra" buffer
+    /// types, e.g. `CPU_REPACK`), as llama.cpp does by default and the daemon does with
+    /// `[model] repack = true` (its default). Those copies are anonymous memory; every other
+    /// weight stays zero-copy in the file mapping (page cache). `false` keeps everything in the
+    /// mapping.
+    pub repack: bool,
+}
+
+impl LoadOptions {
+    /// Every weight zero-copy in the mapping ([`crate::model::Model::load`]).
+    pub const ZERO_COPY: LoadOptions = LoadOptions { repack: false };
+    /// Weights with a faster layout repacked into it (the daemon's default).
+    pub const REPACK: LoadOptions = LoadOptions { repack: true };
+}
+
 /// One weight the graph uses, checked against the file.
 #[derive(Debug)]
 pub(crate) struct Planned<'f> {
@@ -114,28 +135,53 @@ pub(crate) struct Planned<'f> {
     pub shape: Vec<u64>,
     pub ty: Type,
     pub info: &'f TensorInfo,
+    /// The extra buffer type it is copied into; `None` stays in the mapping.
+    pub repack: Option<ExtraBufferType>,
 }
 
 /// The tensors the graph will use, each checked against the hyperparameters: present, of the
 /// expected shape and of a type its role allows. In creation order: model-wide, then by block.
-pub(crate) fn plan<'f>(gguf: &'f Gguf, hp: &HParams) -> Result<Vec<Planned<'f>>, ModelError> {
+///
+/// With `opts.repack`, where each goes is llama.cpp's choice (`select_weight_buft`) restricted
+/// to the CPU: a matrix multiplied with `ggml_mul_mat` goes to the first extra buffer type
+/// that supports it; norms, `rope_freqs` and the token embeddings (read by `ggml_get_rows`,
+/// also when tied to the output, as llama.cpp keeps them) stay in the mapping.
+pub(crate) fn plan<'f>(
+    gguf: &'f Gguf,
+    hp: &HParams,
+    opts: LoadOptions,
+) -> Result<Vec<Planned<'f>>, ModelError> {
     let tied = gguf.tensor(OUTPUT).is_none();
     let has_rope_freqs = gguf.tensor(ROPE_FREQS).is_some();
-    wanted(hp, tied, has_rope_freqs)
+    let wanted = wanted(hp, tied, has_rope_freqs);
+    // A scratch context for asking ggml about each matrix's placement.
+    let scratch = Context::new_metadata(wanted.len() + 1, 0);
+    wanted
         .into_iter()
         .map(|(name, shape, role)| {
             let info = gguf
                 .tensor(&name)
                 .ok_or_else(|| ModelError::MissingTensor(name.clone()))?;
             let ty = check(&name, &shape, role, info)?;
+            let repack = match role {
+                Role::Matrix if opts.repack => {
+                    ExtraBufferType::for_mul_mat(scratch.new_tensor(ty, &ne(&shape)))
+                }
+                _ => None,
+            };
             Ok(Planned {
                 name,
                 shape,
                 ty,
                 info,
+                repack,
             })
         })
         .collect()
+}
+
+fn ne(shape: &[u64]) -> Vec<i64> {
+    shape.iter().map(|&d| d as i64).collect()
 }
 
 /// Name, shape and role of every weight the graph reads.
@@ -198,24 +244,63 @@ fn check(name: &str, shape: &[u64], role: Role, info: &TensorInfo) -> Result<Typ
     }
 }
 
-/// Creates a ggml tensor for every planned weight and places it into the GGUF mapping, without
-/// copying.
-pub(crate) fn place(
-    gguf: &Arc<Gguf>,
-    plan: &[Planned<'_>],
-) -> Result<AllocatedContext, ModelError> {
-    let ctx = Context::new_metadata(plan.len() + 1, 0);
+/// The placed weight tensors: those left in the mapping and those copied into extra buffer
+/// types.
+pub(crate) struct Placed {
+    pub mapped: AllocatedContext,
+    pub repacked: Vec<AllocatedContext>,
+}
+
+impl Placed {
+    /// The weight named `name`, wherever it was placed.
+    pub fn tensor(&self, name: &str) -> Option<Tensor<'_>> {
+        self.mapped
+            .tensor(name)
+            .or_else(|| self.repacked.iter().find_map(|c| c.tensor(name)))
+    }
+}
+
+/// Creates a ggml tensor for every planned weight and places it into the GGUF mapping without
+/// copying, or copies it into the extra buffer type the plan chose (which rearranges it).
+pub(crate) fn place(gguf: &Arc<Gguf>, plan: &[Planned<'_>]) -> Result<Placed, ModelError> {
+    // Contexts: 0 for the mapping, then one per extra buffer type in use.
+    let mut bufts: Vec<ExtraBufferType> = Vec::new();
+    for b in plan.iter().filter_map(|p| p.repack) {
+        if !bufts.contains(&b) {
+            bufts.push(b);
+        }
+    }
+    let holder = |p: &Planned<'_>| match p.repack {
+        None => 0,
+        Some(b) => 1 + bufts.iter().position(|&x| x == b).expect("listed"),
+    };
+    let ctxs: Vec<Context> = (0..=bufts.len())
+        .map(|i| Context::new_metadata(plan.iter().filter(|p| holder(p) == i).count() + 1, 0))
+        .collect();
     for p in plan {
-        let ne: Vec<i64> = p.shape.iter().map(|&d| d as i64).collect();
-        ctx.new_tensor(p.ty, &ne).set_name(&p.name);
+        ctxs[holder(p)]
+            .new_tensor(p.ty, &ne(&p.shape))
+            .set_name(&p.name);
     }
     let data_offset = gguf.data_offset();
     let offsets: HashMap<&str, usize> = plan
         .iter()
         .map(|p| (p.name.as_str(), (data_offset + p.info.offset) as usize))
         .collect();
+    let mut ctxs = ctxs.into_iter();
     let host: Arc<dyn HostBytes> = gguf.clone();
-    Ok(AllocatedContext::map_host(ctx, host, |n| {
+    let mapped = AllocatedContext::map_host(ctxs.next().expect("the mapping's"), host, |n| {
         offsets.get(n).copied()
-    })?)
+    })?;
+    let bytes = gguf.bytes();
+    let mut repacked = Vec::new();
+    for (ctx, buft) in ctxs.zip(&bufts) {
+        let src = |n: &str| {
+            let p = plan.iter().find(|p| p.name == n)?;
+            let start = *offsets.get(n)?;
+            bytes.get(start..start.checked_add(usize::try_from(p.info.n_bytes).ok()?)?)
+        };
+        repacked.extend(AllocatedContext::load_into(ctx, *buft, src)?);
+    }
+    Ok(Placed { mapped, repacked })
 }

@@ -168,6 +168,8 @@ impl Models {
                     "quantization": m.quantization,
                     "context": m.n_ctx,
                     "parallel": e.parallel,
+                    "kv_cells": m.kv_cells,
+                    "repacked_mib": (m.repacked_bytes as f64 / f64::from(1 << 20) * 10.0).round() / 10.0,
                     "queue": {"depth": s.queue_depth, "capacity": s.queue_capacity},
                     "in_flight": s.in_flight,
                     "served": s.served,
@@ -350,11 +352,20 @@ impl Models {
     }
 }
 
+/// How `m` will run, for the memory guard.
+fn shape(m: &ModelSettings) -> memory::Shape {
+    memory::Shape {
+        kv_cells: m.kv_cells,
+        parallel: m.parallel,
+        repack: m.repack,
+    }
+}
+
 /// The memory guard at start: every model against every limit.
 pub fn guard_start(settings: &Settings) -> Result<(), MemoryError> {
     let mut needs = Vec::with_capacity(settings.models.len());
     for m in &settings.models {
-        needs.push(memory::need(&m.name, &m.path, m.context, m.parallel)?);
+        needs.push(memory::need(&m.name, &m.path, shape(m))?);
     }
     let mut limits = memory::available();
     limits.extend(settings.limits.memory_limit.map(memory::budget));
@@ -389,7 +400,7 @@ pub fn guard_reload(old: &Settings, new: &Settings, plan: &ReloadPlan) -> Result
             .iter()
             .find(|m| m.name == cfg.model_name)
             .expect("the plan comes from these settings");
-        let mut need = memory::need(&m.name, &m.path, m.context, m.parallel)?;
+        let mut need = memory::need(&m.name, &m.path, shape(m))?;
         if mapped.contains(&&m.path) {
             need.file = 0;
         }
@@ -399,7 +410,7 @@ pub fn guard_reload(old: &Settings, new: &Settings, plan: &ReloadPlan) -> Result
     if let Some(budget) = new.limits.memory_limit {
         let mut all = Vec::with_capacity(new.models.len());
         for m in &new.models {
-            all.push(memory::need(&m.name, &m.path, m.context, m.parallel)?);
+            all.push(memory::need(&m.name, &m.path, shape(m))?);
         }
         memory::check(&all, &[memory::budget(budget)])?;
     }

@@ -159,6 +159,11 @@ pub struct Limits {
 /// Largest `parallel` accepted: sequences decoded together by one model.
 pub const MAX_PARALLEL: u32 = 64;
 
+/// Default `parallel`: jobs decoded together. Eight share one weight pass per step (a batch of
+/// eight costs little more than one token on a CPU), and the KV pool they share is one
+/// context's worth by default, so batching costs no extra KV memory.
+pub const DEFAULT_PARALLEL: u32 = 8;
+
 /// One model: the `[model]` section or one `[[models]]` entry.
 #[derive(Clone, Debug, PartialEq)]
 pub struct ModelSettings {
@@ -168,6 +173,11 @@ pub struct ModelSettings {
     pub context: usize,
     /// Jobs decoded together (`EngineConfig::parallel`).
     pub parallel: usize,
+    /// KV cells shared by the running jobs and the prefix cache (`EngineConfig::kv_cells`);
+    /// at least `context`.
+    pub kv_cells: usize,
+    /// Repack weights into ggml's faster layouts (`EngineConfig::repack`).
+    pub repack: bool,
     /// `EngineConfig::prefix_cache`.
     pub prefix_cache: bool,
     /// `EngineConfig::step_tokens`: the most prompt tokens one decode step computes. The
@@ -222,6 +232,8 @@ impl Settings {
         c.n_ctx = m.context;
         c.n_threads = m.threads;
         c.parallel = m.parallel;
+        c.kv_cells = Some(m.kv_cells);
+        c.repack = m.repack;
         c.prefix_cache = m.prefix_cache;
         c.step_tokens = m.step_tokens;
         c.queue_capacity = self.limits.queue_capacity as usize;

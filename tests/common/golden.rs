@@ -80,3 +80,12 @@ pub fn reference_json(name: &str) -> Value {
     serde_json::from_str(&std::fs::read_to_string(&p).unwrap())
         .unwrap_or_else(|e| panic!("{}: {e}", p.display()))
 }
+
+/// A reference's token ids (a JSON array of integers).
+pub fn token_ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().expect("a token id") as u32)
+        .collect()
+}

@@ -106,6 +106,8 @@ struct ModelFile {
     threads: Option<u32>,
     context: Option<u32>,
     parallel: Option<u32>,
+    kv_cells: Option<u32>,
+    repack: Option<bool>,
     prefix_cache: Option<bool>,
     step_tokens: Option<u32>,
     mode: Option<String>,
@@ -672,12 +674,21 @@ impl ModelLimits<'_> {
                 ),
             ));
         }
-        let parallel = match md.parallel.unwrap_or(1) {
+        let parallel = match md.parallel.unwrap_or(DEFAULT_PARALLEL) {
             n @ 1..=MAX_PARALLEL => n as usize,
             n => {
                 return Err(err(
                     "parallel",
                     format!("{n} is outside 1..={MAX_PARALLEL}"),
+                ))
+            }
+        };
+        let kv_cells = match md.kv_cells.map_or(context, |n| n as usize) {
+            n if n >= context => n,
+            n => {
+                return Err(err(
+                    "kv_cells",
+                    format!("{n} cells cannot hold one context of {context} tokens"),
                 ))
             }
         };
@@ -730,6 +741,8 @@ impl ModelLimits<'_> {
             threads,
             context,
             parallel,
+            kv_cells,
+            repack: md.repack.unwrap_or(true),
             prefix_cache: md.prefix_cache.unwrap_or(true),
             step_tokens,
             mode,

@@ -45,6 +45,8 @@ pub fn effective_toml(settings: &Settings) -> String {
             ("threads", int(md.threads as u64)),
             ("context", int(md.context as u64)),
             ("parallel", int(md.parallel as u64)),
+            ("kv_cells", int(md.kv_cells as u64)),
+            ("repack", Some(V::Boolean(md.repack))),
             ("prefix_cache", Some(V::Boolean(md.prefix_cache))),
             ("step_tokens", int(md.step_tokens as u64)),
             ("mode", s(mode)),

@@ -65,8 +65,10 @@
 //! path = "models/SmolLM2-135M-Instruct.Q4_1.gguf"
 //! name = "smollm2"                      # default: the file stem
 //! threads = 4                           # default: every core
-//! context = 2048
-//! parallel = 1                          # jobs decoded together (continuous batching)
+//! context = 2048                        # tokens of one job (prompt + answer)
+//! parallel = 8                          # jobs decoded together (continuous batching)
+//! kv_cells = 2048                       # KV cache cells shared by all jobs; default: context
+//! repack = true                         # copy weights into ggml's faster layouts (anon memory)
 //! prefix_cache = true                   # reuse cached KV of shared prompt prefixes
 //! step_tokens = 256                     # prompt tokens per decode step (watchdog: one step < 30 s)
 //! mode = "auto"                         # "chat" | "complete" | "auto"
@@ -118,7 +120,8 @@ use serde::Deserialize;
 
 pub use crate::mqtt::settings::{
     BrokerSettings, BrokerUrl, Limits, ModelSettings, MqttSettings, Secret, Settings,
-    DEFAULT_MAX_PACKET_BYTES, MAX_PARALLEL, MIN_MAX_PACKET_BYTES, MQTT_MAX_PACKET_BYTES,
+    DEFAULT_MAX_PACKET_BYTES, DEFAULT_PARALLEL, MAX_PARALLEL, MIN_MAX_PACKET_BYTES,
+    MQTT_MAX_PACKET_BYTES,
 };
 use build::build;
 use build::FileConfig;
