@@ -160,9 +160,18 @@ fn main() {
     }
 
     // `flags`: the SIMD flags of a variant; ggml-base gets none (the target's baseline).
+    // Compiled as llama.cpp's CMake compiles ggml, because the flags change the numbers:
+    // - the GNU dialects (CMake's default C_EXTENSIONS: -std=gnu11, -std=gnu++17). In ISO mode
+    //   (-std=c11) GCC turns floating-point contraction off, so a scalar `a += b * c` in the C
+    //   kernels (ggml_vec_dot_q5_K_q8_K's min term, iq4_nl, q4_1, q5_1, quantize_row_q8_0/1) is
+    //   rounded twice instead of fused into one FMA: different logits from llama.cpp's build.
+    // - no flag inherited from rustc: cc would copy Rust target features (RUSTFLAGS
+    //   -C target-feature=+avx2,+fma...) onto ggml-base as -mavx2 -mfma, which CMake compiles
+    //   without SIMD flags, and its dequantize/quantize code would round differently.
     let build = |cpp: bool, flags: &[String]| {
         let mut b = cc::Build::new();
         b.cpp(cpp)
+            .inherit_rustflags(false)
             .include(ggml.join("include"))
             .include(ggml.join("src"))
             .include(ggml.join("src/ggml-cpu"))
@@ -181,9 +190,9 @@ fn main() {
             .define("GGML_USE_CPU_REPACK", None)
             .flag_if_supported("-pthread");
         if cpp {
-            b.std("c++17");
+            b.std("gnu++17");
         } else {
-            b.std("c11")
+            b.std("gnu11")
                 // cc hides warnings; an implicit declaration here means a real ABI bug.
                 .flag("-Werror=implicit-function-declaration");
         }

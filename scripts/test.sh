@@ -7,7 +7,9 @@
 #   2. verifies vendor/ggml against its recorded checksum, and the committed bindings against
 #      bindgen's output for all three targets
 #   3. format and lint gates; import directions; llamabus-wire built no_std for thumbv7em
-#   4. the kernel, tiny-model and golden suites once per ggml CPU variant this machine runs
+#   4. the kernel (bit for bit against llama.cpp's build of ggml where it has a reference),
+#      tiny-model, golden and format-matrix (14 quantization types vs llama.cpp) suites once per
+#      ggml CPU variant this machine runs
 #      (LLAMABUS_CPU_VARIANT), the x86 selector under qemu (Nehalem: sse42), then the whole suite
 #      natively (x86_64 or whatever this machine is) on the variant the selector picks
 #   5. on x86_64 (nightly; skip with LLAMABUS_SKIP_FUZZ=1): the GGUF hostile-file suite and
@@ -81,17 +83,20 @@ run_showing() {
 
 # The shipped build carries every ggml CPU variant (x86_64: sse42, avx2, avx512). Each one this
 # CPU runs must pass the kernel tests and the tiny-model oracle, and match llama.cpp's greedy output
-# for its SIMD path (AVX2 and AVX-512 have references; sse42 has none and says so). Variants this
-# CPU cannot run are skipped with the reason (sysinfo's "cannot run" lines).
-step "release build: kernel, tiny-model and golden suites on each CPU variant this machine runs"
+# for its SIMD path (AVX2 and AVX-512 have references; sse42 has none and says so), also on every
+# format llama-quantize makes (format_matrix, issue 19: its first run builds the 14 files from the
+# Q4_1 model into models/formats/, ~1.7 GB, sha256-checked against llama-quantize's bytes). Variants
+# this CPU cannot run are skipped with the reason (sysinfo's "cannot run" lines).
+step "release build: kernel, tiny-model, golden and format-matrix suites on each CPU variant this machine runs"
 cargo build --release --quiet
 target/release/llamabus sysinfo | grep -E "^(variants|runs here|variant):"
 target/release/llamabus sysinfo | sed -n 's/^cannot run: */skipped, this CPU cannot run variant /p'
 read -r -a VARIANTS <<<"$(target/release/llamabus sysinfo | sed -n 's/^runs here: *//p')"
 for v in "${VARIANTS[@]}"; do
   echo "-- variant $v"
-  LLAMABUS_CPU_VARIANT=$v run_showing "variant|SIMD path|skipped|tokens match|near tie|test result" \
-    cargo test --release --test ggml_ops --test tiny_model --test golden -- --nocapture
+  LLAMABUS_CPU_VARIANT=$v run_showing \
+    "variant|SIMD path|skipped|tokens match|near tie|near-tie|DIFFERS| path: |bit-identical|test result" \
+    cargo test --release --test ggml_ops --test tiny_model --test golden --test format_matrix -- --nocapture
 done
 
 if [ "$(uname -m)" = "x86_64" ]; then

@@ -81,14 +81,23 @@ fn ggml_matmul(
 /// Per type: (tolerance against the dequantized weights, i.e. the kernel's own error from
 /// quantizing activations; tolerance against the original f32 weights, i.e. kernel plus
 /// weight quantization). Relative RMS error. Bounds are about twice what x86 measures.
+/// Every type the model loader accepts for a weight matrix is here.
 const CASES: &[(Type, f32, f32)] = &[
     (Type::F32, 1e-5, 1e-5),
     (Type::F16, 2e-3, 2e-3),
+    (Type::BF16, 8e-3, 8e-3),
     (Type::Q8_0, 1e-2, 1.2e-2),
     (Type::Q4_0, 1.5e-2, 0.15),
     (Type::Q4_1, 1.5e-2, 0.15),
+    (Type::Q5_0, 1.5e-2, 8e-2),
+    (Type::Q5_1, 1.5e-2, 8e-2),
+    (Type::Q2_K, 1.5e-2, 0.5),
+    (Type::Q3_K, 1.5e-2, 0.25),
     (Type::Q4_K, 1.5e-2, 0.12),
+    (Type::Q5_K, 1.5e-2, 6e-2),
     (Type::Q6_K, 1e-2, 3e-2),
+    (Type::IQ4_NL, 1.5e-2, 0.12),
+    (Type::IQ4_XS, 1.5e-2, 0.12),
 ];
 
 fn check_matmul(m: usize, threads: usize) {
@@ -131,6 +140,130 @@ fn matrix_matrix_products_match_reference() {
     check_matmul(7, 2);
 }
 
+/// 64-bit FNV-1a, as scripts/oracle/ggml-kernel-ref.c computes it.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// The type named `name` in ggml's table.
+fn type_named(name: &str) -> Type {
+    (0..64)
+        .filter_map(Type::from_id)
+        .find(|t| t.name() == name)
+        .unwrap_or_else(|| panic!("ggml has no type {name}"))
+}
+
+/// The feature beyond its path's that a kernel reference depends on: the AVX-512 reference
+/// came from llama.cpp built with `-march=native` on a CPU with AVX512-BF16, where
+/// ggml_vec_dot_bf16 uses `vdpbf16ps`; the avx512 variant (no BF16) takes another route.
+fn reference_feature(path: &str, ty: Type) -> Option<&'static str> {
+    (path == "avx512" && ty == Type::BF16).then_some("avx512bf16")
+}
+
+/// ggml as build.rs compiles it must compute, bit for bit, what ggml as llama.cpp's CMake
+/// compiles it computes: tests/data/ggml-kernels.PATH.json holds the f32 bits of the same products
+/// from scripts/oracle/ggml-kernel-ref.c linked against the oracle build (scripts/build-oracle.sh),
+/// per SIMD path, and hashes of the quantized and dequantized weights (the quantize functions
+/// must reproduce llama-quantize's bytes: tests/common/formats.rs relies on it). The tolerance tests above cannot see a compile difference such as floating-point
+/// contraction (one rounding instead of two in a kernel's scalar tail), yet it flips greedy tokens
+/// on a real model: Q5_K's min term, IQ4_NL, Q4_1 and Q5_1 once differed here.
+#[test]
+fn products_are_bit_identical_to_llama_cpp_build() {
+    let compiled = cpu::compiled_features();
+    let path = if compiled.contains(&"avx512f") {
+        "avx512"
+    } else if compiled.contains(&"avx2") {
+        "avx2"
+    } else {
+        println!(
+            "skipped: no llama.cpp kernel reference for this SIMD path (ggml compiled with \
+             {compiled:?}); references exist for AVX2 and AVX-512"
+        );
+        return;
+    };
+    println!(
+        "SIMD path: {path} (ggml compiled with {compiled:?}); reference: ggml-kernels.{path}.json"
+    );
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join(format!("tests/data/ggml-kernels.{path}.json"));
+    let reference: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
+    assert_eq!(reference["simd_path"], path);
+    let k = reference["k"].as_u64().unwrap() as usize;
+    let n = reference["n"].as_u64().unwrap() as usize;
+    let w = values(1, k * n);
+    let mut differ = Vec::new();
+    let mut differing_cases = 0;
+    let mut skipped = 0;
+    let cases = reference["cases"].as_array().unwrap();
+    for c in cases {
+        let before = differ.len();
+        let ty = type_named(c["type"].as_str().unwrap());
+        if let Some(feature) = reference_feature(path, ty).filter(|f| !compiled.contains(f)) {
+            println!(
+                "skipped {} m={}: the {path} reference was made with {feature}, which this \
+                 variant lacks (ggml's kernel for the type uses other instructions without it)",
+                ty.name(),
+                c["m"]
+            );
+            skipped += 1;
+            continue;
+        }
+        let m = c["m"].as_u64().unwrap() as usize;
+        let threads = c["threads"].as_u64().unwrap() as usize;
+        let x = values(2, k * m);
+        let wq = quantize(ty, &w, k);
+        let deq: Vec<u8> = dequantize(ty, &wq, k * n)
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        for (what, bytes, key) in [
+            ("quantized", &wq, "quant_fnv"),
+            ("dequantized", &deq, "dequant_fnv"),
+        ] {
+            if format!("{:016x}", fnv1a(bytes)) != c[key].as_str().unwrap() {
+                differ.push(format!("{} m={m}: {what} bytes differ", ty.name()));
+            }
+        }
+        let got = ggml_matmul(ty, &wq, &x, k, n, m, threads);
+        let want: Vec<u32> = c["bits"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|b| b.as_u64().unwrap() as u32)
+            .collect();
+        let bad: Vec<usize> = (0..want.len())
+            .filter(|&i| got[i].to_bits() != want[i])
+            .collect();
+        if let Some(&i) = bad.first() {
+            differ.push(format!(
+                "{} m={m}: {} of {} values differ, e.g. [{i}] {:e} vs llama.cpp {:e}",
+                ty.name(),
+                bad.len(),
+                want.len(),
+                got[i],
+                f32::from_bits(want[i])
+            ));
+        }
+        if differ.len() > before {
+            differing_cases += 1;
+        }
+    }
+    assert!(cases.len() >= 2 * CASES.len(), "every type, both shapes");
+    println!(
+        "{path}: {} of {} cases bit-identical to llama.cpp's build ({skipped} skipped)",
+        cases.len() - skipped - differing_cases,
+        cases.len() - skipped
+    );
+    assert!(
+        differ.is_empty(),
+        "{path}: ggml differs from llama.cpp's build:\n{}",
+        differ.join("\n")
+    );
+}
+
 #[test]
 fn quantize_roundtrip_is_close() {
     let w = values(3, 1024);
@@ -153,15 +286,7 @@ fn type_table_agrees_with_ggml() {
     assert_eq!(Type::from_id(31), None);
     assert_eq!(Type::from_id(4), None);
     assert_eq!(Type::from_id(10_000), None);
-    for ty in [
-        Type::F32,
-        Type::F16,
-        Type::Q4_0,
-        Type::Q4_1,
-        Type::Q8_0,
-        Type::Q4_K,
-        Type::Q6_K,
-    ] {
+    for &(ty, _, _) in CASES {
         assert!(ty.cpu_supports_mul_mat(), "{}", ty.name());
     }
 }

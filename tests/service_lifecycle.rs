@@ -174,7 +174,8 @@ async fn a_stalled_inference_thread_stops_the_watchdog_pings() {
 
 /// A daemon (with `limits`) generating a long streamed answer (id `long`, `max_tokens` tokens)
 /// with short requests `queued` behind it; returns once the first chunk of `long` arrived,
-/// after SIGTERM and `STOPPING=1`.
+/// after SIGTERM and `STOPPING=1`. One job at a time (`parallel = 1`, not the batching
+/// default), so that the short requests really wait in the queue.
 async fn terminate_while_generating(
     node: &str,
     limits: &str,
@@ -182,7 +183,8 @@ async fn terminate_while_generating(
     queued: &[&str],
 ) -> (Mosquitto, ServeProcess, TestClient) {
     let mosq = Mosquitto::start();
-    let (p, n, _) = start_ready(&mosq, node, limits, &[]);
+    let one_at_a_time = [("LLAMABUS_MODEL_PARALLEL", "1".to_owned())];
+    let (p, n, _) = start_ready(&mosq, node, limits, &one_at_a_time);
     wait_status(mosq.port, "llamabus", node, "online").await;
     let mut c = TestClient::connect(mosq.port, &["llamabus/reply/#"]).await;
     ask_json(&c, "d", story("long", Some(max_tokens), true)).await;

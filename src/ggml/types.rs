@@ -28,6 +28,8 @@ impl Type {
     pub const Q4_K: Type = Type(sys::GGML_TYPE_Q4_K);
     pub const Q5_K: Type = Type(sys::GGML_TYPE_Q5_K);
     pub const Q6_K: Type = Type(sys::GGML_TYPE_Q6_K);
+    pub const IQ4_NL: Type = Type(sys::GGML_TYPE_IQ4_NL);
+    pub const IQ4_XS: Type = Type(sys::GGML_TYPE_IQ4_XS);
     pub const I32: Type = Type(sys::GGML_TYPE_I32);
     pub const I64: Type = Type(sys::GGML_TYPE_I64);
 

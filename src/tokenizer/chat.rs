@@ -559,8 +559,7 @@ fn tojson(value: &Value, args: &[Value], kwargs: Kwargs) -> Result<Value, Error>
     let mut buf = Vec::new();
     let mut ser = serde_json::Serializer::with_formatter(&mut buf, fmt);
     let res = if sort_keys == Some(true) {
-        // serde_json's own map type is ordered by key.
-        serde_json::to_value(value).and_then(|v| v.serialize(&mut ser))
+        serde_json::to_value(value).and_then(|v| sorted(v).serialize(&mut ser))
     } else {
         value.serialize(&mut ser)
     };
@@ -574,6 +573,23 @@ fn tojson(value: &Value, args: &[Value], kwargs: Kwargs) -> Result<Value, Error>
     };
     // Like Jinja's tojson, the result is markup-safe (not auto-escaped again).
     Ok(Value::from_safe_string(text))
+}
+
+/// `v` with every object's keys in sorted order. Explicit, because serde_json's map keeps
+/// insertion order when any crate in the build enables its `preserve_order` feature
+/// (llguidance does).
+fn sorted(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(m) => {
+            let mut entries: Vec<_> = m.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(entries.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        serde_json::Value::Array(a) => {
+            serde_json::Value::Array(a.into_iter().map(sorted).collect())
+        }
+        other => other,
+    }
 }
 
 /// Python's `ensure_ascii=True`: non-ASCII characters as `\uXXXX` (surrogate pairs above the BMP).

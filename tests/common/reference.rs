@@ -401,15 +401,26 @@ fn round_f16_in_place(x: &mut [f32]) {
 /// `x` as ggml's CPU backend hands it to the dot product with weights of type `weight`:
 /// converted to `vec_dot_type` and back.
 fn round_like_vec_dot(weight: Type, x: &[f32]) -> Vec<f32> {
-    let q8_0 = [Type::Q4_0, Type::Q5_0, Type::Q8_0];
+    let q8_0 = [Type::Q4_0, Type::Q5_0, Type::Q8_0, Type::IQ4_NL];
     let q8_1 = [Type::Q4_1, Type::Q5_1];
-    let q8_k = [Type::Q2_K, Type::Q3_K, Type::Q4_K, Type::Q5_K, Type::Q6_K];
+    let q8_k = [
+        Type::Q2_K,
+        Type::Q3_K,
+        Type::Q4_K,
+        Type::Q5_K,
+        Type::Q6_K,
+        Type::IQ4_XS,
+    ];
     if weight == Type::F32 {
         x.to_vec()
     } else if weight == Type::F16 {
         let mut y = x.to_vec();
         round_f16_in_place(&mut y);
         y
+    } else if weight == Type::BF16 {
+        x.iter()
+            .map(|&v| half::bf16::from_f32(v).to_f32())
+            .collect()
     } else if q8_0.contains(&weight) || q8_1.contains(&weight) {
         x.chunks(32).flat_map(round_q8_block32).collect()
     } else if q8_k.contains(&weight) {

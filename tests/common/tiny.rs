@@ -43,6 +43,9 @@ pub struct TinySpec {
     pub rms_eps: f32,
     /// Type of every weight matrix (token_embd, attention, FFN, output); norms stay F32.
     pub weight_type: Type,
+    /// Per-tensor exceptions to `weight_type` (exact tensor names), for models that mix types
+    /// across layers as llama-quantize's mixes (`Q5_K_M`, ...) and its per-tensor fallbacks do.
+    pub overrides: Vec<(String, Type)>,
     /// Omit `output.weight`, so the output projection falls back to `token_embd.weight`.
     pub tied_embeddings: bool,
     pub tokenizer: TinyTokenizer,
@@ -74,12 +77,21 @@ impl TinySpec {
             rope_freq_base: 10000.0,
             rms_eps: 1e-5,
             weight_type,
+            overrides: Vec::new(),
             tied_embeddings: false,
             tokenizer: TinyTokenizer::Bpe { pre: "smollm" },
             seed: 1,
             rope_freqs: false,
             long_pieces: false,
         }
+    }
+
+    /// The type of weight matrix `name`.
+    pub fn type_of(&self, name: &str) -> Type {
+        self.overrides
+            .iter()
+            .find(|(n, _)| n == name)
+            .map_or(self.weight_type, |&(_, t)| t)
     }
 
     /// Per-head dimension (`n_embd / n_head`), also the RoPE dimension count.
@@ -110,6 +122,7 @@ pub fn tiny_model_bytes(spec: &TinySpec) -> Vec<u8> {
     for (what, n) in [("n_embd", spec.n_embd), ("n_ff", spec.n_ff)] {
         assert!(n % block == 0, "{what} = {n} is not a multiple of {block}");
     }
+    // (Overridden tensors are checked where they are quantized: `quantize` refuses partial blocks.)
 
     let head_dim = spec.head_dim();
     let mut w = GgufWriter::new()
@@ -139,7 +152,7 @@ pub fn tiny_model_bytes(spec: &TinySpec) -> Vec<u8> {
     let mut t = Tensors {
         w,
         seed: spec.seed,
-        ty: spec.weight_type,
+        spec,
     };
     let (n_embd, n_vocab, n_ff) = (spec.n_embd, spec.n_vocab, spec.n_ff);
     let n_q = spec.n_head * head_dim;
@@ -224,14 +237,14 @@ fn u32_value(n: usize) -> Value {
 }
 
 /// The writer plus what every tensor needs.
-struct Tensors {
+struct Tensors<'a> {
     w: GgufWriter,
     seed: u64,
-    ty: Type,
+    spec: &'a TinySpec,
 }
 
-impl Tensors {
-    /// A `[n_in, n_out]` weight matrix (rows of `n_in`) in the spec's type, uniform in ±`a`.
+impl Tensors<'_> {
+    /// A `[n_in, n_out]` weight matrix (rows of `n_in`) in its spec type, uniform in ±`a`.
     fn matrix(&mut self, name: &str, n_in: usize, n_out: usize, a: f32) {
         self.matrix_zero_rows(name, n_in, n_out, a, 0);
     }
@@ -241,8 +254,9 @@ impl Tensors {
         let mut rng = Rng::for_tensor(self.seed, name);
         let mut data: Vec<f32> = (0..n_in * n_out).map(|_| a * rng.symmetric()).collect();
         data[..n_zero * n_in].fill(0.0);
-        let bytes = quantize(self.ty, &data, n_in);
-        self.push(name, &[n_in as u64, n_out as u64], self.ty, bytes);
+        let ty = self.spec.type_of(name);
+        let bytes = quantize(ty, &data, n_in);
+        self.push(name, &[n_in as u64, n_out as u64], ty, bytes);
     }
 
     /// A norm weight vector around 1.0 (±0.2), F32.

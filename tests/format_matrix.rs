@@ -1,0 +1,151 @@
+//! Token-exactness against llama.cpp on every ggml format llama-quantize makes of SmolLM2-135M.
+//!
+//! For each type in tests/data/format-matrix/greedy.PATH.json (Q4_0 ... BF16, made by
+//! tests/common/formats.rs from the Q4_1 model, byte-identical to llama-quantize's output) and each
+//! prompt: the prompt token ids and the greedy tokens must be llama.cpp's. As in tests/golden.rs, a
+//! token may differ only at a step where llama.cpp's top-2 log-probability margin was below 0.01
+//! (a true near-tie, where summation order decides) and ours is below 0.01 too; the comparison
+//! ends there. PATH is the SIMD path the linked ggml was compiled for (avx512 or avx2): llama.cpp's
+//! own tokens differ between the two on this tiny model.
+//!
+//! The references are llama.cpp's plain (`--no-repack`) output.
+
+mod common;
+
+use common::formats::{format_model, read_json};
+use llamabus::model::{Model, Session};
+use llamabus::sampler::{argmax, top2_logprob_margin};
+use serde_json::Value;
+
+const NEAR_TIE: f64 = 0.01;
+
+fn ids(v: &Value) -> Vec<u32> {
+    v.as_array()
+        .expect("array of ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
+}
+
+/// The reference for the SIMD path this ggml was compiled for; None (with the reason printed)
+/// where llama.cpp made none (NEON, or x86 below AVX2).
+fn reference() -> Option<Value> {
+    let compiled = llamabus::ggml::cpu::compiled_features();
+    let path = if compiled.contains(&"avx512f") {
+        "avx512"
+    } else if compiled.contains(&"avx2") {
+        "avx2"
+    } else {
+        println!(
+            "skipped: no llama.cpp format-matrix reference for this SIMD path (ggml compiled with \
+             {compiled:?}); references exist for AVX2 and AVX-512"
+        );
+        return None;
+    };
+    println!("SIMD path: {path} (ggml compiled with {compiled:?}); reference: greedy.{path}.json");
+    let r = read_json(&format!("greedy.{path}.json"));
+    assert_eq!(r["simd_path"], path);
+    Some(r)
+}
+
+/// How one prompt went: tokens matched, and the first divergence if any.
+enum Outcome {
+    Exact,
+    NearTie(String),
+    Differs(String),
+}
+
+fn run_case(model: &Model, case: &Value) -> (Outcome, String) {
+    let prompt = case["prompt"].as_str().unwrap();
+    let tokens = model.tokenizer().encode(prompt, false);
+    assert_eq!(
+        tokens,
+        ids(&case["prompt_tokens"]),
+        "{prompt:?}: prompt tokens"
+    );
+    let want = ids(&case["output_tokens"]);
+    let margins: Vec<f64> = case["margins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m.as_f64().unwrap())
+        .collect();
+    // One thread, as llama-server ran for the reference (the result does not depend on it).
+    let mut session = Session::new(model, 512, 1).unwrap();
+    let mut logits = session.eval(&tokens).unwrap().to_vec();
+    let mut got = Vec::new();
+    let mut outcome = Outcome::Exact;
+    for (step, &w) in want.iter().enumerate() {
+        let t = argmax(&logits);
+        let margin = f64::from(top2_logprob_margin(&logits));
+        got.push(t);
+        if t != w {
+            let msg = format!(
+                "step {step}: llama.cpp {w}, ours {t}; margins llama.cpp {:.4}, ours {margin:.4}",
+                margins[step]
+            );
+            outcome = if margins[step] < NEAR_TIE && margin < NEAR_TIE {
+                Outcome::NearTie(msg)
+            } else {
+                Outcome::Differs(msg)
+            };
+            break;
+        }
+        if step + 1 < want.len() {
+            logits = session.eval(&[t]).unwrap().to_vec();
+        }
+    }
+    // llama.cpp's text leaves out the end-of-generation token it stopped on.
+    let shown: Vec<u32> = got
+        .iter()
+        .copied()
+        .filter(|&t| !model.tokenizer().is_eog(t))
+        .collect();
+    let text = model.tokenizer().decode(&shown);
+    if matches!(outcome, Outcome::Exact) {
+        assert_eq!(text, case["output_text"].as_str().unwrap(), "{prompt:?}");
+    }
+    (outcome, text)
+}
+
+#[test]
+fn every_format_matches_llama_cpp() {
+    let Some(reference) = reference() else {
+        return;
+    };
+    let mut failures = Vec::new();
+    let (mut exact, mut ties, mut total) = (0, 0, 0);
+    for f in reference["formats"].as_array().unwrap() {
+        let ty = f["type"].as_str().unwrap();
+        let model = Model::load(&format_model(ty)).unwrap_or_else(|e| panic!("{ty}: {e}"));
+        for case in f["cases"].as_array().unwrap() {
+            total += 1;
+            let (outcome, text) = run_case(&model, case);
+            let prompt = case["prompt"].as_str().unwrap();
+            match outcome {
+                Outcome::Exact => {
+                    exact += 1;
+                    println!("{ty:>7} exact     {prompt:?} -> {text:?}");
+                }
+                Outcome::NearTie(m) => {
+                    ties += 1;
+                    println!("{ty:>7} near-tie  {prompt:?}: {m}");
+                }
+                Outcome::Differs(m) => {
+                    println!("{ty:>7} DIFFERS   {prompt:?}: {m}; ours {text:?}");
+                    failures.push(format!("{ty} {prompt:?}: {m}"));
+                }
+            }
+        }
+    }
+    println!(
+        "{} path: {exact} exact, {ties} near-tie, {} differ, of {total}",
+        reference["simd_path"],
+        failures.len()
+    );
+    assert!(
+        failures.is_empty(),
+        "differences from llama.cpp:\n{}",
+        failures.join("\n")
+    );
+}
