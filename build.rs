@@ -30,6 +30,8 @@ use std::process::Command;
 
 #[path = "scripts/gen-bindings/src/builder.rs"]
 mod bindgen_builder;
+#[path = "scripts/ggml-cache.rs"]
+mod ggml_cache;
 
 const GGML_VERSION: &str = "0.26.0";
 
@@ -218,53 +220,83 @@ fn main() {
     };
     let variants = variants(&arch, native, &build(false, &[]));
 
-    // Every compile unit (ggml-base C and C++, each variant's C and C++) on its own thread:
-    // cc's jobserver still caps the compilers running at once at cargo's -j, and no core idles
-    // while one unit's last big file compiles.
+    // Every compile unit (ggml-base C and C++, each variant's C and C++) with its sources.
     let base_dir = out.join("ggml-base");
-    let mut base_c = build(false, &[]);
-    base_c
-        .out_dir(&base_dir)
-        .files(CORE_C.iter().map(|f| ggml.join("src").join(f)));
-    let mut base_cpp = build(true, &[]);
-    base_cpp
-        .out_dir(&base_dir)
-        .files(CORE_CPP.iter().map(|f| ggml.join("src").join(f)));
-    let mut units = vec![base_c, base_cpp];
+    let src = |dir: &Path, names: &[&str]| names.iter().map(|f| dir.join(f)).collect::<Vec<_>>();
+    let mut units: Vec<(cc::Build, Vec<PathBuf>)> = vec![
+        (build(false, &[]), src(&ggml.join("src"), CORE_C)),
+        (build(true, &[]), src(&ggml.join("src"), CORE_CPP)),
+    ];
+    for u in &mut units {
+        u.0.out_dir(&base_dir);
+    }
     for v in &variants {
         let dir = out.join(format!("ggml-cpu-{}", v.name));
-        let mut c = build(false, &v.flags);
-        c.out_dir(&dir)
-            .files(CPU_C.iter().map(|f| cpu.join(f)))
-            .file(cpu.join("arch").join(arch_dir).join("quants.c"));
-        let mut cxx = build(true, &v.flags);
-        cxx.out_dir(&dir)
-            .files(CPU_CPP.iter().map(|f| cpu.join(f)))
-            .file(cpu.join("arch").join(arch_dir).join("repack.cpp"));
+        let mut c_files = src(&cpu, CPU_C);
+        c_files.push(cpu.join("arch").join(arch_dir).join("quants.c"));
+        let mut cpp_files = src(&cpu, CPU_CPP);
+        cpp_files.push(cpu.join("arch").join(arch_dir).join("repack.cpp"));
         if arch != "arm" {
-            cxx.file(cpu.join("llamafile/sgemm.cpp"));
+            cpp_files.push(cpu.join("llamafile/sgemm.cpp"));
         }
         // arch/*/cpu-feats.cpp only scores CPUs for dynamic backend loading (GGML_BACKEND_DL);
         // the selector in src/ggml/cpu.rs does that job for the variants linked in here.
-        units.push(c);
-        units.push(cxx);
+        for (cpp, files) in [(false, c_files), (true, cpp_files)] {
+            let mut b = build(cpp, &v.flags);
+            b.out_dir(&dir);
+            units.push((b, files));
+        }
     }
-    let mut objects: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
-        let handles: Vec<_> = units
-            .iter()
-            .map(|u| s.spawn(move || u.compile_intermediates()))
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    let base_objects: Vec<PathBuf> = objects.drain(..2).flatten().collect();
-    let variant_objects: Vec<Vec<PathBuf>> = objects.chunks(2).map(|pair| pair.concat()).collect();
-
     let tools = Binutils::for_build(&build(false, &[]));
-    let mut renamed: Vec<BTreeSet<String>> = Vec::new();
-    for (v, objs) in variants.iter().zip(&variant_objects) {
-        renamed.push(prefix_variant(&tools, &symbol_prefix(v.name), objs));
+
+    // Reuse another profile's identical build when the test command asks (scripts/ggml-cache.rs).
+    println!("cargo:rerun-if-env-changed=LLAMABUS_GGML_CACHE");
+    let cache = env::var_os("LLAMABUS_GGML_CACHE").map(PathBuf::from);
+    let mut key_parts = vec![
+        tools.nm.clone(),
+        tools.objcopy.clone(),
+        tools.readelf.clone(),
+    ];
+    for (b, files) in &units {
+        let tool = b.get_compiler();
+        let out_dir = out.to_string_lossy();
+        key_parts.push(tool.path().display().to_string());
+        key_parts.extend(
+            tool.args()
+                .iter()
+                .map(|a| a.to_string_lossy().replace(&*out_dir, "$OUT")),
+        );
+        key_parts.extend(files.iter().map(|f| f.display().to_string()));
     }
-    check_variants(&tools, &variants, &variant_objects, &renamed, &base_objects);
+    key_parts.push(env::var("CARGO_CFG_SANITIZE").unwrap_or_default());
+    let key = cache
+        .as_ref()
+        .map(|_| ggml_cache::key(&key_parts, units[0].0.get_compiler().path(), &ggml));
+    let cached = cache
+        .as_deref()
+        .zip(key.as_deref())
+        .and_then(|(dir, key)| ggml_cache::load(dir, key));
+
+    let (base_objects, variant_objects) = match cached {
+        Some(mut groups) => {
+            println!(
+                "llamabus: ggml objects from the cache, key {}",
+                key.as_deref().unwrap()
+            );
+            let base: Vec<PathBuf> = groups.remove(0);
+            (base, groups)
+        }
+        None => {
+            let (base, variant_objects) = compile_and_check(&units, &variants, &tools);
+            if let (Some(dir), Some(key)) = (&cache, &key) {
+                let groups: Vec<Vec<PathBuf>> = std::iter::once(base.clone())
+                    .chain(variant_objects.iter().cloned())
+                    .collect();
+                ggml_cache::store(dir, key, &groups);
+            }
+            (base, variant_objects)
+        }
+    };
 
     // One archive for everything: ggml-base and the variants reference each other, so
     // separate archives would depend on link order.
@@ -279,6 +311,37 @@ fn main() {
     write_variant_table(&out, &variants, &build);
     println!("cargo:rustc-env=LLAMABUS_GGML_VERSION={GGML_VERSION}");
     println!("cargo:rustc-env=LLAMABUS_TARGET={target}");
+}
+
+/// Compiles every unit, each on its own thread (cc's jobserver still caps the compilers running
+/// at once at cargo's -j, and no core idles while one unit's last big file compiles), then renames
+/// each variant's symbols and checks the result. Returns ggml-base's objects and each variant's.
+fn compile_and_check(
+    units: &[(cc::Build, Vec<PathBuf>)],
+    variants: &[VariantSpec],
+    tools: &Binutils,
+) -> (Vec<PathBuf>, Vec<Vec<PathBuf>>) {
+    let mut objects: Vec<Vec<PathBuf>> = std::thread::scope(|s| {
+        let handles: Vec<_> = units
+            .iter()
+            .map(|(b, files)| {
+                s.spawn(move || {
+                    let mut b = b.clone();
+                    b.files(files);
+                    b.compile_intermediates()
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let base_objects: Vec<PathBuf> = objects.drain(..2).flatten().collect();
+    let variant_objects: Vec<Vec<PathBuf>> = objects.chunks(2).map(|pair| pair.concat()).collect();
+    let mut renamed: Vec<BTreeSet<String>> = Vec::new();
+    for (v, objs) in variants.iter().zip(&variant_objects) {
+        renamed.push(prefix_variant(tools, &symbol_prefix(v.name), objs));
+    }
+    check_variants(tools, variants, &variant_objects, &renamed, &base_objects);
+    (base_objects, variant_objects)
 }
 
 /// The CPU variants for the target, in ascending order of preference (the selector takes the

@@ -22,12 +22,17 @@ const PROMPTS: &[&str] = &[
 ];
 
 fn main() {
+    // `cargo test` runs benches without `--bench`: one round then, as a smoke test.
+    let benching = std::env::args().any(|a| a == "--bench");
     let args: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| a != "--bench")
         .collect();
     let threads: usize = args.first().and_then(|a| a.parse().ok()).unwrap_or(2);
-    let rounds: usize = args.get(1).and_then(|a| a.parse().ok()).unwrap_or(5);
+    let rounds: usize = args
+        .get(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(if benching { 5 } else { 1 });
     let path =
         PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
     let model = Model::load(&path)
