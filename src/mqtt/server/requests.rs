@@ -300,7 +300,6 @@ impl Loop {
         job.max_tokens = req.max_tokens;
         job.client = device.to_owned();
         job.stream = route.stream;
-        job.client = device.to_owned();
         job.deadline = deadline;
         job.enqueued = received;
         job.stop = req.stop.unwrap_or_default();
