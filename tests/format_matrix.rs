@@ -12,7 +12,8 @@
 
 mod common;
 
-use common::formats::{format_model, read_json};
+use common::formats::format_model;
+use common::simd::SimdPath;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
@@ -27,24 +28,13 @@ fn ids(v: &Value) -> Vec<u32> {
         .collect()
 }
 
-/// The reference for the SIMD path this ggml was compiled for; None (with the reason printed)
-/// where llama.cpp made none (NEON, or x86 below AVX2).
+/// The reference for the SIMD path of the variant in use; None (with the reason printed) where
+/// llama.cpp made none (NEON, or x86 below AVX2).
 fn reference() -> Option<Value> {
-    let compiled = llamabus::ggml::cpu::compiled_features();
-    let path = if compiled.contains(&"avx512f") {
-        "avx512"
-    } else if compiled.contains(&"avx2") {
-        "avx2"
-    } else {
-        println!(
-            "skipped: no llama.cpp format-matrix reference for this SIMD path (ggml compiled with \
-             {compiled:?}); references exist for AVX2 and AVX-512"
-        );
-        return None;
-    };
-    println!("SIMD path: {path} (ggml compiled with {compiled:?}); reference: greedy.{path}.json");
-    let r = read_json(&format!("greedy.{path}.json"));
-    assert_eq!(r["simd_path"], path);
+    let simd = SimdPath::active("format-matrix reference")?;
+    let r = simd
+        .data_reference("format-matrix/greedy")
+        .expect("a format-matrix reference for each x86 SIMD path");
     Some(r)
 }
 

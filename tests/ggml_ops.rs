@@ -2,8 +2,11 @@
 //! tensor placement and error paths, and the runtime CPU guard. Runs on every target (x86_64
 //! natively, aarch64 and armv7 under qemu-user), so the same tolerances hold on each SIMD path.
 
+mod common;
+
 use std::sync::Arc;
 
+use common::simd::SimdPath;
 use llamabus::ggml::{
     cpu, dequantize, quantize, AlignedBytes, AllocatedContext, Context, CpuBackend, GgmlError,
     GraphAllocator, HostBytes, Type,
@@ -171,26 +174,13 @@ fn reference_feature(path: &str, ty: Type) -> Option<&'static str> {
 /// on a real model: Q5_K's min term, IQ4_NL, Q4_1 and Q5_1 once differed here.
 #[test]
 fn products_are_bit_identical_to_llama_cpp_build() {
-    let compiled = cpu::compiled_features();
-    let path = if compiled.contains(&"avx512f") {
-        "avx512"
-    } else if compiled.contains(&"avx2") {
-        "avx2"
-    } else {
-        println!(
-            "skipped: no llama.cpp kernel reference for this SIMD path (ggml compiled with \
-             {compiled:?}); references exist for AVX2 and AVX-512"
-        );
+    let Some(simd) = SimdPath::active("kernel reference") else {
         return;
     };
-    println!(
-        "SIMD path: {path} (ggml compiled with {compiled:?}); reference: ggml-kernels.{path}.json"
-    );
-    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join(format!("tests/data/ggml-kernels.{path}.json"));
-    let reference: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(reference["simd_path"], path);
+    let (path, compiled) = (simd.name, &simd.compiled);
+    let reference = simd
+        .data_reference("ggml-kernels")
+        .expect("a kernel reference for each x86 SIMD path");
     let k = reference["k"].as_u64().unwrap() as usize;
     let n = reference["n"].as_u64().unwrap() as usize;
     let w = values(1, k * n);

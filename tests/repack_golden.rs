@@ -23,32 +23,22 @@ use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
 
 use common::golden::token_ids;
+use common::simd::SimdPath;
 
 const NEAR_TIE: f64 = 0.01;
 
-/// The reference for the SIMD path this ggml was compiled for; None off x86 (none made there).
+/// The reference for the SIMD path of the variant in use; None (with the reason printed) off
+/// x86 or where none was made.
 fn reference() -> Option<Value> {
-    let compiled = llamabus::ggml::cpu::compiled_features();
-    let path = if compiled.contains(&"avx512f") {
-        "avx512"
-    } else if compiled.contains(&"avx2") {
-        "avx2"
-    } else {
-        return None;
-    };
-    let file = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/data/repack")
-        .join(format!("greedy.{path}.json"));
-    if !file.exists() {
+    let simd = SimdPath::active("repack reference")?;
+    let r = simd.data_reference("repack/greedy");
+    if r.is_none() {
         println!(
-            "skipped: no reference {} for this SIMD path",
-            file.display()
+            "skipped: no reference tests/data/repack/greedy.{}.json for this SIMD path",
+            simd.name
         );
-        return None;
     }
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();
-    assert_eq!(r["simd_path"], path);
-    Some(r)
+    r
 }
 
 fn oracle_models() -> PathBuf {

@@ -9,6 +9,8 @@ use std::path::PathBuf;
 
 use serde_json::Value;
 
+use super::simd::SimdPath;
+
 /// The greedy reference for the path in use.
 pub struct GreedyReference {
     /// File name in ../shared/reference.
@@ -22,30 +24,20 @@ pub struct GreedyReference {
 /// The reference for the SIMD level of the variant in use, or `None` (with the reason printed)
 /// for a path llama.cpp produced no reference for (NEON, or the x86 sse42 variant).
 pub fn greedy_reference() -> Option<GreedyReference> {
-    // The active variant's features: what its compiler flags enabled.
-    let compiled = llamabus::ggml::cpu::compiled_features();
-    let variant = llamabus::ggml::cpu::active_variant().map_or("none", |v| v.name());
-    let (file, level) = if compiled.contains(&"avx512f") {
-        ("smollm2-greedy.json", "AVX-512")
-    } else if compiled.contains(&"avx2") {
-        ("smollm2-greedy.avx2.json", "AVX2")
+    let simd = SimdPath::active("reference")?;
+    let file = if simd.name == "avx512" {
+        "smollm2-greedy.json"
     } else {
-        println!(
-            "skipped: no llama.cpp reference for this SIMD path (variant {variant}, compiled with {compiled:?}); \
-             references exist for AVX2 and AVX-512"
-        );
-        return None;
+        "smollm2-greedy.avx2.json"
     };
-    println!(
-        "SIMD path: {level} (variant {variant}, compiled with {compiled:?}); reference: {file}"
-    );
+    simd.announce(file);
     let entries = match reference_json(file) {
         Value::Array(entries) => entries,
         other => panic!("{file}: expected an array, got {other}"),
     };
     Some(GreedyReference {
         file,
-        level,
+        level: simd.level,
         entries,
     })
 }

@@ -1,6 +1,6 @@
 //! Helpers shared by the integration tests: tiny GGUF models generated on the fly
 //! ([`tiny`]), driving the inference worker ([`jobs`]), an independent plain-Rust Llama forward pass to compare ggml against
-//! ([`reference`]), the llama.cpp greedy reference for the SIMD path in use ([`golden`]), the
+//! ([`reference`]), which SIMD path's llama.cpp reference applies ([`simd`]), the llama.cpp greedy reference for the SIMD path in use ([`golden`]), the
 //! format-matrix files ([`formats`]), one temporary directory ([`tempdir`]), and test-data
 //! locations.
 //!
@@ -11,5 +11,6 @@ pub mod formats;
 pub mod golden;
 pub mod jobs;
 pub mod reference;
+pub mod simd;
 pub mod tempdir;
 pub mod tiny;
