@@ -16,7 +16,7 @@ use std::sync::mpsc::{self, Receiver};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::golden::{greedy_reference, token_ids};
+use common::golden::{greedy_reference, token_ids, NEAR_TIE};
 use common::jobs::{done, gated_sink, order_sink, sink, start, PATIENCE};
 use common::tempdir::TempDir;
 use common::tiny::{models_dir, require, write_tiny_model, TinySpec};
@@ -28,8 +28,6 @@ use llamabus::ggml::Type;
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin, SamplingParams};
 use llamabus::tokenizer::chat::ChatMessage;
-
-const NEAR_TIE: f64 = 0.01;
 
 fn tiny_model(dir: &TempDir) -> PathBuf {
     let path = dir.join("tiny.gguf");

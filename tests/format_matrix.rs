@@ -13,20 +13,10 @@
 mod common;
 
 use common::formats::format_model;
+use common::golden::{case_prompt, follow_greedy, margins, token_ids, Followed};
 use common::simd::SimdPath;
 use llamabus::model::{Model, Session};
-use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
-
-const NEAR_TIE: f64 = 0.01;
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("array of ids")
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 /// The reference for the SIMD path of the variant in use; None (with the reason printed) where
 /// llama.cpp made none (NEON, or x86 below AVX2).
@@ -38,53 +28,14 @@ fn reference() -> Option<Value> {
     Some(r)
 }
 
-/// How one prompt went: tokens matched, and the first divergence if any.
-enum Outcome {
-    Exact,
-    NearTie(String),
-    Differs(String),
-}
-
-fn run_case(model: &Model, case: &Value) -> (Outcome, String) {
+/// How one prompt went, and our text.
+fn run_case(model: &Model, case: &Value) -> (Followed, String) {
     let prompt = case["prompt"].as_str().unwrap();
-    let tokens = model.tokenizer().encode(prompt, false);
-    assert_eq!(
-        tokens,
-        ids(&case["prompt_tokens"]),
-        "{prompt:?}: prompt tokens"
-    );
-    let want = ids(&case["output_tokens"]);
-    let margins: Vec<f64> = case["margins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_f64().unwrap())
-        .collect();
+    let tokens = case_prompt(model, case);
+    let want = token_ids(&case["output_tokens"]);
     // One thread, as llama-server ran for the reference (the result does not depend on it).
     let mut session = Session::new(model, 512, 1).unwrap();
-    let mut logits = session.eval(&tokens).unwrap().to_vec();
-    let mut got = Vec::new();
-    let mut outcome = Outcome::Exact;
-    for (step, &w) in want.iter().enumerate() {
-        let t = argmax(&logits);
-        let margin = f64::from(top2_logprob_margin(&logits));
-        got.push(t);
-        if t != w {
-            let msg = format!(
-                "step {step}: llama.cpp {w}, ours {t}; margins llama.cpp {:.4}, ours {margin:.4}",
-                margins[step]
-            );
-            outcome = if margins[step] < NEAR_TIE && margin < NEAR_TIE {
-                Outcome::NearTie(msg)
-            } else {
-                Outcome::Differs(msg)
-            };
-            break;
-        }
-        if step + 1 < want.len() {
-            logits = session.eval(&[t]).unwrap().to_vec();
-        }
-    }
+    let (outcome, got) = follow_greedy(&mut session, &tokens, &want, &margins(&case["margins"]));
     // llama.cpp's text leaves out the end-of-generation token it stopped on.
     let shown: Vec<u32> = got
         .iter()
@@ -92,7 +43,7 @@ fn run_case(model: &Model, case: &Value) -> (Outcome, String) {
         .filter(|&t| !model.tokenizer().is_eog(t))
         .collect();
     let text = model.tokenizer().decode(&shown);
-    if matches!(outcome, Outcome::Exact) {
+    if matches!(outcome, Followed::Exact) {
         assert_eq!(text, case["output_text"].as_str().unwrap(), "{prompt:?}");
     }
     (outcome, text)
@@ -113,15 +64,15 @@ fn every_format_matches_llama_cpp() {
             let (outcome, text) = run_case(&model, case);
             let prompt = case["prompt"].as_str().unwrap();
             match outcome {
-                Outcome::Exact => {
+                Followed::Exact => {
                     exact += 1;
                     println!("{ty:>7} exact     {prompt:?} -> {text:?}");
                 }
-                Outcome::NearTie(m) => {
+                Followed::NearTie { message: m, .. } => {
                     ties += 1;
                     println!("{ty:>7} near-tie  {prompt:?}: {m}");
                 }
-                Outcome::Differs(m) => {
+                Followed::Differs(m) => {
                     println!("{ty:>7} DIFFERS   {prompt:?}: {m}; ours {text:?}");
                     failures.push(format!("{ty} {prompt:?}: {m}"));
                 }

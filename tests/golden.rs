@@ -10,14 +10,12 @@ mod common;
 
 use std::path::PathBuf;
 
-use common::golden::{greedy_reference, token_ids, top5_reference};
+use common::golden::{greedy_reference, token_ids, top5_reference, NEAR_TIE};
 
 use llamabus::model::{Model, Session};
 use llamabus::sampler::{argmax, top2_logprob_margin};
 use llamabus::tokenizer::chat::ChatMessage;
 use serde_json::Value;
-
-const NEAR_TIE: f64 = 0.01;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))

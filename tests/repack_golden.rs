@@ -19,13 +19,10 @@ mod common;
 use std::path::PathBuf;
 
 use llamabus::model::{LoadOptions, Model, Session};
-use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
 
-use common::golden::token_ids;
+use common::golden::{case_prompt, follow_greedy, margins, token_ids, Followed};
 use common::simd::SimdPath;
-
-const NEAR_TIE: f64 = 0.01;
 
 /// The reference for the SIMD path of the variant in use; None (with the reason printed) off
 /// x86 or where none was made.
@@ -63,37 +60,19 @@ fn sha256(path: &std::path::Path) -> String {
 /// Greedy decoding of one case; `Err` describes a real difference, `Ok(n)` the steps matched
 /// (stopping early at a near-tie both sides share).
 fn run_case(model: &Model, case: &Value) -> Result<usize, String> {
-    let prompt = case["prompt"].as_str().unwrap();
-    let tokens = model.tokenizer().encode(prompt, false);
-    assert_eq!(
-        tokens,
-        token_ids(&case["prompt_tokens"]),
-        "{prompt:?}: prompt tokens"
-    );
+    let tokens = case_prompt(model, case);
     let want = token_ids(&case["output_tokens"]);
-    let margins: Vec<f64> = case["top2_margins"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m.as_f64().unwrap_or(f64::INFINITY))
-        .collect();
     let mut session = Session::new(model, 512, 2).unwrap();
-    let mut logits = session.eval(&tokens).unwrap().to_vec();
-    for (step, &w) in want.iter().enumerate() {
-        let got = argmax(&logits);
-        if got != w {
-            let ours = f64::from(top2_logprob_margin(&logits));
-            if margins[step] < NEAR_TIE && ours < NEAR_TIE {
-                return Ok(step);
-            }
-            return Err(format!(
-                "{prompt:?} step {step}: got {got}, llama.cpp {w} (its margin {:.4}, ours {ours:.4})",
-                margins[step]
-            ));
-        }
-        logits = session.eval(&[got]).unwrap().to_vec();
+    match follow_greedy(
+        &mut session,
+        &tokens,
+        &want,
+        &margins(&case["top2_margins"]),
+    ) {
+        (Followed::Exact, _) => Ok(want.len()),
+        (Followed::NearTie { step, .. }, _) => Ok(step),
+        (Followed::Differs(m), _) => Err(format!("{:?} {m}", case["prompt"])),
     }
-    Ok(want.len())
 }
 
 #[test]

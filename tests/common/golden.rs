@@ -7,6 +7,8 @@
 
 use std::path::PathBuf;
 
+use llamabus::model::{Model, Session};
+use llamabus::sampler::{argmax, top2_logprob_margin};
 use serde_json::Value;
 
 use super::simd::SimdPath;
@@ -80,4 +82,73 @@ pub fn token_ids(v: &Value) -> Vec<u32> {
         .iter()
         .map(|x| x.as_u64().expect("a token id") as u32)
         .collect()
+}
+
+/// A token may differ from llama.cpp's only at a step where its top-2 log-probability margin and
+/// ours are both below this: a true near tie, where summation order decides.
+pub const NEAR_TIE: f64 = 0.01;
+
+/// How greedy decoding followed llama.cpp's tokens.
+pub enum Followed {
+    /// Every token matched.
+    Exact,
+    /// The first difference, at a near tie on both sides (the comparison ends there).
+    NearTie { step: usize, message: String },
+    /// The first difference, a real one.
+    Differs(String),
+}
+
+/// A reference case's prompt (`prompt`), tokenized without BOS as llama.cpp's server did; it
+/// must give the case's `prompt_tokens`.
+pub fn case_prompt(model: &Model, case: &Value) -> Vec<u32> {
+    let prompt = case["prompt"].as_str().expect("a prompt");
+    let tokens = model.tokenizer().encode(prompt, false);
+    assert_eq!(
+        tokens,
+        token_ids(&case["prompt_tokens"]),
+        "{prompt:?}: prompt tokens"
+    );
+    tokens
+}
+
+/// A reference's per-step top-2 margins; a missing one (null) counts as no tie.
+pub fn margins(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .expect("array of margins")
+        .iter()
+        .map(|m| m.as_f64().unwrap_or(f64::INFINITY))
+        .collect()
+}
+
+/// Greedy decoding of `prompt` against llama.cpp's tokens `want`, whose top-2 margins were
+/// `margins`, up to the first difference; with our tokens so far.
+pub fn follow_greedy(
+    session: &mut Session<'_>,
+    prompt: &[u32],
+    want: &[u32],
+    margins: &[f64],
+) -> (Followed, Vec<u32>) {
+    let mut logits = session.eval(prompt).unwrap().to_vec();
+    let mut got = Vec::new();
+    for (step, &w) in want.iter().enumerate() {
+        let t = argmax(&logits);
+        let margin = f64::from(top2_logprob_margin(&logits));
+        got.push(t);
+        if t != w {
+            let message = format!(
+                "step {step}: llama.cpp {w}, ours {t}; margins llama.cpp {:.4}, ours {margin:.4}",
+                margins[step]
+            );
+            let outcome = if margins[step] < NEAR_TIE && margin < NEAR_TIE {
+                Followed::NearTie { step, message }
+            } else {
+                Followed::Differs(message)
+            };
+            return (outcome, got);
+        }
+        if step + 1 < want.len() {
+            logits = session.eval(&[t]).unwrap().to_vec();
+        }
+    }
+    (Followed::Exact, got)
 }
