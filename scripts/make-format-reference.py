@@ -17,12 +17,11 @@ Nothing here is edited by hand: rerun this script to change them.
 import hashlib
 import json
 import os
-import socket
 import struct
 import subprocess
 import sys
-import time
-import urllib.request
+
+from reference_common import greedy, start_server
 
 TYPES = ["Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q8_0", "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K",
          "IQ4_NL", "IQ4_XS", "F16", "BF16"]
@@ -118,44 +117,8 @@ def recipe(oracle):
     return entries
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def post(port, path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=json.dumps(body).encode(),
-                                 headers={"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.load(r)
-
-
-def run_server(server, model, log):
-    port = free_port()
-    proc = subprocess.Popen([server, "-m", model, "--port", str(port), "--host", "127.0.0.1",
-                             "-t", str(THREADS), "-c", str(N_CTX), "-np", "1", "-fa", "on",
-                             "--no-repack", "--no-warmup", "--seed", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(600):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited on {model}")
-        time.sleep(0.2)
-    raise SystemExit("llama-server did not come up")
-
-
 def complete(port, prompt):
-    tokens = post(port, "/tokenize", {"content": prompt, "add_special": False})["tokens"]
-    res = post(port, "/completion", {
-        "prompt": tokens, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1, "seed": 1,
-        "n_probs": 2, "cache_prompt": False, "return_tokens": True,
-    })
+    tokens, res = greedy(port, prompt, N_PREDICT, seed=1)
     steps = res["completion_probabilities"]
     margins = []
     for s in steps:
@@ -199,7 +162,7 @@ def main():
         model = os.path.join(oracle, "models", f"SmolLM2-135M-Instruct.{t}.gguf")
         log_path = os.path.join(oracle, f"server-{simd}-{t}.log")
         with open(log_path, "w") as log:
-            proc, port = run_server(server, model, log)
+            proc, port = start_server(server, model, THREADS, N_CTX, log, ["--no-repack"])
             try:
                 cases = [complete(port, p) for p in PROMPTS]
             finally:

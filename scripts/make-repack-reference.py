@@ -17,11 +17,9 @@ import hashlib
 import json
 import math
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
+
+from reference_common import greedy, start_server
 
 TYPES = ["Q4_0", "Q4_K_M"]
 PROMPTS = [
@@ -37,47 +35,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT = os.path.join(ROOT, "tests", "data", "repack")
 
 
-def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
-
-
-def post(port, path, body):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}{path}", json.dumps(body).encode(),
-                                 {"Content-Type": "application/json"})
-    with urllib.request.urlopen(req, timeout=600) as r:
-        return json.loads(r.read())
-
-
-def server(binary, model, repack, log):
-    port = free_port()
-    args = [binary, "-m", model, "--port", str(port), "--host", "127.0.0.1", "-t", str(THREADS),
-            "-c", str(N_CTX), "-np", "1", "-fa", "on", "--no-warmup", "--seed", "1", "-lv", "4"]
-    if not repack:
-        args.append("--no-repack")
-    proc = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT)
-    for _ in range(300):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-                if r.status == 200:
-                    return proc, port
-        except OSError:
-            pass
-        if proc.poll() is not None:
-            raise SystemExit(f"llama-server exited on {model}")
-        time.sleep(0.5)
-    raise SystemExit("llama-server did not come up")
-
-
 def complete(port, prompt):
-    tokens = post(port, "/tokenize", {"content": prompt, "add_special": False})["tokens"]
-    res = post(port, "/completion", {
-        "prompt": tokens, "n_predict": N_PREDICT, "temperature": 0, "top_k": 1, "n_probs": 2,
-        "cache_prompt": False, "return_tokens": True, "samplers": ["top_k"],
-    })
+    tokens, res = greedy(port, prompt, N_PREDICT, samplers=["top_k"])
     margins = []
     for step in res["completion_probabilities"]:
         top = step["top_logprobs"]
@@ -106,7 +65,8 @@ def main():
         for repack in (True, False):
             log_path = os.path.join(OUT, f".server-{t}-{repack}.log")
             with open(log_path, "w") as log:
-                proc, port = server(binary, model, repack, log)
+                extra = [] if repack else ["--no-repack"]
+                proc, port = start_server(binary, model, THREADS, N_CTX, log, ["-lv", "4", *extra])
                 try:
                     cases = [complete(port, p) for p in PROMPTS]
                 finally:
