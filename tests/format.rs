@@ -417,20 +417,13 @@ fn hostile_formats_are_refused_or_bounded() {
             Ok(g) => {
                 let mut c = g.constraint();
                 for _ in 0..16 {
-                    match c.mask() {
-                        Ok(mask) => {
-                            let Some(t) = mask
-                                .iter()
-                                .enumerate()
-                                .find(|(_, w)| **w != 0)
-                                .map(|(i, w)| i as u32 * 32 + w.trailing_zeros())
-                            else {
-                                break;
-                            };
+                    match c.first_allowed() {
+                        Ok(Some(t)) => {
                             if model().tokenizer().is_eog(t) || c.commit(t).is_err() {
                                 break;
                             }
                         }
+                        Ok(None) => break,
                         Err(e) => {
                             assert!(matches!(e, FormatError::Runtime(_)), "{name}: {e}");
                             break;
@@ -444,6 +437,36 @@ fn hostile_formats_are_refused_or_bounded() {
         refused >= 2,
         "the deep regex and schema are refused by our limits"
     );
+}
+
+/// `Constraint::first_allowed` is the lowest token id the mask allows (found here by testing each
+/// id's bit), and committing it step by step spells the regex's only match.
+#[test]
+fn first_allowed_is_the_lowest_token_of_the_mask() {
+    let grammar = compiler()
+        .compile(&FormatSpec::Regex {
+            pattern: "kitchen light".to_owned(),
+        })
+        .unwrap();
+    let mut c = grammar.constraint();
+    let mut text = String::new();
+    for _ in 0..16 {
+        let mask = c.mask().unwrap().to_vec();
+        let lowest =
+            (0..mask.len() as u32 * 32).find(|&i| mask[i as usize / 32] >> (i % 32) & 1 == 1);
+        let t = c.first_allowed().unwrap();
+        assert_eq!(t, lowest, "after {text:?}");
+        let t = t.expect("the match is incomplete, so some token is allowed");
+        if model().tokenizer().is_eog(t) {
+            break;
+        }
+        text.push_str(&model().tokenizer().decode(&[t]));
+        c.commit(t).unwrap();
+        if c.is_stopped() {
+            break;
+        }
+    }
+    assert_eq!(text, "kitchen light");
 }
 
 /// Continuous batching with per-sequence matchers: constrained and unconstrained jobs running

@@ -35,14 +35,8 @@ fuzz_target!(|data: &[u8]| {
         };
         let mut c = grammar.constraint();
         for _ in 0..8 {
-            let Ok(mask) = c.mask() else { break };
             // The lowest allowed token: deterministic, and exercises the matcher's commit.
-            let Some(token) = mask
-                .iter()
-                .enumerate()
-                .find(|(_, w)| **w != 0)
-                .map(|(i, w)| i as u32 * 32 + w.trailing_zeros())
-            else {
+            let Ok(Some(token)) = c.first_allowed() else {
                 break;
             };
             if c.commit(token).is_err() || c.is_stopped() {

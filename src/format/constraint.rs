@@ -50,6 +50,17 @@ impl Constraint {
         Ok(self.mask.as_slice())
     }
 
+    /// The lowest token the next [`Constraint::mask`] allows, `None` if it allows none: a
+    /// deterministic pick for driving a constraint without a model (tests, fuzzing).
+    pub fn first_allowed(&mut self) -> Result<Option<u32>, FormatError> {
+        let mask = self.mask()?;
+        Ok(mask
+            .iter()
+            .enumerate()
+            .find(|(_, w)| **w != 0)
+            .map(|(i, w)| i as u32 * 32 + w.trailing_zeros()))
+    }
+
     /// Advances past `token`, which the last mask allowed.
     pub fn commit(&mut self, token: u32) -> Result<(), FormatError> {
         self.matcher
