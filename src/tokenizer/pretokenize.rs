@@ -204,6 +204,14 @@ impl Segment<'_> {
         None
     }
 
+    /// Where the run of codepoints from `pos` whose flags `class` accepts ends (`pos` if none).
+    fn run_end(&self, mut pos: usize, class: fn(CpFlags) -> bool) -> usize {
+        while class(self.flags(pos)) {
+            pos += 1;
+        }
+        pos
+    }
+
     /// Length of the whitespace run at `pos`, and the end of its last `\r`/`\n` (0 if none).
     fn whitespace_run(&self, pos: usize) -> (usize, usize) {
         let mut n = 0;
@@ -246,34 +254,12 @@ impl Segment<'_> {
                 continue;
             }
 
-            let mut f2 = if cpt == space { self.flags(pos + 1) } else { f };
-            // <space>?\p{L}+
-            if f2.is_letter() {
-                pos += usize::from(cpt == space);
-                while f2.is_letter() {
-                    pos += 1;
-                    f2 = self.flags(pos);
-                }
-                out.push(pos);
-                continue;
-            }
-            // <space>?\p{N}+
-            if f2.is_number() {
-                pos += usize::from(cpt == space);
-                while f2.is_number() {
-                    pos += 1;
-                    f2 = self.flags(pos);
-                }
-                out.push(pos);
-                continue;
-            }
-            // <space>?[^\s\p{L}\p{N}]+
-            if is_other(f2) {
-                pos += usize::from(cpt == space);
-                while is_other(f2) {
-                    pos += 1;
-                    f2 = self.flags(pos);
-                }
+            // <space>?\p{L}+, then <space>?\p{N}+, then <space>?[^\s\p{L}\p{N}]+
+            let f2 = if cpt == space { self.flags(pos + 1) } else { f };
+            let classes: [fn(CpFlags) -> bool; 3] =
+                [CpFlags::is_letter, CpFlags::is_number, is_other];
+            if let Some(&class) = classes.iter().find(|class| class(f2)) {
+                pos = self.run_end(pos + usize::from(cpt == space), class);
                 out.push(pos);
                 continue;
             }
@@ -303,10 +289,7 @@ impl Segment<'_> {
             if !(is_newline(cpt) || f.is_number())
                 && (f.is_letter() || self.flags(pos + 1).is_letter())
             {
-                pos += 1;
-                while self.flags(pos).is_letter() {
-                    pos += 1;
-                }
+                pos = self.run_end(pos + 1, CpFlags::is_letter);
                 out.push(pos);
                 continue;
             }
@@ -328,13 +311,9 @@ impl Segment<'_> {
             // <space>?[^\s\p{L}\p{N}]+[\r\n]*
             // (llama.cpp tests the *current* codepoint's flags for "in segment" here, so a
             // space at the very end of a segment lands in this branch.)
-            let mut f2 = if cpt == space { self.flags(pos + 1) } else { f };
+            let f2 = if cpt == space { self.flags(pos + 1) } else { f };
             if !(f2.is_whitespace() || f2.is_letter() || f2.is_number()) && f.is_any() {
-                pos += usize::from(cpt == space);
-                while is_other(f2) {
-                    pos += 1;
-                    f2 = self.flags(pos);
-                }
+                pos = self.run_end(pos + usize::from(cpt == space), is_other);
                 while is_newline(self.cpt(pos)) {
                     pos += 1;
                 }
