@@ -195,11 +195,7 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
         self.next = (self.next * 2).min(Self::CAP);
-        // xorshift64
-        self.rng ^= self.rng << 13;
-        self.rng ^= self.rng >> 7;
-        self.rng ^= self.rng << 17;
-        let frac = (self.rng >> 11) as f64 / (1u64 << 53) as f64;
+        let frac = (xorshift64(&mut self.rng) >> 11) as f64 / (1u64 << 53) as f64;
         d.mul_f64(0.5 + 0.5 * frac)
     }
 }
@@ -217,13 +213,16 @@ pub fn random_hex(n: usize) -> String {
     let salt = SALT.fetch_add(0x9E37_79B9_7F4A_7C15, Ordering::Relaxed);
     let mut x = (Backoff::new().rng ^ salt) | 1;
     (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            format!("{:02x}", (x >> 24) as u8)
-        })
+        .map(|_| format!("{:02x}", (xorshift64(&mut x) >> 24) as u8))
         .collect()
+}
+
+/// One step of xorshift64 (Marsaglia) on a non-zero `state`: cheap jitter and ids, not secrets.
+fn xorshift64(state: &mut u64) -> u64 {
+    *state ^= *state << 13;
+    *state ^= *state >> 7;
+    *state ^= *state << 17;
+    *state
 }
 
 #[cfg(test)]
