@@ -240,58 +240,56 @@ impl Segment<'_> {
         }
     }
 
+    /// Cuts from `start` to the end piece by piece, as llama.cpp's custom splitters loop: a
+    /// contraction (`'s`, `'t`, ...; either case when `fold_case`) if one starts at the
+    /// position, else the piece `next` ends (it may also cut inside it, as digit groups do).
+    fn pieces(
+        &self,
+        start: usize,
+        fold_case: bool,
+        out: &mut Pieces<'_>,
+        next: impl Fn(usize, &mut Pieces<'_>) -> usize,
+    ) {
+        let mut pos = start;
+        while pos < self.end {
+            pos = match self.contraction(pos, fold_case) {
+                Some(n) => pos + n,
+                None => next(pos, out),
+            };
+            out.push(pos);
+        }
+    }
+
     /// llama.cpp `unicode_regex_split_custom_gpt2`.
     fn gpt2(&self, start: usize, out: &mut Pieces<'_>) {
         let space = u32::from(b' ');
-        let mut pos = start;
-        while pos < self.end {
+        self.pieces(start, false, out, |pos, _| {
             let cpt = self.cpt(pos);
-            let f = self.flags(pos);
-
-            if let Some(n) = self.contraction(pos, false) {
-                pos += n;
-                out.push(pos);
-                continue;
-            }
-
             // <space>?\p{L}+, then <space>?\p{N}+, then <space>?[^\s\p{L}\p{N}]+
-            let f2 = if cpt == space { self.flags(pos + 1) } else { f };
+            let f2 = self.flags(pos + usize::from(cpt == space));
             let classes: [fn(CpFlags) -> bool; 3] =
                 [CpFlags::is_letter, CpFlags::is_number, is_other];
             if let Some(&class) = classes.iter().find(|class| class(f2)) {
-                pos = self.run_end(pos + usize::from(cpt == space), class);
-                out.push(pos);
-                continue;
+                return self.run_end(pos + usize::from(cpt == space), class);
             }
-
             let (n_ws, _) = self.whitespace_run(pos);
-            pos = self.whitespace_end(pos, n_ws);
-            out.push(pos);
-        }
+            self.whitespace_end(pos, n_ws)
+        });
     }
 
     /// llama.cpp `unicode_regex_split_custom_llama3` (and `_qwen2` with `max_digits == 1`).
     fn llama3(&self, start: usize, max_digits: usize, out: &mut Pieces<'_>) {
         let space = u32::from(b' ');
         let is_newline = |c: u32| c == u32::from(b'\r') || c == u32::from(b'\n');
-        let mut pos = start;
-        while pos < self.end {
+        self.pieces(start, true, out, |mut pos, out| {
             let cpt = self.cpt(pos);
             let f = self.flags(pos);
-
-            if let Some(n) = self.contraction(pos, true) {
-                pos += n;
-                out.push(pos);
-                continue;
-            }
 
             // [^\r\n\p{L}\p{N}]?\p{L}+
             if !(is_newline(cpt) || f.is_number())
                 && (f.is_letter() || self.flags(pos + 1).is_letter())
             {
-                pos = self.run_end(pos + 1, CpFlags::is_letter);
-                out.push(pos);
-                continue;
+                return self.run_end(pos + 1, CpFlags::is_letter);
             }
 
             // \p{N}{1,max_digits}
@@ -304,8 +302,7 @@ impl Segment<'_> {
                         ini = pos;
                     }
                 }
-                out.push(pos);
-                continue;
+                return pos;
             }
 
             // <space>?[^\s\p{L}\p{N}]+[\r\n]*
@@ -317,20 +314,16 @@ impl Segment<'_> {
                 while is_newline(self.cpt(pos)) {
                     pos += 1;
                 }
-                out.push(pos);
-                continue;
+                return pos;
             }
 
             let (n_ws, last_newline_end) = self.whitespace_run(pos);
             // \s*[\r\n]+
             if last_newline_end > 0 {
-                pos = last_newline_end;
-                out.push(pos);
-                continue;
+                return last_newline_end;
             }
-            pos = self.whitespace_end(pos, n_ws);
-            out.push(pos);
-        }
+            self.whitespace_end(pos, n_ws)
+        });
     }
 
     /// Maximal runs of codepoints matching `pred` (a `[class]+` regex): each run and each gap
