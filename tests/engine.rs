@@ -16,7 +16,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::jobs::{
-    done, events_until_final, failed, gated_sink, order_sink, sink, start, PATIENCE,
+    done, events_until_final, failed, hold_worker, order_sink, sink, start, PATIENCE,
 };
 use common::tiny::{models_dir, require};
 use llamabus::engine::{generate, GenerateRequest};
@@ -215,11 +215,7 @@ fn full_queue_is_busy_at_once() {
         queue_capacity: 1,
         ..config()
     });
-    let (s, rx_a, started, gate) = gated_sink();
-    let mut a = engine.job(1, PromptInput::Raw("Hello".into()), s);
-    a.max_tokens = Some(4);
-    engine.submit(a).unwrap();
-    started.recv_timeout(PATIENCE).unwrap(); // the worker is now held inside job 1
+    let (rx_a, gate) = hold_worker(&engine, 1, "Hello", Some(4)); // the worker is now held inside job 1
 
     let (b, rx_b) = raw_job(&engine, "Hello", 4);
     engine.submit(b).unwrap(); // waits in the queue
@@ -257,11 +253,7 @@ fn jobs_are_served_in_arrival_order() {
         ..config()
     });
     let order = Arc::new(Mutex::new(Vec::new()));
-    let (s, rx_gate, started, gate) = gated_sink();
-    engine
-        .submit(engine.job(0, PromptInput::Raw("Hi".into()), s))
-        .unwrap();
-    started.recv_timeout(PATIENCE).unwrap();
+    let (rx_gate, gate) = hold_worker(&engine, 0, "Hi", None);
 
     let mut finals = Vec::new();
     for id in [11, 3, 7, 5, 2, 9] {
@@ -341,11 +333,7 @@ fn cancel_stops_generation_within_a_token() {
 #[test]
 fn expired_deadline_fails_without_compute() {
     let engine = start(config());
-    let (s, rx_a, started, gate) = gated_sink();
-    engine
-        .submit(engine.job(1, PromptInput::Raw("Hi".into()), s))
-        .unwrap();
-    started.recv_timeout(PATIENCE).unwrap();
+    let (rx_a, gate) = hold_worker(&engine, 1, "Hi", None);
 
     let (mut job, rx) = raw_job(&engine, "Hello", 4);
     job.deadline = Some(Instant::now() + Duration::from_millis(50));
@@ -513,11 +501,7 @@ fn a_panic_in_a_job_fails_it_and_the_worker_keeps_serving() {
 #[test]
 fn shutdown_drains_the_queue() {
     let engine = start(config());
-    let (s, rx_a, started, gate) = gated_sink();
-    let mut a = engine.job(1, PromptInput::Raw("Once upon a time".into()), s);
-    a.max_tokens = Some(8);
-    engine.submit(a).unwrap();
-    started.recv_timeout(PATIENCE).unwrap();
+    let (rx_a, gate) = hold_worker(&engine, 1, "Once upon a time", Some(8));
     let (b, rx_b) = raw_job(&engine, "The capital of France is", 8);
     engine.submit(b).unwrap();
 
@@ -540,11 +524,7 @@ fn shutdown_drains_the_queue() {
 #[test]
 fn shutdown_cancels_what_the_drain_time_does_not_cover() {
     let engine = start(config());
-    let (s, rx_a, started, gate) = gated_sink();
-    let mut a = engine.job(1, PromptInput::Raw("Once upon a time".into()), s);
-    a.max_tokens = Some(60);
-    engine.submit(a).unwrap();
-    started.recv_timeout(PATIENCE).unwrap();
+    let (rx_a, gate) = hold_worker(&engine, 1, "Once upon a time", Some(60));
     let (b, rx_b) = raw_job(&engine, "The capital of France is", 8);
     engine.submit(b).unwrap();
 
@@ -572,11 +552,7 @@ fn shutdown_cancels_what_the_drain_time_does_not_cover() {
 #[test]
 fn dropping_the_last_handle_stops_the_worker() {
     let engine = start(config());
-    let (s, rx, started, gate) = gated_sink();
-    let mut a = engine.job(1, PromptInput::Raw("Once upon a time".into()), s);
-    a.max_tokens = Some(60);
-    engine.submit(a).unwrap();
-    started.recv_timeout(PATIENCE).unwrap();
+    let (rx, gate) = hold_worker(&engine, 1, "Once upon a time", Some(60));
     let dropper = thread::spawn(move || drop(engine));
     thread::sleep(Duration::from_millis(100));
     gate.send(()).unwrap();

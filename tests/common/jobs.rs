@@ -1,12 +1,15 @@
 //! Driving the inference worker from a test: starting an engine, event sinks (a plain one and
 //! a *gated* one that holds the worker on `Started`, so "these jobs wait at once" or "a long
-//! job" is deterministic rather than a matter of timing) and waiting for a job's final event.
+//! job" is deterministic rather than a matter of timing), a job holding the worker, and waiting for
+//! a job's final event.
 
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use llamabus::engine::{Engine, EngineConfig, ErrorKind, EventSink, JobEvent, JobOutcome};
+use llamabus::engine::{
+    Engine, EngineConfig, ErrorKind, EventSink, JobEvent, JobOutcome, PromptInput,
+};
 
 /// Longest any single event may take to arrive (a loaded CI machine, a debug build): a hang
 /// guard, not a speed assertion.
@@ -57,6 +60,24 @@ pub fn gated_sink() -> (EventSink, Receiver<JobEvent>, Receiver<()>, Sender<()>)
         }
     });
     (sink, rx, started_rx, gate_tx)
+}
+
+/// Submits job `id` (the raw `prompt`, `max_tokens` if given) on a gated sink and returns once
+/// the worker is held inside it: its events, and the gate that lets it go on.
+pub fn hold_worker(
+    engine: &Engine,
+    id: u64,
+    prompt: &str,
+    max_tokens: Option<u32>,
+) -> (Receiver<JobEvent>, Sender<()>) {
+    let (s, rx, started, gate) = gated_sink();
+    let mut job = engine.job(id, PromptInput::Raw(prompt.into()), s);
+    if let Some(n) = max_tokens {
+        job.max_tokens = Some(n);
+    }
+    engine.submit(job).unwrap();
+    started.recv_timeout(PATIENCE).unwrap();
+    (rx, gate)
 }
 
 /// Every event up to and including the final one.
