@@ -38,10 +38,16 @@ case "$scratch" in "$repo"/*) echo "SCRATCH must be outside the repo" >&2; exit 
 
 # --- llama-server from llama-cpp-python 0.3.36's vendor/llama.cpp ---------------------------
 build=$scratch/build
-if [ -n "${LLAMACPP_BIN:-}" ]; then
-    build=$(dirname "$LLAMACPP_BIN")
+LS=${LLAMACPP_BIN:+$LLAMACPP_BIN/llama-server}
+origin="prebuilt $LLAMACPP_BIN"
+if [ -z "$LS" ]; then
+    LS=$build/bin/llama-server
+    origin="llama-cpp-python 0.3.36's vendor tree"
 fi
-if [ ! -x "$build/bin/llama-server" ]; then
+if [ ! -x "$LS" ] && [ -n "${LLAMACPP_BIN:-}" ]; then
+    echo "no llama-server in LLAMACPP_BIN=$LLAMACPP_BIN" >&2; exit 2
+fi
+if [ ! -x "$LS" ]; then
     src=${LLAMACPP_SRC:-$scratch/src/llama_cpp_python-0.3.36/vendor/llama.cpp}
     if [ ! -f "$src/CMakeLists.txt" ]; then
         mkdir -p "$scratch/dl" "$scratch/src"
@@ -54,7 +60,7 @@ if [ ! -x "$build/bin/llama-server" ]; then
         -DGGML_METAL=OFF -DGGML_CUDA=OFF -DGGML_VULKAN=OFF >"$scratch/cmake-server.log"
     cmake --build "$build" -j"$(nproc)" --target llama-server >"$scratch/build-server.log"
 fi
-LS=$build/bin/llama-server
+
 
 # --- llamabus ----------------------------------------------------------------------------------
 [ -f "$MODEL" ] || scripts/fetch-test-data.sh
@@ -185,7 +191,7 @@ EOF
 results=$work/results.txt
 : >"$results"
 echo "machine: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs), $(nproc) cpus"
-echo "llamabus $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty) parallel=$PARALLEL; llama-server -np $NP (llama-cpp-python 0.3.36)"
+echo "llamabus $(git rev-parse --short HEAD)$(git diff --quiet || echo -dirty) parallel=$PARALLEL; llama-server -np $NP ($origin)"
 echo "model $(basename "$MODEL"), $THREADS threads, $TOKENS-token greedy answers, $REQS requests per client, context $CONTEXT per slot"
 for round in $(seq "$ROUNDS"); do
     echo "round $round: load $(cut -d' ' -f1-3 /proc/loadavg)"
