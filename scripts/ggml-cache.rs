@@ -1,8 +1,8 @@
 //! build.rs's optional object cache (`LLAMABUS_GGML_CACHE=DIR`): ggml's compiled, renamed and
 //! checked objects, reused by every build of a checkout that compiles ggml the same way. cargo
 //! keeps one build-script output per profile, so without it `cargo clippy`, `cargo test` and
-//! `cargo build --release` each compile ggml's ~20 files once per CPU variant (about 75 s on two
-//! cores for x86_64); the test command sets it, plain `cargo build` does not.
+//! `cargo build --release` each compile ggml's ~20 files once per CPU variant (112 s of compiler CPU time for
+//! x86_64, README "Design"); the test command sets it, plain `cargo build` does not.
 //!
 //! An entry's key hashes everything that decides the objects: each compile unit's full command
 //! line (compiler, flags, sources; the profile's OUT_DIR replaced by a placeholder, as the

@@ -102,6 +102,8 @@ run_showing() {
 # format llama-quantize makes (format_matrix, issue 19: its first run builds the 14 files from the
 # Q4_1 model into models/formats/, ~1.7 GB, sha256-checked against llama-quantize's bytes). Variants
 # this CPU cannot run are skipped with the reason (sysinfo's "cannot run" lines).
+# The suites that run once per variant (and not again in the full suite below).
+PER_VARIANT=(ggml_ops tiny_model golden format_matrix)
 step "release build: kernel, tiny-model, golden and format-matrix suites on each CPU variant this machine runs"
 cargo build --release --quiet
 target/release/llamabus sysinfo | grep -E "^(variants|runs here|variant):"
@@ -111,7 +113,7 @@ for v in "${VARIANTS[@]}"; do
   echo "-- variant $v"
   LLAMABUS_CPU_VARIANT=$v run_showing \
     "variant|SIMD path|skipped|tokens match|near tie|near-tie|DIFFERS| path: |bit-identical|test result" \
-    cargo test --release --test ggml_ops --test tiny_model --test golden --test format_matrix -- --nocapture
+    cargo test --release "${PER_VARIANT[@]/#/--test=}" -- --nocapture
 done
 
 if [ "$(uname -m)" = "x86_64" ]; then
@@ -125,11 +127,10 @@ scripts/check-systemd.sh target/release/llamabus
 
 # Everything else runs on the variant the selector picks for this CPU, as on a device. The four
 # suites above already ran on every variant, this one included, so they are not repeated.
-PER_VARIANT="ggml_ops tiny_model golden format_matrix"
 SUITES=()
 for f in tests/*.rs tests/*/main.rs; do
   name=$(basename "${f%/main.rs}" .rs)
-  [[ " $PER_VARIANT " == *" $name "* ]] || SUITES+=(--test "$name")
+  [[ " ${PER_VARIANT[*]} " == *" $name "* ]] || SUITES+=(--test "$name")
 done
 step "full suite ($(uname -m)): all but the per-variant suites"
 cargo test --lib --bins --examples --benches "${SUITES[@]}"
